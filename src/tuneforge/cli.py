@@ -1,0 +1,148 @@
+"""Command line: parses arguments and calls library functions, nothing more."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from tuneforge.errors import TuneforgeError
+from tuneforge.progress import console, out
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Fine-tune pretrained LLMs on your own data and measure the gain over the base model.",
+)
+
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a recipe field: --set training.epochs=1")
+]
+
+
+@app.command()
+def train(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    set_: SetOption = None,
+) -> None:
+    """Fine-tune a base model as the recipe describes; prints base vs fine-tuned at the end."""
+    from tuneforge.run import Run
+    from tuneforge.training import train as run_training
+
+    run: Run = run_training(recipe, set_ or [])
+    print_summary(run)
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.")] = None,
+    input: Annotated[Path | None, typer.Option("--input", "-i", help="CSV/JSONL/Parquet file of inputs.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write predictions as JSONL.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
+) -> None:
+    """Predict with a fine-tuned run: texts on the command line or a whole file."""
+    from tuneforge.deploy.predict import predict_file, predict_texts
+
+    if bool(texts) == bool(input):
+        raise TuneforgeError("predict: give texts on the command line or --input FILE (one of them)")
+    if input is not None:
+        target = output or input.with_suffix(".predictions.jsonl")
+        n = predict_file(run, input, target)
+        console.print(f"Wrote {n} predictions to {target}")
+        return
+    results = predict_texts(run, texts or [])
+    if as_json:
+        for text, r in zip(texts or [], results, strict=True):
+            out.print_json(json.dumps({"text": text, **r}))
+        return
+    for text, r in zip(texts or [], results, strict=True):
+        probs = ", ".join(f"{k} {v:.3f}" for k, v in sorted(r["probabilities"].items(), key=lambda kv: -kv[1]))
+        out.print(f"[bold]{r['label']}[/bold]  ({probs})  ← {text[:80]}")
+
+
+@app.command("eval")
+def eval_(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="Labelled file to evaluate on.")],
+    base: Annotated[bool, typer.Option("--base", help="Also measure the untouched base model.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Metrics of a run on any labelled file (and of the base model with --base)."""
+    from tuneforge.run import Run
+
+    loaded = Run.load(run)
+    result = loaded.evaluate(data, base=base)
+    if as_json:
+        payload = dict(result["tuned"])
+        if base:
+            payload = {**payload, "base": result["base"]}
+        out.print_json(json.dumps(payload))
+        return
+    _print_comparison(f"{run} on {data}", result.get("base", {}), result["tuned"])
+
+
+@app.command()
+def models() -> None:
+    """List the base models available on this machine without a network."""
+    from tuneforge.models import list_local_models
+
+    table = Table(title="Local base models")
+    for col in ("name", "kind", "location", "ready"):
+        table.add_column(col)
+    for m in list_local_models():
+        table.add_row(m.name, m.kind, m.location, "yes" if m.ready else "converts on first use")
+    out.print(table)
+
+
+@app.command()
+def demo(
+    set_: SetOption = None,
+) -> None:
+    """Fine-tune the embedded model on movie-review sentiment and show base vs fine-tuned."""
+    from tuneforge.demo import run_demo
+
+    run = run_demo(set_ or [])
+    print_summary(run)
+
+
+def print_summary(run) -> None:
+    metrics = run.metrics
+    for split, tuned in metrics["tuned"].items():
+        _print_comparison(f"{run.path.name}: {split}", metrics.get("base", {}).get(split, {}), tuned)
+    console.print(f"Report: {run.path / 'report.md'}")
+
+
+def _print_comparison(title: str, base: dict, tuned: dict) -> None:
+    from tuneforge.report import summary_rows
+
+    table = Table(title=f"{title} (n={tuned.get('n')})")
+    for col in ("metric", "base model", "fine-tuned", "change"):
+        table.add_column(col, justify="right" if col != "metric" else "left")
+    for row in summary_rows(base, tuned):
+        table.add_row(*row)
+    out.print(table)
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app(standalone_mode=True)
+    except TuneforgeError as e:
+        console.print(f"[bold red]error:[/bold red] {e.message}", markup=True, highlight=False)
+        if e.hint:
+            console.print(f"  [dim]hint:[/dim] {e.hint}")
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""The recipe: one typed, validated description of a fine-tuning job.
+
+A recipe is YAML on disk and a :class:`Recipe` in memory. Validation errors name the YAML file, the
+field path and (where known) the line, and unknown keys get a "did you mean" hint, so a typo never
+silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tuneforge.errors import TuneforgeError, did_you_mean
+
+TaskName = Literal["classification", "sft", "pretrain"]
+MethodName = Literal["lora", "full", "freeze"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Where the examples are and which columns hold what."""
+
+    train: Path = Field(description="Training data: CSV, JSONL, Parquet or a folder saved by `datasets`.")
+    validation: Path | None = Field(
+        None, description="Validation data used during training; or set `validation_split`."
+    )
+    test: Path | None = Field(
+        None, description="Held-out test data, scored once at the end for base and tuned model."
+    )
+    validation_split: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Fraction of `train` held out (seeded, stratified) when there is no file.",
+    )
+    text_field: str = Field("text", description="Column with the input text.")
+    label_field: str = Field("label", description="Column with the label (classification).")
+
+    @model_validator(mode="after")
+    def _one_validation_source(self) -> DataConfig:
+        if self.validation is not None and self.validation_split is not None:
+            raise ValueError("set either `validation` (a file) or `validation_split`, not both")
+        return self
+
+
+class LoraConfig(_Strict):
+    """Low-rank adapters (PEFT LoRA) on the chosen linear layers."""
+
+    r: int = Field(16, ge=1, le=1024, description="Adapter rank.")
+    alpha: float = Field(32, gt=0, description="Scaling numerator: the update is scaled by alpha/r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="`all-linear` or a list of module names, e.g. [q_proj, v_proj]."
+    )
+
+
+class FreezeConfig(_Strict):
+    """Freeze the bottom of the network: train only the top layers and the head."""
+
+    trainable_layers: int = Field(2, ge=0, description="How many top transformer layers to train.")
+
+
+class TrainingConfig(_Strict):
+    """Optimisation settings passed to the transformers Trainer."""
+
+    epochs: float = Field(3, gt=0, description="Number of passes over the training data.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps (overrides epochs).")
+    learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate.")
+    batch_size: int = Field(16, ge=1, description="Examples per device per step.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Steps accumulated per update.")
+    eval_batch_size: int | None = Field(None, ge=1, description="Batch size for evaluation.")
+    max_length: int = Field(256, ge=8, description="Longer inputs are truncated to this many tokens.")
+    seed: int = Field(0, description="Seed for the head initialisation, shuffling and dropout.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps for linear warm-up.")
+    lr_scheduler: str = Field("linear", description="transformers scheduler name (linear, cosine...).")
+    eval_steps: int | None = Field(
+        None, ge=1, description="Evaluate every N steps; default: at the end of every epoch."
+    )
+    logging_steps: int = Field(10, ge=1, description="Log the training loss every N steps.")
+    group_by_length: bool = Field(
+        True, description="Batch examples of similar length together: less padding, same data."
+    )
+
+
+class EarlyStoppingConfig(_Strict):
+    """Which validation metric picks the best checkpoint, and when to stop."""
+
+    metric: str | None = Field(
+        None, description="Validation metric to select on (default: the task's main metric)."
+    )
+    patience: int | None = Field(
+        None, ge=1, description="Stop after this many evaluations without improvement; null: never."
+    )
+    threshold: float = Field(0.0, ge=0, description="Minimum improvement that counts.")
+
+
+class BaselineConfig(_Strict):
+    """How the untouched base model is scored zero-shot before training."""
+
+    enabled: bool = Field(True, description="Score the base model before training.")
+    instruction: str | None = Field(
+        None,
+        description="Zero-shot instruction; `{labels}` is replaced by the label words. "
+        "Default: a generic 'classify as one of' prompt.",
+    )
+    label_words: dict[str, str] | None = Field(
+        None, description="Word the base model should answer for each label (default: the label)."
+    )
+
+
+class Recipe(_Strict):
+    """A fine-tuning job: base model, task, data, method and training settings."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        max_length=80,
+        description="Run name; the run directory is <output_dir>/<name>-<timestamp>.",
+    )
+    base_model: str = Field(
+        "smollm2-135m",
+        description="Embedded name, a local Hugging Face folder, a .gguf file or a hub id.",
+    )
+    task: TaskName = Field(description="classification | sft | pretrain")
+    data: DataConfig
+    method: MethodName = Field("lora", description="lora | full | freeze")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    freeze: FreezeConfig = Field(default_factory=FreezeConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+    output_dir: Path = Field(Path("runs"), description="Where run directories are created.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the model folder.")
+
+    @field_validator("base_model")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v.strip()
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override (`a.b=value`) and validate a recipe file."""
+    path = Path(path)
+    if not path.is_file():
+        raise TuneforgeError(f"recipe file not found: {path}", hint="check the path")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise TuneforgeError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    try:
+        node = yaml.compose(text)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise TuneforgeError(f"{path}:{where}: invalid YAML: {problem}") from None
+    if raw is None:
+        raise TuneforgeError(f"{path}: the recipe is empty")
+    if not isinstance(raw, dict):
+        raise TuneforgeError(f"{path}: a recipe must be a mapping of keys (name, task, data, ...)")
+    for item in overrides or []:
+        apply_override(raw, item)
+    return validate_recipe(raw, source=str(path), lines=_line_index(node))
+
+
+def validate_recipe(
+    raw: dict[str, Any], source: str = "recipe", lines: dict[tuple, int] | None = None
+) -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise TuneforgeError(_format_errors(e, source, lines or {})) from None
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one `--set a.b=value`; the value is parsed as YAML (numbers, booleans, lists)."""
+    if "=" not in item:
+        raise TuneforgeError(f"--set {item!r}: expected KEY=VALUE, e.g. training.epochs=1")
+    key, value = item.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise TuneforgeError(f"--set {item!r}: empty key")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    cursor = raw
+    for i, part in enumerate(parts[:-1]):
+        nxt = cursor.get(part)
+        if nxt is None:
+            nxt = cursor[part] = {}
+        if not isinstance(nxt, dict):
+            where = ".".join(parts[: i + 1])
+            raise TuneforgeError(f"--set {item!r}: '{where}' is not a section")
+        cursor = nxt
+    cursor[parts[-1]] = parsed
+
+
+def _line_index(node: yaml.Node | None, prefix: tuple = ()) -> dict[tuple, int]:
+    """Map each key path in the YAML document to its 1-based line number."""
+    out: dict[tuple, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            path = (*prefix, key_node.value)
+            out[path] = key_node.start_mark.line + 1
+            out.update(_line_index(value_node, path))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[(*prefix, i)] = item.start_mark.line + 1
+            out.update(_line_index(item, (*prefix, i)))
+    return out
+
+
+def _model_for_path(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that owns the last key of `loc` (for did-you-mean on unknown keys)."""
+    model: type[BaseModel] | None = Recipe
+    for part in loc[:-1]:
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            return None
+        ann = model.model_fields[part].annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return model
+
+
+def _format_errors(e: ValidationError, source: str, lines: dict[tuple, int]) -> str:
+    messages = []
+    for err in e.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        field = ".".join(str(p) for p in loc) or "(top level)"
+        line = lines.get(loc)
+        where = f"{source}" + (f" line {line}" if line else "")
+        if err["type"] == "extra_forbidden":
+            owner = _model_for_path(loc)
+            hint = did_you_mean(str(loc[-1]), owner.model_fields) if owner else ""
+            messages.append(f"{where}: unknown key '{field}'{hint}")
+        elif err["type"] == "missing":
+            messages.append(f"{where}: missing required field '{field}'")
+        else:
+            got = err.get("input")
+            got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+            messages.append(f"{where}: {field}: {err['msg']}{got_s}")
+    return "invalid recipe:\n  " + "\n  ".join(messages)

@@ -1,0 +1,77 @@
+"""Turn a recipe's data section into train / validation / test row lists."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneforge.config import DataConfig
+from tuneforge.data.readers import Row, read_records
+from tuneforge.data.splits import plain_split, stratified_split
+from tuneforge.errors import TuneforgeError
+
+
+@dataclass
+class Splits:
+    train: list[Row]
+    validation: list[Row]
+    test: list[Row] | None = None
+    sources: dict[str, str] = field(default_factory=dict)  # split -> file (or "train (split)")
+
+
+Check = Callable[[list[Row], Path, str], None]
+
+
+def load_splits(
+    cfg: DataConfig,
+    seed: int,
+    *,
+    check: Check | None = None,
+    stratify: Callable[[Row], Any] | None = None,
+) -> Splits:
+    """Read every split, `check` each file, and hold out a seeded validation set when asked.
+
+    The hold-out is stratified by `stratify(row)` when given (class balance is kept).
+    """
+
+    def read(path: Path, what: str) -> list[Row]:
+        rows = read_records(path, what=what)
+        if check is not None:
+            check(rows, path, what)
+        return rows
+
+    train = read(cfg.train, "data.train")
+    sources = {"train": str(cfg.train)}
+    if cfg.validation is not None:
+        validation = read(cfg.validation, "data.validation")
+        sources["validation"] = str(cfg.validation)
+    elif cfg.validation_split is not None:
+        if stratify is not None:
+            keys = [str(stratify(r)) for r in train]
+            train, validation = stratified_split(
+                train, keys, cfg.validation_split, seed, what="data.validation_split"
+            )
+        else:
+            train, validation = plain_split(train, cfg.validation_split, seed, what="data.validation_split")
+        sources["validation"] = f"{cfg.train} (validation_split={cfg.validation_split}, seed={seed})"
+    else:
+        raise TuneforgeError(
+            "data: no validation data",
+            hint="set data.validation to a file or data.validation_split to a fraction such as 0.1",
+        )
+    test = read(cfg.test, "data.test") if cfg.test is not None else None
+    if test is not None:
+        sources["test"] = str(cfg.test)
+    return Splits(train, validation, test, sources)
+
+
+def resolve_data_paths(cfg: DataConfig, base: Path) -> DataConfig:
+    """Relative paths are tried against the working directory first, then the recipe's folder."""
+    updates = {}
+    for key in ("train", "validation", "test"):
+        value = getattr(cfg, key)
+        if value is not None and not value.is_absolute() and not value.exists() and (base / value).exists():
+            updates[key] = base / value
+    return cfg.model_copy(update=updates)

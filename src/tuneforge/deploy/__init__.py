@@ -1,0 +1,1 @@
+"""Using a fine-tuned run: batch prediction (and later serving and export)."""

@@ -1,0 +1,42 @@
+"""Batch prediction for a run: texts in, one result per text out."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from tuneforge.data.readers import read_records, require_column
+from tuneforge.errors import TuneforgeError
+from tuneforge.run import Run
+
+
+def predict_texts(run: str | Path | Run, texts: list[str]) -> list[dict[str, Any]]:
+    loaded = run if isinstance(run, Run) else Run.load(run)
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise TuneforgeError(f"predict: text {i + 1} is empty")
+    return loaded.predict(texts)
+
+
+def predict_file(run: str | Path | Run, input_path: Path, output_path: Path) -> int:
+    """Predict every row of a file and write JSONL (the input row plus the prediction)."""
+    loaded = run if isinstance(run, Run) else Run.load(run)
+    rows = read_records(input_path, what="--input")
+    field = loaded.meta["info"].get("text_field", "text")
+    require_column(rows, field, input_path, "--input")
+    for row in rows:
+        if not isinstance(row[field], str) or not row[field].strip():
+            raise TuneforgeError(f"--input: {input_path} line {row['_line']}: empty text in column '{field}'")
+    results = loaded.predict([r[field] for r in rows])
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output_path.with_name(f".{output_path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row, result in zip(rows, results, strict=True):
+            record = {k: v for k, v in row.items() if k != "_line"}
+            f.write(json.dumps({**record, **result}, ensure_ascii=False, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(output_path)
+    return len(rows)

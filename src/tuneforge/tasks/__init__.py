@@ -1,0 +1,21 @@
+"""Tasks: each module knows how to format, model, collate and measure one kind of fine-tuning.
+
+Every task has the same shape (see :class:`tuneforge.tasks.base.Task`) so the trainer, the run
+directory and the CLI never branch on the task name.
+"""
+
+from __future__ import annotations
+
+from tuneforge.errors import TuneforgeError
+from tuneforge.tasks.base import Task
+
+
+def get_task(name: str) -> Task:
+    if name == "classification":
+        from tuneforge.tasks.classification import ClassificationTask
+
+        return ClassificationTask()
+    raise TuneforgeError(f"task '{name}' is not available yet")
+
+
+__all__ = ["Task", "get_task"]

@@ -1,0 +1,234 @@
+"""Task `classification`: a linear head on the LLM's last real token, labels from a column.
+
+The model is transformers' `AutoModelForSequenceClassification` (for Llama: a `score` layer on the
+hidden state of the right-most non-padding token, so left and right padding both work), which keeps
+the result loadable by stock transformers and PEFT.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tuneforge.config import Recipe
+from tuneforge.data.loading import load_splits, resolve_data_paths
+from tuneforge.data.readers import Row, require_column, row_where
+from tuneforge.errors import TuneforgeError
+from tuneforge.evaluation.metrics import classification_metrics
+from tuneforge.evaluation.zero_shot import DEFAULT_INSTRUCTION, softmax, zero_shot_scores
+from tuneforge.models import ModelSource, load_causal_lm, load_sequence_classifier
+from tuneforge.progress import track
+from tuneforge.tasks.base import Prepared
+
+
+def label_of(row: Row, field: str) -> str:
+    """Labels are strings; 1 and '1' are the same label, 1.0 is written as '1'."""
+    value = row[field]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def check_rows(rows: list[Row], path: Path, what: str, text_field: str, label_field: str | None) -> None:
+    """Every row needs a non-empty text (and a label, when labelled)."""
+    require_column(rows, text_field, path, what)
+    if label_field is not None:
+        require_column(rows, label_field, path, what)
+    for row in rows:
+        text = row[text_field]
+        if not isinstance(text, str) or not text.strip():
+            raise TuneforgeError(
+                f"{what}: {row_where(path, row)}: empty text in column '{text_field}'",
+                hint="remove the row or fill in its text",
+            )
+        if label_field is not None and (row[label_field] is None or not label_of(row, label_field)):
+            raise TuneforgeError(f"{what}: {row_where(path, row)}: empty label in column '{label_field}'")
+
+
+class ClassificationTask:
+    name = "classification"
+    peft_task_type = "SEQ_CLS"
+    default_metric = "macro_f1"
+    metric_names = ("loss", "accuracy", "macro_f1")
+
+    # ---------------------------------------------------------------- data
+
+    def prepare(self, recipe: Recipe, tokenizer, recipe_dir: Path = Path(".")) -> Prepared:
+        cfg = resolve_data_paths(recipe.data, recipe_dir)
+        text_f, label_f = cfg.text_field, cfg.label_field
+        splits = load_splits(
+            cfg,
+            recipe.training.seed,
+            check=lambda rows, path, what: check_rows(rows, path, what, text_f, label_f),
+            stratify=lambda row: label_of(row, label_f),
+        )
+        labels = sorted({label_of(r, label_f) for r in splits.train})
+        if len(labels) < 2:
+            raise TuneforgeError(
+                f"data.train: {cfg.train}: only one label ({labels[0]!r}) in column '{label_f}'; "
+                "classification needs two or more"
+            )
+        known = set(labels)
+        for split, rows in (("validation", splits.validation), ("test", splits.test or [])):
+            for row in rows:
+                if label_of(row, label_f) not in known:
+                    raise TuneforgeError(
+                        f"data.{split}: {row_where(splits.sources[split], row)}: label "
+                        f"{label_of(row, label_f)!r} never appears in the training data {sorted(known)}",
+                        hint="fix the label, or add training examples for it",
+                    )
+        info: dict[str, Any] = {"labels": labels, "text_field": text_f, "label_field": label_f}
+        train = self._tokenize(splits.train, tokenizer, recipe, info, "train")
+        validation = self._tokenize(splits.validation, tokenizer, recipe, info, "validation")
+        info["counts"] = {
+            split: {lab: sum(label_of(r, label_f) == lab for r in rows) for lab in labels}
+            for split, rows in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))
+            if rows is not None
+        }
+        return Prepared(splits, train, validation, info)
+
+    def _tokenize(self, rows: list[Row], tokenizer, recipe: Recipe, info: dict, split: str):
+        from datasets import Dataset
+
+        label_id = {lab: i for i, lab in enumerate(info["labels"])}
+        ds = Dataset.from_dict(
+            {
+                "text": [r[info["text_field"]] for r in rows],
+                "labels": [label_id[label_of(r, info["label_field"])] for r in rows],
+            }
+        )
+        max_length = recipe.training.max_length
+        ds = ds.map(
+            lambda batch: encode(tokenizer, batch["text"], max_length),
+            batched=True,
+            remove_columns=["text"],
+            desc=f"Tokenizing {split}",
+        )
+        lengths = ds["n_tokens"]
+        info.setdefault("truncated", {})[split] = int(sum(n > max_length for n in lengths))
+        info.setdefault("tokens", {})[split] = int(sum(min(n, max_length) for n in lengths))
+        return ds.remove_columns("n_tokens")
+
+    # ---------------------------------------------------------------- model
+
+    def build_model(self, source: ModelSource, prepared: Prepared, recipe: Recipe, tokenizer=None):
+        pad_id = tokenizer.pad_token_id if tokenizer is not None else None
+        return load_sequence_classifier(
+            source.path, prepared.info["labels"], pad_id, trust_remote_code=recipe.trust_remote_code
+        )
+
+    def collator(self, tokenizer):
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(tokenizer)
+
+    def trainer_metrics(self, prepared: Prepared, history: list[dict[str, Any]]):
+        labels = prepared.info["labels"]
+
+        def compute(eval_pred) -> dict[str, float]:
+            logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+            preds = np.asarray(logits).argmax(-1)
+            full = classification_metrics(eval_pred.label_ids, preds, labels)
+            history.append(full)
+            return {"accuracy": full["accuracy"], "macro_f1": full["macro_f1"]}
+
+        return compute
+
+    # ---------------------------------------------------------------- evaluation
+
+    def evaluate_base(self, source, tokenizer, rows, info, recipe: Recipe, split: str) -> dict[str, Any]:
+        model = load_causal_lm(source.path, trust_remote_code=recipe.trust_remote_code)
+        words = [(recipe.baseline.label_words or {}).get(lab, lab) for lab in info["labels"]]
+        scores = zero_shot_scores(
+            model,
+            tokenizer,
+            [r[info["text_field"]] for r in rows],
+            words,
+            recipe.baseline.instruction or DEFAULT_INSTRUCTION,
+            max_length=recipe.training.max_length + 64,
+            description=f"Base model zero-shot on {split}",
+        )
+        return self._score(softmax(scores), rows, info)
+
+    def evaluate(self, model, tokenizer, rows, info, recipe: Recipe, split: str) -> dict[str, Any]:
+        probs = self._probabilities(model, tokenizer, [r[info["text_field"]] for r in rows], recipe, split)
+        return self._score(probs, rows, info)
+
+    def _score(self, probs: np.ndarray, rows: list[Row], info: dict) -> dict[str, Any]:
+        label_id = {lab: i for i, lab in enumerate(info["labels"])}
+        y_true = np.array([label_id[label_of(r, info["label_field"])] for r in rows])
+        metrics = classification_metrics(y_true, probs.argmax(-1), info["labels"])
+        picked = probs[np.arange(len(rows)), y_true]
+        metrics["loss"] = float(-np.log(np.clip(picked, 1e-12, 1.0)).mean())
+        return metrics
+
+    @torch.no_grad()
+    def _probabilities(self, model, tokenizer, texts: list[str], recipe: Recipe, split: str = "") -> np.ndarray:
+        model.eval()
+        batch_size = recipe.training.eval_batch_size or recipe.training.batch_size
+        max_length = recipe.training.max_length
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding per batch
+        out = np.zeros((len(texts), model.config.num_labels))
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        rows = batches if len(batches) <= 1 else track(batches, f"Scoring {split or 'inputs'}")
+        for idx in rows:
+            enc = encode(tokenizer, [texts[i] for i in idx], max_length)
+            batch = tokenizer.pad(
+                {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}, return_tensors="pt"
+            )
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            out[idx] = torch.softmax(logits.float(), dim=-1).numpy()
+        return out
+
+    def predict(self, model, tokenizer, texts, info, recipe: Recipe) -> list[dict[str, Any]]:
+        probs = self._probabilities(model, tokenizer, texts, recipe)
+        labels = info["labels"]
+        return [
+            {"label": labels[int(p.argmax())], "probabilities": {lab: float(p[i]) for i, lab in enumerate(labels)}}
+            for p in probs
+        ]
+
+    def read_eval_rows(self, path: Path, info: dict) -> list[Row]:
+        """A labelled file for `eval`: same columns as training, labels from the run's label set."""
+        from tuneforge.data.readers import read_records
+
+        rows = read_records(path, what="--data")
+        check_rows(rows, path, "--data", info["text_field"], info["label_field"])
+        for row in rows:
+            if label_of(row, info["label_field"]) not in info["labels"]:
+                raise TuneforgeError(
+                    f"--data: {row_where(path, row)}: label {label_of(row, info['label_field'])!r} is not "
+                    f"one the model was trained on {info['labels']}"
+                )
+        return rows
+
+    # ---------------------------------------------------------------- loading a run
+
+    def load_tuned(self, run_dir: Path, source: ModelSource, info: dict, method: str, tokenizer, recipe: Recipe):
+        if method == "lora":
+            from peft import PeftModel
+
+            base = load_sequence_classifier(
+                source.path, info["labels"], tokenizer.pad_token_id, trust_remote_code=recipe.trust_remote_code
+            )
+            return PeftModel.from_pretrained(base, run_dir / "adapter")
+        return load_sequence_classifier(
+            run_dir / "model", info["labels"], tokenizer.pad_token_id, trust_remote_code=recipe.trust_remote_code
+        )
+
+
+def encode(tokenizer, texts: list[str], max_length: int) -> dict[str, list]:
+    """Token ids cut to `max_length`, no padding, plus each text's full length (to count cuts).
+
+    `split_special_tokens` keeps user text from ever turning into special tokens such as the pad
+    token, which the classifier's last-token pooling relies on.
+    """
+    enc = tokenizer(list(texts), split_special_tokens=True)
+    return {
+        "input_ids": [ids[:max_length] for ids in enc["input_ids"]],
+        "attention_mask": [m[:max_length] for m in enc["attention_mask"]],
+        "n_tokens": [len(ids) for ids in enc["input_ids"]],
+    }

@@ -1,0 +1,255 @@
+"""Run a recipe: score the base model, fine-tune with the transformers Trainer, write the run.
+
+The task supplies data, model, collator and metrics; this module only wires them to the Trainer
+and the run directory, so adding a task never touches it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from tuneforge.config import Recipe, load_recipe
+from tuneforge.errors import TuneforgeError, did_you_mean
+from tuneforge.methods import apply_method, count_parameters
+from tuneforge.models import load_tokenizer, resolve_base_model
+from tuneforge.progress import console, status
+from tuneforge.rundir import RunDir, write_json, write_text
+from tuneforge.tasks import get_task
+
+
+def train(recipe: Recipe | str | Path, overrides: list[str] | None = None):
+    """Fine-tune as the recipe says; returns the finished :class:`tuneforge.run.Run`."""
+    from tuneforge.run import Run
+
+    recipe_dir = Path(".")
+    if not isinstance(recipe, Recipe):
+        recipe_dir = Path(recipe).parent
+        recipe = load_recipe(recipe, overrides)
+    task = get_task(recipe.task)
+    metric = selection_metric(recipe, task)
+
+    from transformers import set_seed
+
+    set_seed(recipe.training.seed)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    source = resolve_base_model(recipe.base_model, trust_remote_code=recipe.trust_remote_code)
+    with status(f"Loading tokenizer of {recipe.base_model}"):
+        tokenizer = load_tokenizer(source.path, trust_remote_code=recipe.trust_remote_code)
+    prepared = task.prepare(recipe, tokenizer, recipe_dir)
+    timings["load_and_prepare"] = time.perf_counter() - t0
+
+    run = RunDir.create(recipe.output_dir, recipe.name)
+    console.print(f"Run directory: {run.final} (written as {run.path.name} until finished)")
+    try:
+        write_text(run.path / "recipe.yaml", _yaml(recipe))
+        eval_splits = {"validation": prepared.splits.validation}
+        if prepared.splits.test is not None:
+            eval_splits["test"] = prepared.splits.test
+
+        base: dict[str, Any] = {}
+        if recipe.baseline.enabled:
+            t = time.perf_counter()
+            for split, rows in eval_splits.items():
+                base[split] = task.evaluate_base(source, tokenizer, rows, prepared.info, recipe, split)
+            timings["base_eval"] = time.perf_counter() - t
+
+        set_seed(recipe.training.seed)
+        with status("Loading model"):
+            model = task.build_model(source, prepared, recipe, tokenizer)
+            model = apply_method(model, recipe.method, recipe.lora, recipe.freeze, task.peft_task_type)
+        trainable, total = count_parameters(model)
+        console.print(f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+
+        t = time.perf_counter()
+        trainer, evaluations = _build_trainer(recipe, task, prepared, model, tokenizer, run.path, metric)
+        trainer.train()
+        timings["train"] = time.perf_counter() - t
+        model = trainer.model
+        best = _best(trainer, metric)
+
+        _save_model(model, recipe.method, run.path)
+        tokenizer.save_pretrained(run.path / "tokenizer")
+
+        t = time.perf_counter()
+        tuned = {
+            split: task.evaluate(model, tokenizer, rows, prepared.info, recipe, split)
+            for split, rows in eval_splits.items()
+        }
+        timings["final_eval"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+
+        metrics = {
+            "task": task.name,
+            "selection_metric": metric,
+            "best": best,
+            "evaluations": evaluations,
+            "log_history": trainer.state.log_history,
+            "base": base,
+            "tuned": tuned,
+        }
+        write_json(run.path / "metrics.json", metrics)
+        write_json(
+            run.path / "run.json",
+            {
+                "name": recipe.name,
+                "task": task.name,
+                "method": recipe.method,
+                "base_model": recipe.base_model,
+                "base_model_path": str(source.path),
+                "data_sources": prepared.splits.sources,
+                "info": prepared.info,
+                "parameters": {"trainable": trainable, "total": total},
+                "timings": {k: round(v, 1) for k, v in timings.items()},
+                "environment": environment(),
+            },
+        )
+        from tuneforge.report import write_report
+
+        write_report(run.path)
+        _remove_checkpoints(run.path)
+        final = run.finish()
+    except TuneforgeError:
+        run.discard()
+        raise
+    except KeyboardInterrupt:
+        run.set_status("interrupted")
+        console.print(f"[yellow]Interrupted[/yellow]: partial run left in {run.path}")
+        raise
+    except BaseException as e:
+        run.set_status("failed", error=f"{type(e).__name__}: {e}")
+        raise
+    console.print(f"[green]Finished[/green]: {final}")
+    return Run.load(final)
+
+
+def selection_metric(recipe: Recipe, task) -> str:
+    metric = recipe.early_stopping.metric or task.default_metric
+    if metric not in task.metric_names:
+        raise TuneforgeError(
+            f"early_stopping.metric: '{metric}' is not a {task.name} metric{did_you_mean(metric, task.metric_names)}",
+            hint=f"choose one of: {', '.join(task.metric_names)}",
+        )
+    return metric
+
+
+def _build_trainer(recipe: Recipe, task, prepared, model, tokenizer, run_path: Path, metric: str):
+    from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+
+    tc = recipe.training
+    strategy = "steps" if tc.eval_steps else "epoch"
+    args = TrainingArguments(
+        output_dir=str(run_path / "checkpoints"),
+        num_train_epochs=tc.epochs,
+        max_steps=tc.max_steps or -1,
+        learning_rate=tc.learning_rate,
+        per_device_train_batch_size=tc.batch_size,
+        per_device_eval_batch_size=tc.eval_batch_size or tc.batch_size,
+        gradient_accumulation_steps=tc.gradient_accumulation_steps,
+        weight_decay=tc.weight_decay,
+        warmup_steps=tc.warmup_ratio,
+        lr_scheduler_type=tc.lr_scheduler,
+        eval_strategy=strategy,
+        save_strategy=strategy,
+        eval_steps=tc.eval_steps,
+        save_steps=tc.eval_steps,
+        logging_steps=tc.logging_steps,
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        metric_for_best_model=metric,
+        greater_is_better=metric != "loss",
+        seed=tc.seed,
+        data_seed=tc.seed,
+        train_sampling_strategy="group_by_length" if tc.group_by_length else "random",
+        report_to="none",
+        use_cpu=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=False,
+    )
+    evaluations: list[dict[str, Any]] = []
+    details: list[dict[str, Any]] = []
+
+    class RecordEvaluations(TrainerCallback):
+        """Keeps every evaluation (with full per-class details) for metrics.json."""
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            train_losses = [h["loss"] for h in state.log_history if "loss" in h]
+            entry = {
+                "step": state.global_step,
+                "epoch": round(state.epoch or 0.0, 3),
+                "train_loss": train_losses[-1] if train_losses else None,
+                **{k.removeprefix("eval_"): v for k, v in (metrics or {}).items()},
+            }
+            if details:
+                entry["details"] = details[-1]
+            evaluations.append(entry)
+
+    callbacks: list = [RecordEvaluations()]
+    if recipe.early_stopping.patience:
+        callbacks.append(
+            EarlyStoppingCallback(
+                early_stopping_patience=recipe.early_stopping.patience,
+                early_stopping_threshold=recipe.early_stopping.threshold,
+            )
+        )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=prepared.train,
+        eval_dataset=prepared.validation,
+        data_collator=task.collator(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=task.trainer_metrics(prepared, details),
+        callbacks=callbacks,
+    )
+    return trainer, evaluations
+
+
+def _best(trainer, metric: str) -> dict[str, Any]:
+    state = trainer.state
+    step = None
+    if state.best_model_checkpoint:
+        step = int(Path(state.best_model_checkpoint).name.rsplit("-", 1)[-1])
+    return {"metric": metric, "value": state.best_metric, "step": step, "global_steps": state.global_step}
+
+
+def _save_model(model, method: str, run_path: Path) -> None:
+    if method == "lora":
+        model.save_pretrained(run_path / "adapter")
+    else:
+        model.save_pretrained(run_path / "model", safe_serialization=True)
+
+
+def _remove_checkpoints(run_path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(run_path / "checkpoints", ignore_errors=True)
+
+
+def _yaml(recipe: Recipe) -> str:
+    import yaml
+
+    return yaml.safe_dump(recipe.to_yaml_dict(), sort_keys=False)
+
+
+def environment() -> dict[str, Any]:
+    import os
+    import platform
+
+    import peft
+    import torch
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
