@@ -35,11 +35,11 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(out)
 
 
-def render_report(run_path: Path) -> str:
+def render_report(run_path: Path, title: str | None = None) -> str:
     meta = json.loads((run_path / "run.json").read_text())
     metrics = json.loads((run_path / "metrics.json").read_text())
     info = meta.get("info", {})
-    lines = [f"# Run {run_path.name}", ""]
+    lines = [f"# Run {title or run_path.name}", ""]
     lines += [
         f"- task: **{meta['task']}**, method: **{meta['method']}**, base model: `{meta['base_model']}`",
         f"- trainable parameters: {meta['parameters']['trainable']:,} of {meta['parameters']['total']:,}",
@@ -106,7 +106,7 @@ def _fmt(v: Any) -> str:
     return "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def write_report(run_path: Path) -> Path:
+def write_report(run_path: Path, title: str | None = None) -> Path:
     path = run_path / "report.md"
-    write_text(path, render_report(run_path))
+    write_text(path, render_report(run_path, title))
     return path

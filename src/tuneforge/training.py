@@ -42,6 +42,7 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None):
     timings["load_and_prepare"] = time.perf_counter() - t0
 
     run = RunDir.create(recipe.output_dir, recipe.name)
+    previous_handler = _sigterm_as_interrupt()
     console.print(f"Run directory: {run.final} (written as {run.path.name} until finished)")
     try:
         write_text(run.path / "recipe.yaml", _yaml(recipe))
@@ -108,7 +109,7 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None):
         )
         from tuneforge.report import write_report
 
-        write_report(run.path)
+        write_report(run.path, run.final.name)
         _remove_checkpoints(run.path)
         final = run.finish()
     except TuneforgeError:
@@ -121,8 +122,31 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None):
     except BaseException as e:
         run.set_status("failed", error=f"{type(e).__name__}: {e}")
         raise
+    finally:
+        _restore_sigterm(previous_handler)
     console.print(f"[green]Finished[/green]: {final}")
     return Run.load(final)
+
+
+def _sigterm_as_interrupt():
+    """A polite kill (SIGTERM) marks the run interrupted, like Ctrl-C; SIGKILL leaves 'running'."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _restore_sigterm(previous) -> None:
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def selection_metric(recipe: Recipe, task) -> str:

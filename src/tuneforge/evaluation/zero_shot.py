@@ -68,7 +68,7 @@ def zero_shot_scores(
     scores = np.full((len(texts), len(label_words)), -np.inf)
     for t, k, prefix, cand in jobs:
         lp = logprobs[prefix]  # (keep, vocab): the last `keep` positions of the prefix
-        total = sum(float(lp[keep - (len(cand) - j), tok]) for j, tok in enumerate(cand))
+        total = sum(float(lp[keep - len(cand) + j, tok]) for j, tok in enumerate(cand))
         scores[t, k] = max(scores[t, k], total)
     return scores
 
@@ -83,12 +83,12 @@ def _last_logprobs(model, tokenizer, batch: list[tuple[int, ...]], keep: int) ->
         ids[i, width - len(seq) :] = torch.tensor(seq)
         mask[i, width - len(seq) :] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep + 1)
-    logits = out.logits[:, -keep - 1 : -1] if keep + 1 <= width else out.logits[:, :-1]
-    # position -keep-1 .. -2 predict tokens -keep .. -1; index keep-(len(cand)-j) picks the logit
-    # that predicts candidate token j (see zero_shot_scores).
-    lp = torch.log_softmax(logits.float(), dim=-1)
-    if lp.shape[1] < keep:  # very short sequence: left-fill so indexing stays aligned
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep)
+    # The last `keep` positions of the prefix predict the candidate tokens: the final position
+    # predicts the candidate's last token, so candidate token j of length c sits at index
+    # keep - c + j (see zero_shot_scores).
+    lp = torch.log_softmax(out.logits[:, -keep:].float(), dim=-1)
+    if lp.shape[1] < keep:  # a prefix shorter than `keep`: left-fill so indexing stays aligned
         fill = torch.full((lp.shape[0], keep - lp.shape[1], lp.shape[2]), -torch.inf)
         lp = torch.cat([fill, lp], dim=1)
     return list(lp)

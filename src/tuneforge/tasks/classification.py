@@ -123,6 +123,8 @@ class ClassificationTask:
     def collator(self, tokenizer):
         from transformers import DataCollatorWithPadding
 
+        # Right padding: real tokens keep positions 0..n-1, exactly as when scored alone.
+        tokenizer.padding_side = "right"
         return DataCollatorWithPadding(tokenizer)
 
     def trainer_metrics(self, prepared: Prepared, history: list[dict[str, Any]]):
@@ -177,7 +179,9 @@ class ClassificationTask:
         for idx in rows:
             enc = encode(tokenizer, [texts[i] for i in idx], max_length)
             batch = tokenizer.pad(
-                {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}, return_tensors="pt"
+                {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]},
+                padding_side="right",
+                return_tensors="pt",
             )
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             out[idx] = torch.softmax(logits.float(), dim=-1).numpy()

@@ -1,0 +1,54 @@
+"""Zero-shot scoring: the label score is the exact total log-probability of its tokens."""
+
+import numpy as np
+import pytest
+import torch
+
+from tuneforge.evaluation.zero_shot import build_prompt, softmax, zero_shot_scores
+from tuneforge.models import load_causal_lm
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_model):
+    return load_causal_lm(tiny_model).eval()
+
+
+def _reference(lm, tokenizer, prompt, word):
+    """Log p(word | prompt) by a plain forward over the whole sequence, no padding tricks."""
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c = tokenizer(word, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(lm(input_ids=torch.tensor([p + c])).logits[0], -1)
+    return sum(float(logp[len(p) - 1 + j, t]) for j, t in enumerate(c))
+
+
+def test_scores_match_a_plain_forward_pass(lm, tiny_tokenizer):
+    texts = ["great film", "a much longer and rather boring review of a film"]
+    words = ["positive", "negative"]
+    scores = zero_shot_scores(lm, tiny_tokenizer, texts, words, "Label: {labels}.", batch_size=3)
+    for t, text in enumerate(texts):
+        prompt, chat = build_prompt(tiny_tokenizer, "Label: positive, negative.", text)
+        assert chat
+        for k, word in enumerate(words):
+            forms = {word, word.capitalize()}
+            expected = max(_reference(lm, tiny_tokenizer, prompt, f) for f in forms)
+            assert scores[t, k] == pytest.approx(expected, abs=1e-4)
+
+
+def test_plain_prompt_without_chat_template(lm, tiny_model):
+    from tuneforge.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_model)
+    tok.chat_template = None
+    prompt, chat = build_prompt(tok, "Classify.", "some text")
+    assert not chat and prompt.endswith("Answer:")
+    scores = zero_shot_scores(lm, tok, ["some text"], ["yes", "no"], "Classify.")
+    assert scores[0, 0] == pytest.approx(
+        max(_reference(lm, tok, prompt, f) for f in (" yes", " Yes")), abs=1e-4
+    )
+
+
+def test_softmax_rows_sum_to_one():
+    p = softmax(np.array([[0.0, 0.0], [-1.0, -3.0]]))
+    assert np.allclose(p.sum(1), 1)
+    assert p[0, 0] == pytest.approx(0.5)
