@@ -60,7 +60,7 @@ def predict(
     results = predict_texts(run, texts or [])
     if as_json:
         for text, r in zip(texts or [], results, strict=True):
-            out.print_json(json.dumps({"text": text, **r}))
+            print(json.dumps({"text": text, **r}, ensure_ascii=False))
         return
     for text, r in zip(texts or [], results, strict=True):
         probs = ", ".join(f"{k} {v:.3f}" for k, v in sorted(r["probabilities"].items(), key=lambda kv: -kv[1]))
@@ -83,7 +83,7 @@ def eval_(
         payload = dict(result["tuned"])
         if base:
             payload = {**payload, "base": result["base"]}
-        out.print_json(json.dumps(payload))
+        print(json.dumps(payload, ensure_ascii=False))
         return
     _print_comparison(f"{run} on {data}", result.get("base", {}), result["tuned"])
 
