@@ -41,6 +41,18 @@ class DataConfig(_Strict):
     )
     text_field: str = Field("text", description="Column with the input text.")
     label_field: str = Field("label", description="Column with the label (classification).")
+    messages_field: str = Field(
+        "messages", description="sft: column with a chat as a list of {role, content} messages."
+    )
+    prompt_field: str = Field("prompt", description="sft: column with the prompt (prompt/completion data).")
+    completion_field: str = Field(
+        "completion", description="sft: column with the answer to learn (prompt/completion data)."
+    )
+    instruction_field: str = Field("instruction", description="sft: Alpaca-style instruction column.")
+    input_field: str = Field(
+        "input", description="sft: Alpaca-style optional input column, appended to the instruction."
+    )
+    output_field: str = Field("output", description="sft: Alpaca-style answer column.")
 
     @model_validator(mode="after")
     def _one_validation_source(self) -> DataConfig:
@@ -115,6 +127,40 @@ class BaselineConfig(_Strict):
     )
 
 
+class SftConfig(_Strict):
+    """Supervised instruction/chat tuning: how examples become chats and what the loss sees."""
+
+    format: Literal["auto", "messages", "prompt_completion", "alpaca"] = Field(
+        "auto",
+        description="Shape of the data; `auto` picks it from the columns of the training file "
+        "(messages_field, then prompt_field+completion_field, then instruction_field+output_field).",
+    )
+    train_on: Literal["assistant", "all"] = Field(
+        "assistant",
+        description="`assistant`: loss only on the assistant turns (and their end-of-turn token); "
+        "`all`: loss on every token of the rendered chat.",
+    )
+    overlong: Literal["truncate", "drop"] = Field(
+        "truncate",
+        description="Examples longer than training.max_length are cut to it (`truncate`; an "
+        "example left without any assistant token is dropped) or left out (`drop`).",
+    )
+    system_prompt: str | None = Field(
+        None,
+        description="System message put before prompt/completion and Alpaca examples, and used by "
+        "`generate`, `chat` and `predict` (chats that carry their own system message keep it).",
+    )
+    generation_examples: int = Field(
+        16,
+        ge=0,
+        description="Validation examples answered greedily at every evaluation for exact match, "
+        "ROUGE-L, chrF and BLEU (0: loss and perplexity only).",
+    )
+    max_new_tokens: int = Field(
+        64, ge=1, le=4096, description="Longest answer generated for the generation metrics."
+    )
+
+
 class Recipe(_Strict):
     """A fine-tuning job: base model, task, data, method and training settings."""
 
@@ -135,6 +181,7 @@ class Recipe(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+    sft: SftConfig = Field(default_factory=SftConfig)
     output_dir: Path = Field(Path("runs"), description="Where run directories are created.")
     trust_remote_code: bool = Field(False, description="Allow model code from the model folder.")
 

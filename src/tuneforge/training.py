@@ -12,11 +12,12 @@ from typing import Any
 
 from tuneforge.config import Recipe, load_recipe
 from tuneforge.errors import TuneforgeError, did_you_mean
+from tuneforge.evaluation.metrics import LOWER_IS_BETTER
 from tuneforge.methods import apply_method, count_parameters
 from tuneforge.models import load_tokenizer, resolve_base_model
 from tuneforge.progress import console, status
 from tuneforge.rundir import RunDir, write_json, write_text
-from tuneforge.tasks import get_task
+from tuneforge.tasks import get_task, hook
 
 
 def train(recipe: Recipe | str | Path, overrides: list[str] | None = None):
@@ -183,7 +184,7 @@ def _build_trainer(recipe: Recipe, task, prepared, model, tokenizer, run_path: P
         save_total_limit=2,
         load_best_model_at_end=True,
         metric_for_best_model=metric,
-        greater_is_better=metric != "loss",
+        greater_is_better=metric not in LOWER_IS_BETTER,
         seed=tc.seed,
         data_seed=tc.seed,
         train_sampling_strategy="group_by_length" if tc.group_by_length else "random",
@@ -211,7 +212,8 @@ def _build_trainer(recipe: Recipe, task, prepared, model, tokenizer, run_path: P
                 entry["details"] = details[-1]
             evaluations.append(entry)
 
-    callbacks: list = [RecordEvaluations()]
+    # The task's callbacks come first: they may add metrics that the others read.
+    callbacks: list = [*hook(task, "trainer_callbacks")(prepared, tokenizer, recipe, run_path), RecordEvaluations()]
     if recipe.early_stopping.patience:
         callbacks.append(
             EarlyStoppingCallback(

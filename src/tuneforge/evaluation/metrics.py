@@ -6,6 +6,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+LOWER_IS_BETTER = frozenset({"loss", "perplexity"})  # every other metric: higher is better
+
 
 def classification_metrics(
     y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]

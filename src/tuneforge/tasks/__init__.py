@@ -7,7 +7,7 @@ directory and the CLI never branch on the task name.
 from __future__ import annotations
 
 from tuneforge.errors import TuneforgeError
-from tuneforge.tasks.base import Task
+from tuneforge.tasks.base import Task, hook
 
 
 def get_task(name: str) -> Task:
@@ -15,7 +15,15 @@ def get_task(name: str) -> Task:
         from tuneforge.tasks.classification import ClassificationTask
 
         return ClassificationTask()
-    raise TuneforgeError(f"task '{name}' is not available yet")
+    if name == "sft":
+        from tuneforge.tasks.sft import SftTask
+
+        return SftTask()
+    if name == "pretrain":
+        from tuneforge.tasks.pretrain import PretrainTask
+
+        return PretrainTask()
+    raise TuneforgeError(f"task '{name}' is not available")
 
 
-__all__ = ["Task", "get_task"]
+__all__ = ["Task", "get_task", "hook"]

@@ -1,4 +1,10 @@
-"""The shape every task shares."""
+"""The shape every task shares.
+
+The trainer, the run and the CLI talk to a task only through these methods, so they never branch
+on the task name. Hooks added after the first task (callbacks, generation, preview, prediction
+inputs) have defaults in :class:`TaskDefaults`; :func:`hook` finds a task's own implementation or
+the default, so an older task keeps working without them.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from typing import Any, Protocol
 
 from tuneforge.config import Recipe
 from tuneforge.data.loading import Splits
+from tuneforge.errors import TuneforgeError
 from tuneforge.models import ModelSource
 
 
@@ -21,23 +28,32 @@ class Prepared:
     info: dict[str, Any] = field(default_factory=dict)  # stored in the run (run.json)
 
 
+@dataclass
+class Preview:
+    """One example as the model will see it: (text, style) pieces, style trained|context|special."""
+
+    title: str
+    pieces: list[tuple[str, str]]
+    note: str = ""
+
+
 class Task(Protocol):
     name: str
     peft_task_type: str  # peft.TaskType name
     default_metric: str  # used to select the best checkpoint
     metric_names: tuple[str, ...]  # metrics a recipe may select on ("loss" always included)
 
-    def prepare(self, recipe: Recipe, tokenizer) -> Prepared:
+    def prepare(self, recipe: Recipe, tokenizer, recipe_dir: Path = Path(".")) -> Prepared:
         """Read, validate and tokenise the data; errors name the file and line."""
 
-    def build_model(self, source: ModelSource, prepared: Prepared, recipe: Recipe):
+    def build_model(self, source: ModelSource, prepared: Prepared, recipe: Recipe, tokenizer=None):
         """The base model with the task's head, before the method (LoRA, freeze) is applied."""
 
     def collator(self, tokenizer):
-        """Pads each batch to its own longest example."""
+        """Batches examples for the Trainer (padding each batch to its own longest example)."""
 
     def trainer_metrics(self, prepared: Prepared, history: list[dict[str, Any]]):
-        """A `compute_metrics` for the Trainer; full results are appended to `history`."""
+        """A `compute_metrics` for the Trainer, or None to gather no logits (loss only)."""
 
     def evaluate_base(
         self, source: ModelSource, tokenizer, rows: list[dict], info: dict, recipe: Recipe, split: str
@@ -47,8 +63,49 @@ class Task(Protocol):
     def evaluate(self, model, tokenizer, rows: list[dict], info: dict, recipe: Recipe, split: str) -> dict[str, Any]:
         """Score a tuned model on labelled rows."""
 
-    def load_tuned(self, run_dir: Path, source: ModelSource, info: dict, method: str):
+    def read_eval_rows(self, path: Path, info: dict) -> list[dict]:
+        """Rows of a file for `eval --data`, checked like training data."""
+
+    def load_tuned(self, run_dir: Path, source: ModelSource, info: dict, method: str, tokenizer, recipe: Recipe):
         """Rebuild the tuned model from a run directory."""
 
-    def predict(self, model, tokenizer, texts: list[str], info: dict, recipe: Recipe) -> list[dict[str, Any]]:
+    def predict(self, model, tokenizer, inputs: list, info: dict, recipe: Recipe) -> list[dict[str, Any]]:
         """Predictions for raw inputs, one dict per input."""
+
+
+class TaskDefaults:
+    """Default hooks; a task overrides what applies to it."""
+
+    name = "task"
+
+    def trainer_callbacks(self, prepared: Prepared, tokenizer, recipe: Recipe, run_path: Path) -> list:
+        """Extra TrainerCallbacks (e.g. metrics the Trainer's eval loop cannot compute)."""
+        return []
+
+    def inputs_from_rows(self, rows: list[dict], path: Path, info: dict) -> list:
+        """The inputs `predict --input` passes to `predict`: by default the text column."""
+        from tuneforge.data.readers import require_column, row_where
+
+        text_field = info.get("text_field", "text")
+        require_column(rows, text_field, path, "--input")
+        for row in rows:
+            if not isinstance(row[text_field], str) or not row[text_field].strip():
+                raise TuneforgeError(f"--input: {row_where(path, row)}: empty text in column '{text_field}'")
+        return [r[text_field] for r in rows]
+
+    def generate(self, model, tokenizer, prompts: list, info: dict, recipe: Recipe, sampling) -> list:
+        raise TuneforgeError(f"a {self.name} run does not generate text", hint="use an sft or pretrain run")
+
+    def chat(self, model, tokenizer, messages: list[dict], info: dict, recipe: Recipe, sampling):
+        raise TuneforgeError(f"a {self.name} run cannot chat", hint="use an sft run")
+
+    def preview(self, recipe: Recipe, tokenizer, recipe_dir: Path, n: int) -> list[Preview]:
+        raise TuneforgeError(f"data preview is not available for task {self.name}")
+
+
+def hook(task: Any, name: str):
+    """`task.<name>`, or the default from TaskDefaults bound to `task`."""
+    own = getattr(task, name, None)
+    if own is not None:
+        return own
+    return getattr(TaskDefaults, name).__get__(task)

@@ -1,0 +1,89 @@
+"""Loss and perplexity of causal LMs, and the Trainer callbacks that add them to every evaluation.
+
+The loss here is the mean over all trained tokens (token-weighted), so base and tuned models are
+compared on exactly the same tokens. The Trainer's own `eval_loss` averages per-batch means, which
+can differ slightly; it is what early stopping sees, this is what the report compares.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from tuneforge.evaluation.text_metrics import perplexity
+from tuneforge.progress import track
+
+
+def padding_collator(tokenizer):
+    """Pads input_ids with the pad token and labels with -100, to each batch's longest example."""
+    from transformers import DataCollatorForSeq2Seq
+
+    tokenizer.padding_side = "right"
+    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+
+
+@torch.no_grad()
+def lm_loss(model, collate, features: list[dict[str, list[int]]], batch_size: int, description: str) -> dict[str, Any]:
+    """Token-weighted mean loss and perplexity over `features` (input_ids + labels)."""
+    if not features:
+        return {"loss": None, "perplexity": None, "tokens": 0}
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    try:
+        for idx in batches if len(batches) <= 1 else track(batches, description):
+            batch = collate([{k: features[i][k] for k in ("input_ids", "labels")} for i in idx])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            n = int((batch["labels"][:, 1:] != -100).sum())  # the model shifts labels by one
+            if n == 0:
+                continue
+            out = model(**batch)
+            total += float(out.loss) * n
+            count += n
+    finally:
+        model.train(was_training)
+    loss = total / count if count else None
+    return {"loss": loss, "perplexity": None if loss is None else perplexity(loss), "tokens": count}
+
+
+class PerplexityCallback(TrainerCallback):
+    """Adds eval_perplexity = exp(eval_loss) before early stopping and checkpoint selection see it."""
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if metrics is not None and "eval_loss" in metrics:
+            metrics["eval_perplexity"] = perplexity(metrics["eval_loss"])
+
+
+class GenerationCallback(TrainerCallback):
+    """Generates answers at every evaluation, adds their metrics and writes samples/step-N.jsonl.
+
+    `measure(model)` returns (metrics, samples). The metrics are added to the evaluation's dict in
+    place, which is how a callback can feed early stopping and best-checkpoint selection (both read
+    that dict after `on_evaluate`).
+    """
+
+    def __init__(self, measure: Callable[[Any], tuple[dict[str, float], list[dict]]], samples_dir: Path):
+        self.measure = measure
+        self.samples_dir = samples_dir
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        if metrics is None or model is None:
+            return
+        scores, samples = self.measure(model)
+        metrics.update({f"eval_{k}": v for k, v in scores.items()})
+        write_samples(self.samples_dir / f"step-{state.global_step}.jsonl", samples)
+
+
+def write_samples(path: Path, samples: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for sample in samples:
+            f.write(json.dumps(sample, ensure_ascii=False) + "\n")

@@ -1,0 +1,81 @@
+"""Text generation for causal LMs: the one decoding loop behind eval, generate, chat and predict.
+
+`model.generate` does the work; this module only batches token-id prompts (left padding, shortest
+first), stops at the given stop tokens and returns the new text. Greedy by default, so the same
+run and prompt always give the same answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to pick tokens: temperature 0 means greedy."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+
+
+@dataclass
+class Generation:
+    text: str
+    n_tokens: int  # new tokens, without the stop token
+    stopped: bool  # ended on a stop token (False: cut at max_new_tokens)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    stop_ids: list[int],
+    sampling: Sampling = Sampling(),
+    *,
+    batch_size: int = 8,
+) -> list[Generation]:
+    """Continue each prompt (token ids) until a stop token or `max_new_tokens`."""
+    from transformers import GenerationConfig
+
+    was_training = model.training
+    model.eval()
+    greedy = sampling.temperature <= 0
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    config = GenerationConfig(
+        max_new_tokens=sampling.max_new_tokens,
+        do_sample=not greedy,
+        temperature=None if greedy else sampling.temperature,
+        top_p=None if greedy else sampling.top_p,
+        top_k=None,
+        eos_token_id=stop_ids,
+        pad_token_id=pad,
+    )
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: list[Generation | None] = [None] * len(prompts)
+    device = next(model.parameters()).device
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            width = max(len(prompts[i]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+                mask[row, width - len(prompts[i]) :] = 1
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+            for row, i in enumerate(idx):
+                results[i] = _finish(tokenizer, out[row, width:].tolist(), stop_ids)
+    finally:
+        model.train(was_training)
+    return results  # type: ignore[return-value]
+
+
+def _finish(tokenizer, new_ids: list[int], stop_ids: list[int]) -> Generation:
+    stops = [k for k, t in enumerate(new_ids) if t in stop_ids]
+    end = stops[0] if stops else len(new_ids)
+    text = tokenizer.decode(new_ids[:end], skip_special_tokens=True)
+    return Generation(text.strip(), end, bool(stops))

@@ -1,0 +1,68 @@
+"""What the generative tasks (sft, pretrain) share: the causal LM itself, loading, chatting.
+
+Both tasks train the unchanged language-modelling head (PEFT TaskType.CAUSAL_LM), so a run loads
+back with stock transformers + PEFT and generates with `model.generate`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tuneforge.config import Recipe
+from tuneforge.data.chat import encode_prompt, end_of_turn, stop_token_ids
+from tuneforge.evaluation.language_model import PerplexityCallback
+from tuneforge.generation import Generation, Sampling, generate
+from tuneforge.models import ModelSource, load_causal_lm
+from tuneforge.tasks.base import Prepared, TaskDefaults
+
+
+class CausalLMTask(TaskDefaults):
+    peft_task_type = "CAUSAL_LM"
+    default_metric = "loss"
+
+    def build_model(self, source: ModelSource, prepared: Prepared, recipe: Recipe, tokenizer=None):
+        model = load_causal_lm(source.path, trust_remote_code=recipe.trust_remote_code)
+        if tokenizer is not None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+        return model
+
+    def trainer_metrics(self, prepared: Prepared, history: list[dict[str, Any]]):
+        # No compute_metrics: the Trainer then runs its eval loop with prediction_loss_only and
+        # never gathers (batch x length x vocabulary) logits.
+        return None
+
+    def trainer_callbacks(self, prepared: Prepared, tokenizer, recipe: Recipe, run_path: Path) -> list:
+        return [PerplexityCallback()]
+
+    def evaluate_base(self, source, tokenizer, rows, info, recipe: Recipe, split: str) -> dict[str, Any]:
+        model = load_causal_lm(source.path, trust_remote_code=recipe.trust_remote_code)
+        return self.evaluate(model, tokenizer, rows, info, recipe, split)
+
+    def evaluate(self, model, tokenizer, rows, info, recipe: Recipe, split: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def load_tuned(self, run_dir: Path, source: ModelSource, info: dict, method: str, tokenizer, recipe: Recipe):
+        if method == "lora":
+            from peft import PeftModel
+
+            base = load_causal_lm(source.path, trust_remote_code=recipe.trust_remote_code)
+            return PeftModel.from_pretrained(base, run_dir / "adapter")
+        return load_causal_lm(run_dir / "model", trust_remote_code=recipe.trust_remote_code)
+
+    def chat(self, model, tokenizer, messages: list[dict], info: dict, recipe: Recipe, sampling: Sampling) -> Generation:
+        """The next assistant turn of a conversation, rendered with the model's chat template."""
+        eot = info["end_of_turn"] if "end_of_turn" in info else end_of_turn(tokenizer)
+        if recipe.sft.system_prompt and not any(m["role"] == "system" for m in messages):
+            messages = [{"role": "system", "content": recipe.sft.system_prompt}, *messages]
+        prompt = encode_prompt(tokenizer, messages)
+        return generate(model, tokenizer, [prompt], stop_token_ids(tokenizer, eot), sampling)[0]
+
+    def predict(self, model, tokenizer, inputs: list, info: dict, recipe: Recipe) -> list[dict[str, Any]]:
+        """One completion per input (greedy, max_new_tokens from the recipe's sft section)."""
+        sampling = Sampling(max_new_tokens=recipe.sft.max_new_tokens)
+        return [
+            {"completion": g.text, "stopped": g.stopped}
+            for g in self.generate(model, tokenizer, inputs, info, recipe, sampling)
+        ]

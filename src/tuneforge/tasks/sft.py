@@ -1,0 +1,252 @@
+"""Task `sft`: supervised instruction and chat tuning of the causal LM.
+
+Rows (chat messages, prompt/completion pairs or Alpaca instruction/input/output) become chats,
+rendered with the base model's own chat template (data/chat.py, the same rendering `generate`,
+`chat` and `predict` use). The loss covers the assistant turns and their end-of-turn token by
+default, so the model learns to answer and to stop. Evaluation adds, on a few validation examples
+answered greedily, exact match, first-line exact match, ROUGE-L, chrF and BLEU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tuneforge.config import Recipe
+from tuneforge.data.chat import (
+    FALLBACK_TEMPLATE,
+    ChatFields,
+    Encoded,
+    conversation,
+    detect_format,
+    input_format,
+    encode_chat,
+    encode_prompt,
+    end_of_turn,
+    prompt_and_reference,
+    stop_token_ids,
+    trained_segments,
+    without_answer,
+)
+from tuneforge.data.loading import load_splits, resolve_data_paths
+from tuneforge.data.readers import Row, read_records, row_where
+from tuneforge.errors import TuneforgeError
+from tuneforge.evaluation.language_model import GenerationCallback, lm_loss, padding_collator
+from tuneforge.evaluation.text_metrics import GENERATION_METRICS, generation_metrics
+from tuneforge.generation import Sampling, generate
+from tuneforge.progress import console
+from tuneforge.tasks.base import Prepared, Preview
+from tuneforge.tasks.causal import CausalLMTask
+
+
+def chat_fields(recipe: Recipe, rows: list[Row], where: str) -> ChatFields:
+    """Resolve the recipe's column names and format against a file's columns."""
+    d = recipe.data
+    names = {
+        "messages": d.messages_field,
+        "prompt": d.prompt_field,
+        "completion": d.completion_field,
+        "instruction": d.instruction_field,
+        "input": d.input_field,
+        "output": d.output_field,
+    }
+    columns = [c for c in rows[0] if c != "_line"]
+    fmt = detect_format(recipe.sft.format, columns, names, where)
+    return ChatFields(format=fmt, system_prompt=recipe.sft.system_prompt, **names)
+
+
+class SftTask(CausalLMTask):
+    name = "sft"
+    metric_names = ("loss", "perplexity", *GENERATION_METRICS)
+
+    # ---------------------------------------------------------------- data
+
+    def prepare(self, recipe: Recipe, tokenizer, recipe_dir: Path = Path(".")) -> Prepared:
+        cfg = resolve_data_paths(recipe.data, recipe_dir)
+        if not tokenizer.chat_template:
+            console.print("[yellow]note[/yellow]: the base model has no chat template; using a plain one")
+            tokenizer.chat_template = FALLBACK_TEMPLATE  # saved with the run's tokenizer
+        found: dict[str, ChatFields] = {}
+
+        def check(rows: list[Row], path: Path, what: str) -> None:
+            if "fields" not in found:
+                found["fields"] = chat_fields(recipe, rows, f"{what}: {path}")
+            for row in rows:
+                conversation(row, found["fields"], f"{what}: {row_where(path, row)}")
+
+        splits = load_splits(cfg, recipe.training.seed, check=check)
+        fields = found["fields"]
+        info: dict[str, Any] = {
+            "chat": fields.to_info(),
+            "end_of_turn": end_of_turn(tokenizer),
+            "train_on": recipe.sft.train_on,
+            "overlong": recipe.sft.overlong,
+            "max_length": recipe.training.max_length,
+        }
+        train = self._dataset(splits.train, tokenizer, info, "train", splits.sources["train"])
+        validation = self._dataset(splits.validation, tokenizer, info, "validation", splits.sources["validation"])
+        if splits.test is not None:
+            self._count(encode_rows(splits.test, tokenizer, info), info, "test")
+        for split, n in info["dropped"].items():
+            if n:
+                console.print(
+                    f"[yellow]warning[/yellow]: {n} of {info['examples'][split]} {split} examples left out "
+                    f"(longer than training.max_length={recipe.training.max_length}, sft.overlong={recipe.sft.overlong})"
+                )
+        for split, n in info["truncated"].items():
+            if n:
+                console.print(
+                    f"[yellow]warning[/yellow]: {n} of {info['examples'][split]} {split} examples truncated "
+                    f"to training.max_length={recipe.training.max_length}"
+                )
+        if len(train) == 0:
+            raise TuneforgeError(
+                f"data.train: {splits.sources['train']}: no example fits in training.max_length="
+                f"{recipe.training.max_length}",
+                hint="raise training.max_length or set sft.overlong: truncate",
+            )
+        return Prepared(splits, train, validation, info)
+
+    def _dataset(self, rows: list[Row], tokenizer, info: dict, split: str, source: str):
+        from datasets import Dataset
+
+        convs = [conversation(r, ChatFields.from_info(info["chat"]), row_where(source, r)) for r in rows]
+        ds = Dataset.from_dict({"messages": convs}).map(
+            lambda ex: vars(_encode(tokenizer, ex["messages"], info)),
+            remove_columns=["messages"],
+            desc=f"Tokenizing {split}",
+        )
+        self._count(
+            [Encoded(i, lab, n, s) for i, lab, n, s in zip(ds["input_ids"], ds["labels"], ds["n_tokens"], ds["status"], strict=True)],
+            info,
+            split,
+        )
+        ds = ds.filter(lambda ex: ex["status"] != "dropped")
+        return ds.remove_columns(["n_tokens", "status"])
+
+    def _count(self, encoded: list[Encoded], info: dict, split: str) -> None:
+        kept = [e for e in encoded if e.status != "dropped"]
+        info.setdefault("examples", {})[split] = len(encoded)
+        info.setdefault("truncated", {})[split] = sum(e.status == "truncated" for e in encoded)
+        info.setdefault("dropped", {})[split] = len(encoded) - len(kept)
+        info.setdefault("tokens", {})[split] = sum(len(e.input_ids) for e in kept)
+        info.setdefault("trained_tokens", {})[split] = sum(sum(x != -100 for x in e.labels) for e in kept)
+
+    def collator(self, tokenizer):
+        return padding_collator(tokenizer)
+
+    def read_eval_rows(self, path: Path, info: dict) -> list[Row]:
+        rows = read_records(path, what="--data")
+        fields = ChatFields.from_info(info["chat"])
+        for row in rows:
+            conversation(row, fields, f"--data: {row_where(path, row)}")
+        return rows
+
+    # ---------------------------------------------------------------- evaluation
+
+    def trainer_callbacks(self, prepared: Prepared, tokenizer, recipe: Recipe, run_path: Path) -> list:
+        callbacks = super().trainer_callbacks(prepared, tokenizer, recipe, run_path)
+        if recipe.sft.generation_examples:
+            rows = prepared.splits.validation
+            measure = lambda model: self._generation(model, tokenizer, rows, prepared.info, recipe)  # noqa: E731
+            callbacks.append(GenerationCallback(measure, run_path / "samples"))
+        return callbacks
+
+    def evaluate(self, model, tokenizer, rows: list[Row], info: dict, recipe: Recipe, split: str) -> dict[str, Any]:
+        encoded = [e for e in encode_rows(rows, tokenizer, info) if e.status != "dropped"]
+        features = [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded]
+        batch_size = recipe.training.eval_batch_size or recipe.training.batch_size
+        result: dict[str, Any] = {"n": len(rows), "n_scored": len(features)}
+        result.update(lm_loss(model, padding_collator(tokenizer), features, batch_size, f"Loss on {split}"))
+        if recipe.sft.generation_examples:
+            scores, samples = self._generation(model, tokenizer, rows, info, recipe)
+            result.update(scores)
+            result["samples"] = samples
+        return result
+
+    def _generation(self, model, tokenizer, rows: list[Row], info: dict, recipe: Recipe):
+        """Greedy answers to the first `generation_examples` rows, their metrics and samples."""
+        fields = ChatFields.from_info(info["chat"])
+        chats = [conversation(r, fields, row_where("data", r)) for r in rows[: recipe.sft.generation_examples]]
+        pairs = [prompt_and_reference(c) for c in chats]
+        prompts = [encode_prompt(tokenizer, p) for p, _ in pairs]
+        sampling = Sampling(max_new_tokens=recipe.sft.max_new_tokens)
+        batch_size = recipe.training.eval_batch_size or recipe.training.batch_size
+        outs = generate(model, tokenizer, prompts, stop_token_ids(tokenizer, info["end_of_turn"]), sampling, batch_size=batch_size)
+        references = [ref for _, ref in pairs]
+        scores = generation_metrics([o.text for o in outs], references)
+        scores["generated"] = len(outs)
+        samples = [
+            {"prompt": p[-1]["content"], "reference": ref, "prediction": o.text, "stopped": o.stopped}
+            for (p, ref), o in zip(pairs, outs, strict=True)
+        ]
+        return scores, samples
+
+    # ---------------------------------------------------------------- using the run
+
+    def generate(self, model, tokenizer, prompts: list, info: dict, recipe: Recipe, sampling: Sampling):
+        """Answers to prompts (text: one user turn; a list of messages: a whole chat)."""
+        chats = [self._as_chat(p, recipe) for p in prompts]
+        ids = [encode_prompt(tokenizer, c) for c in chats]
+        return generate(model, tokenizer, ids, stop_token_ids(tokenizer, info["end_of_turn"]), sampling)
+
+    def _as_chat(self, prompt, recipe: Recipe) -> list[dict]:
+        if isinstance(prompt, str):
+            messages = [{"role": "user", "content": prompt}]
+        else:
+            messages = list(prompt)
+        if recipe.sft.system_prompt and not any(m["role"] == "system" for m in messages):
+            messages = [{"role": "system", "content": recipe.sft.system_prompt}, *messages]
+        return messages
+
+    def inputs_from_rows(self, rows: list[Row], path: Path, info: dict) -> list:
+        """Chats to answer: in the run's data format, else whatever format the file's columns show."""
+        fields = ChatFields.from_info(info["chat"])
+        columns = [c for c in rows[0] if c != "_line"]
+        fields = ChatFields(**{**fields.to_info(), "format": input_format(columns, fields, f"--input: {path}")})
+        out = []
+        for row in rows:
+            chat = without_answer(conversation(row, fields, f"--input: {row_where(path, row)}", need_answer=False))
+            if not chat or chat[-1]["role"] != "user":
+                raise TuneforgeError(f"--input: {row_where(path, row)}: the chat does not end with a user message")
+            out.append(chat)
+        return out
+
+    def preview(self, recipe: Recipe, tokenizer, recipe_dir: Path, n: int) -> list[Preview]:
+        cfg = resolve_data_paths(recipe.data, recipe_dir)
+        if not tokenizer.chat_template:
+            tokenizer.chat_template = FALLBACK_TEMPLATE
+        rows = read_records(cfg.train, what="data.train")
+        fields = chat_fields(recipe, rows, f"data.train: {cfg.train}")
+        info = {
+            "end_of_turn": end_of_turn(tokenizer),
+            "train_on": recipe.sft.train_on,
+            "overlong": recipe.sft.overlong,
+            "max_length": recipe.training.max_length,
+        }
+        previews = []
+        for row in rows[:n]:
+            enc = _encode(tokenizer, conversation(row, fields, f"data.train: {row_where(cfg.train, row)}"), info)
+            trained = sum(x != -100 for x in enc.labels)
+            note = f"{len(enc.input_ids)} tokens, {trained} trained"
+            if enc.status != "ok":
+                note += f"; {enc.status} ({enc.n_tokens} tokens > max_length {info['max_length']})"
+            pieces = [(text, "trained" if t else "context") for text, t in trained_segments(tokenizer, enc)]
+            previews.append(Preview(row_where(cfg.train, row), pieces, note))
+        return previews
+
+
+def _encode(tokenizer, messages: list[dict], info: dict) -> Encoded:
+    return encode_chat(
+        tokenizer,
+        messages,
+        max_length=info["max_length"],
+        train_on=info["train_on"],
+        overlong=info["overlong"],
+        eot=info["end_of_turn"],
+    )
+
+
+def encode_rows(rows: list[Row], tokenizer, info: dict) -> list[Encoded]:
+    fields = ChatFields.from_info(info["chat"])
+    return [_encode(tokenizer, conversation(r, fields, row_where("data", r)), info) for r in rows]
