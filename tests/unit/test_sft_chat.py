@@ -17,6 +17,17 @@ from tuneforge.data.chat import (
 from tuneforge.errors import TuneforgeError
 from tuneforge.testing import build_tiny_tokenizer
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread avoids OpenMP spin-waiting, up to 40x faster on a busy machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 CHAT = [
     {"role": "system", "content": "Triage alerts."},
     {"role": "user", "content": "failed login from 203.0.113.7"},
