@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from tuneforge.errors import TuneforgeError
@@ -63,6 +64,10 @@ def predict(
             print(json.dumps({"text": text, **r}, ensure_ascii=False))
         return
     for text, r in zip(texts or [], results, strict=True):
+        if "completion" in r:
+            out.print(f"[dim]{escape(text[:80])} →[/dim]")
+            out.print(r["completion"], markup=False)
+            continue
         probs = ", ".join(f"{k} {v:.3f}" for k, v in sorted(r["probabilities"].items(), key=lambda kv: -kv[1]))
         out.print(f"[bold]{r['label']}[/bold]  ({probs})  ← {text[:80]}")
 
@@ -86,6 +91,95 @@ def eval_(
         print(json.dumps(payload, ensure_ascii=False))
         return
     _print_comparison(f"{run} on {data}", result.get("base", {}), result["tuned"])
+
+
+MaxNewTokens = Annotated[int, typer.Option("--max-new-tokens", min=1, max=8192, help="Longest answer.")]
+Temperature = Annotated[
+    float, typer.Option("--temperature", min=0.0, max=5.0, help="0 = greedy (reproducible); > 0 samples.")
+]
+TopP = Annotated[float, typer.Option("--top-p", min=0.01, max=1.0, help="Nucleus sampling mass (with temperature > 0).")]
+
+
+@app.command()
+def generate(
+    run: Annotated[Path, typer.Argument(help="Run directory (sft or pretrain).")],
+    prompt: Annotated[str, typer.Argument(help="The prompt (sft: one user message; pretrain: text to continue).")],
+    max_new_tokens: MaxNewTokens = 256,
+    temperature: Temperature = 0.0,
+    top_p: TopP = 1.0,
+) -> None:
+    """Answer one prompt with a fine-tuned generative run."""
+    from tuneforge.run import Run
+
+    if not prompt.strip():
+        raise TuneforgeError("generate: the prompt is empty")
+    loaded = Run.load(run)
+    print(loaded.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p))
+
+
+@app.command()
+def chat(
+    run: Annotated[Path, typer.Argument(help="Run directory (sft).")],
+    system: Annotated[str | None, typer.Option("--system", help="System message for the conversation.")] = None,
+    max_new_tokens: MaxNewTokens = 256,
+    temperature: Temperature = 0.0,
+    top_p: TopP = 1.0,
+) -> None:
+    """Talk to a fine-tuned run: one message per line on stdin; /reset starts over, /exit or EOF ends."""
+    from tuneforge.run import Run
+
+    loaded = Run.load(run)
+    start = [{"role": "system", "content": system}] if system else []
+    messages = list(start)
+    console.print(f"Chatting with {run} (/reset starts over, /exit or Ctrl-D ends)")
+    while True:
+        console.print("[bold]you>[/bold] ", end="")
+        line = sys.stdin.readline()
+        if not line or line.strip() in ("/exit", "/quit"):
+            break
+        if line.strip() == "/reset":
+            messages = list(start)
+            continue
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line.rstrip("\n")})
+        reply = loaded.chat(messages, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        messages.append({"role": "assistant", "content": reply})
+        print(reply, flush=True)
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Look at training data before spending compute.")
+app.add_typer(data_app, name="data")
+
+STYLES = {"trained": "bold green", "context": "dim", "special": "bold magenta"}
+
+
+@data_app.command("preview")
+def data_preview(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    n: Annotated[int, typer.Option("-n", min=1, help="How many examples.")] = 3,
+    set_: SetOption = None,
+) -> None:
+    """Print a few training examples as the model sees them, trained tokens highlighted."""
+    from rich.text import Text
+
+    from tuneforge.preview import preview_recipe
+
+    plain = not out.is_terminal  # no colours: mark the trained tokens with ⟦ ⟧ instead
+    for example in preview_recipe(recipe, set_ or [], n):
+        out.rule(example.title)
+        text = Text()
+        for piece, style in example.pieces:
+            if plain and style == "trained":
+                piece = f"⟦{piece}⟧"
+            text.append(piece, style=STYLES[style])
+        out.print(text)
+        out.print(f"[dim]{escape(example.note)}[/dim]")
+    legend = "⟦trained⟧ (loss on these tokens), the rest is context" if plain else (
+        "[bold green]trained[/bold green] (loss on these tokens), [dim]context[/dim], "
+        "[bold magenta]document separator[/bold magenta]"
+    )
+    out.print(legend)
 
 
 @app.command()

@@ -6,27 +6,65 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tuneforge.evaluation.metrics import error_reduction
+from tuneforge.evaluation.metrics import error_reduction, relative_drop
 from tuneforge.rundir import write_text
 
-SUMMARY_METRICS = ("accuracy", "macro_f1", "loss")
+SUMMARY_METRICS = (
+    "accuracy",
+    "macro_f1",
+    "exact_match",
+    "first_line_exact_match",
+    "rouge_l",
+    "chrf",
+    "bleu",
+    "loss",
+    "perplexity",
+)
+RATES = {"accuracy", "macro_f1", "exact_match", "first_line_exact_match"}  # shown with error reduction
+TRAINING_COLUMNS = ("perplexity", "accuracy", "macro_f1", "exact_match", "first_line_exact_match", "rouge_l", "chrf", "bleu")
+COUNT_KEYS = (
+    "examples",
+    "truncated",
+    "dropped",
+    "tokens",
+    "trained_tokens",
+    "documents",
+    "skipped_empty",
+    "blocks",
+    "dropped_tail_tokens",
+)
 
 
 def summary_rows(base: dict[str, Any], tuned: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(metric, base, tuned, change) rows for one split; shared by the report and the CLI."""
     rows = []
     for m in SUMMARY_METRICS:
-        if m not in tuned:
+        if tuned.get(m) is None:
             continue
         b = base.get(m)
         t = tuned[m]
-        if m == "loss":
-            change = "" if b is None else f"{t - b:+.4f}"
-        else:
-            red = None if b is None else error_reduction(b, t)
-            change = "" if red is None else f"{t - b:+.3f} (error −{red:.1f}%)" if red >= 0 else f"{t - b:+.3f} (error +{-red:.1f}%)"
-        rows.append((m, "—" if b is None else f"{b:.4f}", f"{t:.4f}", change))
+        rows.append((m, "—" if b is None else _num(m, b), _num(m, t), "" if b is None else _change(m, b, t)))
     return rows
+
+
+def _num(metric: str, value: float) -> str:
+    return f"{value:.2f}" if metric in ("perplexity", "chrf", "bleu") else f"{value:.4f}"
+
+
+def _change(metric: str, b: float, t: float) -> str:
+    if metric == "loss":
+        return f"{t - b:+.4f}"
+    if metric == "perplexity":
+        drop = relative_drop(b, t)
+        return "" if drop is None else f"{t - b:+.2f} ({-drop:+.1f}%)"
+    if metric in ("chrf", "bleu"):
+        return f"{t - b:+.2f}"
+    if metric not in RATES:
+        return f"{t - b:+.4f}"
+    red = error_reduction(b, t)
+    if red is None:
+        return f"{t - b:+.3f}"
+    return f"{t - b:+.3f} (error −{red:.1f}%)" if red >= 0 else f"{t - b:+.3f} (error +{-red:.1f}%)"
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -52,6 +90,14 @@ def render_report(run_path: Path, title: str | None = None) -> str:
         "best checkpoint. Error reduction = share of the base model's errors removed.",
         "",
     ]
+    if meta["task"] != "classification":
+        lines += [
+            "Loss is the mean over trained tokens (sft: assistant answers; pretrain: all tokens of the "
+            "held-out documents), perplexity = exp(loss); its change is given in percent. Generation "
+            "metrics score greedy answers: exact match and first-line exact match (0-1), ROUGE-L F "
+            "(0-1), chrF and BLEU (0-100).",
+            "",
+        ]
     for split, tuned in metrics["tuned"].items():
         base = metrics.get("base", {}).get(split, {})
         lines += [f"### {split} (n={tuned.get('n')})", ""]
@@ -74,17 +120,15 @@ def render_report(run_path: Path, title: str | None = None) -> str:
             lines += ["Confusion matrix of the fine-tuned model (rows: true, columns: predicted):", ""]
             lines += [_table(["true \\ predicted", *labels], cm), ""]
 
+    lines += _samples_section(metrics)
     lines += ["## Validation during training", ""]
-    rows = []
-    for e in metrics["evaluations"]:
-        rows.append(
-            [e["step"], e["epoch"], _fmt(e.get("train_loss")), _fmt(e.get("loss"))]
-            + [_fmt(e.get(m)) for m in ("accuracy", "macro_f1") if any(m in x for x in metrics["evaluations"])]
-        )
-    header = ["step", "epoch", "train loss", "val loss"] + [
-        m for m in ("accuracy", "macro_f1") if any(m in x for x in metrics["evaluations"])
+    evaluations = metrics["evaluations"]
+    columns = [m for m in TRAINING_COLUMNS if any(e.get(m) is not None for e in evaluations)]
+    rows = [
+        [e["step"], e["epoch"], _fmt(e.get("train_loss")), _fmt(e.get("loss"))] + [_fmt(e.get(m)) for m in columns]
+        for e in evaluations
     ]
-    lines += [_table(header, rows), ""]
+    lines += [_table(["step", "epoch", "train loss", "val loss", *columns], rows), ""]
 
     lines += ["## Data", ""]
     for split, src in meta.get("data_sources", {}).items():
@@ -93,13 +137,40 @@ def render_report(run_path: Path, title: str | None = None) -> str:
         labels = info["labels"]
         rows = [[split, *[c.get(lab, 0) for lab in labels], sum(c.values())] for split, c in info["counts"].items()]
         lines += ["", _table(["split", *labels, "total"], rows)]
-    if "truncated" in info:
+    if "truncated" in info and "counts" in info:
         lines += ["", "Examples truncated to max_length: " + ", ".join(f"{k} {v}" for k, v in info["truncated"].items())]
+    counted = [k for k in COUNT_KEYS if isinstance(info.get(k), dict) and "counts" not in info]
+    if counted:
+        splits = list(dict.fromkeys(split for k in counted for split in info[k]))
+        rows = [[k.replace("_", " "), *[info[k].get(split, "") for split in splits]] for k in counted]
+        lines += ["", _table(["", *splits], rows)]
     lines += ["", "## Timings (seconds)", ""]
     lines += [_table(["phase", "seconds"], [[k, v] for k, v in meta.get("timings", {}).items()]), ""]
     lines += ["## Environment", ""]
     lines += [_table(["", ""], [[k, v] for k, v in meta.get("environment", {}).items()]), ""]
     return "\n".join(lines)
+
+
+def _samples_section(metrics: dict[str, Any], n: int = 3) -> list[str]:
+    """A few validation answers of the base and the fine-tuned model beside the reference."""
+    tuned = metrics["tuned"].get("validation", {}).get("samples")
+    if not tuned:
+        return []
+    base = metrics.get("base", {}).get("validation", {}).get("samples") or []
+    lines = ["## Sample generations (validation, greedy)", ""]
+    for i, sample in enumerate(tuned[:n]):
+        lines += [f"**Example {i + 1}.** Prompt:", "", _quote(sample["prompt"], 400), "", "Reference:", ""]
+        lines += [_quote(sample["reference"]), ""]
+        if i < len(base):
+            lines += ["Base model:", "", _quote(base[i]["prediction"] or "(empty)"), ""]
+        lines += ["Fine-tuned:", "", _quote(sample["prediction"] or "(empty)"), ""]
+    lines += ["All samples of every evaluation: `samples/step-N.jsonl`; final ones in `metrics.json`.", ""]
+    return lines
+
+
+def _quote(text: str, limit: int = 600) -> str:
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return "\n".join(f"> {line}" if line else ">" for line in text.splitlines())
 
 
 def _fmt(v: Any) -> str:

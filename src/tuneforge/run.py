@@ -11,7 +11,8 @@ from tuneforge.config import Recipe, validate_recipe
 from tuneforge.errors import TuneforgeError
 from tuneforge.models import ModelSource, load_tokenizer, resolve_base_model
 from tuneforge.rundir import INCOMPLETE
-from tuneforge.tasks import get_task
+from tuneforge.generation import Sampling
+from tuneforge.tasks import get_task, hook
 
 
 class Run:
@@ -65,11 +66,27 @@ class Run:
         model.eval()
         return model
 
-    def predict(self, texts: list[str]) -> list[dict[str, Any]]:
-        """One prediction per text (for classification: label and probabilities)."""
+    def predict(self, texts: list) -> list[dict[str, Any]]:
+        """One prediction per input (classification: label and probabilities; sft: completion)."""
         if isinstance(texts, str):
             texts = [texts]
         return self.task.predict(self.model, self.tokenizer, list(texts), self.meta["info"], self.recipe)
+
+    def generate(
+        self, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0
+    ) -> str:
+        """The model's answer to one prompt (sft: a user turn in the chat template; pretrain: a
+        plain continuation). Greedy unless `temperature` > 0."""
+        sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        out = hook(self.task, "generate")(self.model, self.tokenizer, [prompt], self.meta["info"], self.recipe, sampling)
+        return out[0].text
+
+    def chat(
+        self, messages: list[dict[str, str]], *, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0
+    ) -> str:
+        """The next assistant reply to a conversation ({role, content} messages, ending with the user)."""
+        sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        return hook(self.task, "chat")(self.model, self.tokenizer, messages, self.meta["info"], self.recipe, sampling).text
 
     def evaluate(self, data: str | Path, *, base: bool = False) -> dict[str, Any]:
         """Metrics of the tuned model on a labelled file; with `base`, of the untouched base too."""

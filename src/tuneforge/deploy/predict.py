@@ -7,9 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tuneforge.data.readers import read_records, require_column
+from tuneforge.data.readers import read_records
 from tuneforge.errors import TuneforgeError
 from tuneforge.run import Run
+from tuneforge.tasks import hook
 
 
 def predict_texts(run: str | Path | Run, texts: list[str]) -> list[dict[str, Any]]:
@@ -21,15 +22,14 @@ def predict_texts(run: str | Path | Run, texts: list[str]) -> list[dict[str, Any
 
 
 def predict_file(run: str | Path | Run, input_path: Path, output_path: Path) -> int:
-    """Predict every row of a file and write JSONL (the input row plus the prediction)."""
+    """Predict every row of a file and write JSONL (the input row plus the prediction).
+
+    The task says which columns are the input (classification: the text; sft: the chat or prompt).
+    """
     loaded = run if isinstance(run, Run) else Run.load(run)
     rows = read_records(input_path, what="--input")
-    field = loaded.meta["info"].get("text_field", "text")
-    require_column(rows, field, input_path, "--input")
-    for row in rows:
-        if not isinstance(row[field], str) or not row[field].strip():
-            raise TuneforgeError(f"--input: {input_path} line {row['_line']}: empty text in column '{field}'")
-    results = loaded.predict([r[field] for r in rows])
+    inputs = hook(loaded.task, "inputs_from_rows")(rows, input_path, loaded.meta["info"])
+    results = loaded.predict(inputs)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = output_path.with_name(f".{output_path.name}.tmp")
     with tmp.open("w", encoding="utf-8") as f:
