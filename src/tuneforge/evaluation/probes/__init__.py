@@ -1,0 +1,1 @@
+"""Shipped probe data (identity terms and templates for the bias probe)."""
