@@ -148,6 +148,27 @@ def chat(
         print(reply, flush=True)
 
 
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    format: Annotated[str, typer.Option("--format", "-f", help="adapter | merged | gguf.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to create (model, README.md).")],
+    quant: Annotated[
+        str | None, typer.Option("--quant", help="GGUF tensor type: f32 | f16 | q8_0 (default q8_0).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an earlier export at --output.")] = False,
+    no_verify: Annotated[
+        bool, typer.Option("--no-verify", help="Skip loading the export back to compare it with the run.")
+    ] = False,
+) -> None:
+    """Export a run: its LoRA adapter, merged safetensors, or GGUF for llama.cpp/Ollama; with a model card."""
+    from tuneforge.deploy.export import describe, export_run
+
+    result = export_run(run, format, output, quant=quant, force=force, verify=not no_verify)
+    for line in describe(result):
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 data_app = typer.Typer(no_args_is_help=True, help="Look at training data before spending compute.")
 app.add_typer(data_app, name="data")
 
