@@ -203,6 +203,10 @@ class Recipe(_Strict):
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, override (`a.b=value`) and validate a recipe file."""
     path = Path(path)
+    if path.is_dir():
+        raise TuneforgeError(
+            f"{path} is a folder, not a recipe file", hint="pass the recipe's YAML file"
+        )
     if not path.is_file():
         raise TuneforgeError(f"recipe file not found: {path}", hint="check the path")
     try:
@@ -221,13 +225,23 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise TuneforgeError(f"{path}: the recipe is empty")
     if not isinstance(raw, dict):
         raise TuneforgeError(f"{path}: a recipe must be a mapping of keys (name, task, data, ...)")
+    lines: dict[tuple, int | str] = dict(_line_index(node))
     for item in overrides or []:
-        apply_override(raw, item)
-    return validate_recipe(raw, source=str(path), lines=_line_index(node))
+        _mark_override(lines, apply_override(raw, item), item)
+    return validate_recipe(raw, source=str(path), lines=lines)
+
+
+def _mark_override(lines: dict[tuple, int | str], key: tuple[str, ...], item: str) -> None:
+    """Errors in a value given by `--set` point at the option, not at the file's old line."""
+    for path in [p for p in lines if p[: len(key)] == key]:
+        del lines[path]
+    lines[key] = f"--set {item}"
+    for i in range(1, len(key)):
+        lines.setdefault(key[:i], f"--set {item}")  # sections the option created
 
 
 def validate_recipe(
-    raw: dict[str, Any], source: str = "recipe", lines: dict[tuple, int] | None = None
+    raw: dict[str, Any], source: str = "recipe", lines: dict[tuple, int | str] | None = None
 ) -> Recipe:
     try:
         return Recipe.model_validate(raw)
@@ -235,8 +249,11 @@ def validate_recipe(
         raise TuneforgeError(_format_errors(e, source, lines or {})) from None
 
 
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Apply one `--set a.b=value`; the value is parsed as YAML (numbers, booleans, lists)."""
+def apply_override(raw: dict[str, Any], item: str) -> tuple[str, ...]:
+    """Apply one `--set a.b=value`; the value is parsed as YAML (numbers, booleans, lists).
+
+    Returns the key path that was set.
+    """
     if "=" not in item:
         raise TuneforgeError(f"--set {item!r}: expected KEY=VALUE, e.g. training.epochs=1")
     key, value = item.split("=", 1)
@@ -257,6 +274,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
             raise TuneforgeError(f"--set {item!r}: '{where}' is not a section")
         cursor = nxt
     cursor[parts[-1]] = parsed
+    return tuple(parts)
 
 
 def _line_index(node: yaml.Node | None, prefix: tuple = ()) -> dict[tuple, int]:
@@ -286,13 +304,17 @@ def _model_for_path(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
-def _format_errors(e: ValidationError, source: str, lines: dict[tuple, int]) -> str:
+def _format_errors(e: ValidationError, source: str, lines: dict[tuple, int | str]) -> str:
     messages = []
     for err in e.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         field = ".".join(str(p) for p in loc) or "(top level)"
         line = lines.get(loc)
-        where = f"{source}" + (f" line {line}" if line else "")
+        # a value set by --set (or inside a section it replaced) is reported against the option
+        option = next(
+            (v for i in range(len(loc), 0, -1) if isinstance(v := lines.get(loc[:i]), str)), None
+        )
+        where = option or (f"{source} line {line}" if line else source)
         if err["type"] == "extra_forbidden":
             owner = _model_for_path(loc)
             hint = did_you_mean(str(loc[-1]), owner.model_fields) if owner else ""

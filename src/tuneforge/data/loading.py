@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.config import DataConfig
-from tuneforge.data.readers import Row, read_records
+from tuneforge.data.readers import Row, read_records, row_where
 from tuneforge.data.splits import plain_split, stratified_split
 from tuneforge.errors import TuneforgeError
 
@@ -50,6 +50,7 @@ def load_splits(
     elif cfg.validation_split is not None:
         if stratify is not None:
             keys = [str(stratify(r)) for r in train]
+            _require_two_per_label(train, keys, cfg.train)
             train, validation = stratified_split(
                 train, keys, cfg.validation_split, seed, what="data.validation_split"
             )
@@ -65,6 +66,24 @@ def load_splits(
     if test is not None:
         sources["test"] = str(cfg.test)
     return Splits(train, validation, test, sources)
+
+
+def _require_two_per_label(rows: list[Row], keys: list[str], path: Path) -> None:
+    """A stratified hold-out needs every label twice; name the lonely rows so they can be fixed."""
+    seen: dict[str, list[Row]] = {}
+    for row, key in zip(rows, keys, strict=True):
+        seen.setdefault(key, []).append(row)
+    single = {key: found[0] for key, found in seen.items() if len(found) < 2}
+    if single:
+        shown = sorted(single.items())[:10]
+        where = ", ".join(f"{key!r} ({row_where(path, row)})" for key, row in shown)
+        if len(single) > len(shown):
+            where += f" and {len(single) - len(shown)} more"
+        raise TuneforgeError(
+            f"data.validation_split: cannot hold out a stratified validation set from {path}: "
+            f"label(s) with a single example: {where}",
+            hint="add examples of those labels, remove them, or set data.validation to a file",
+        )
 
 
 def resolve_data_paths(cfg: DataConfig, base: Path) -> DataConfig:

@@ -23,7 +23,8 @@ def read_records(path: str | Path, *, what: str = "data") -> list[Row]:
     """All rows of a data file; `what` names the role (e.g. 'data.train') in error messages."""
     path = Path(path)
     if not path.exists():
-        raise TuneforgeError(f"{what}: file not found: {path}", hint="check the path in the recipe")
+        where = "in the recipe" if what.startswith("data.") else "on the command line"
+        raise TuneforgeError(f"{what}: file not found: {path}", hint=f"check the path {where}")
     if path.is_dir():
         rows = _read_saved_dataset(path, what)
     else:
@@ -52,6 +53,13 @@ def read_records(path: str | Path, *, what: str = "data") -> list[Row]:
 
 def _read_utf8(path: Path, what: str) -> str:
     data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise TuneforgeError(
+            f"{what}: {path} line 1: the file is UTF-16 text (it starts with a UTF-16 byte "
+            "order mark), not UTF-8",
+            hint="re-save it as UTF-8 (in Excel: 'CSV UTF-8'), "
+            "e.g. `iconv -f utf-16 -t utf-8 in.csv > out.csv`",
+        )
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -63,37 +71,55 @@ def _read_utf8(path: Path, what: str) -> str:
 
 
 def _read_csv(text: str, path: Path, what: str, delimiter: str) -> list[Row]:
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     rows: list[Row] = []
+    start = 1  # first physical line of the record being read (a quoted cell may span lines)
     try:
-        header = reader.fieldnames
+        header = next(reader, None)
         if not header:
             raise TuneforgeError(f"{what}: {path} has no header row")
         if len(set(header)) != len(header):
             raise TuneforgeError(f"{what}: {path} line 1: duplicate column names in the header {header}")
-        for row in reader:
-            if None in row:  # more cells than header columns
+        while True:
+            start = reader.line_num + 1
+            cells = next(reader, None)
+            if cells is None:
+                break
+            if len(cells) > len(header):
                 raise TuneforgeError(
-                    f"{what}: {path} line {reader.line_num}: {len(header) + len(row[None])} cells "
+                    f"{what}: {path} line {reader.line_num}: {len(cells)} cells "
                     f"but the header has {len(header)} columns",
                     hint="quote cells that contain the delimiter",
                 )
-            if any(v is None for v in row.values()):
-                if all(v in (None, "") for v in row.values()):
+            if len(cells) < len(header):
+                if all(c == "" for c in cells):
                     continue  # a blank line
                 raise TuneforgeError(
-                    f"{what}: {path} line {reader.line_num}: fewer cells than the {len(header)} header columns"
+                    f"{what}: {path} line {reader.line_num}: fewer cells than the "
+                    f"{len(header)} header columns"
                 )
+            row: Row = dict(zip(header, cells, strict=True))
             row["_line"] = reader.line_num
             rows.append(row)
     except csv.Error as e:
-        raise TuneforgeError(f"{what}: {path} line {reader.line_num}: malformed CSV: {e}") from None
+        if "end of data" in str(e):
+            hint = 'a quoted cell starting on this line is never closed: add the closing quote (")'
+        else:
+            hint = (
+                'look for an unmatched quote (") on this line: a cell that starts with a quote '
+                "runs to the next quote, even on a later line"
+            )
+        hint += '; a quote inside a quoted cell is written ""'
+        message = f"{what}: {path} line {start}: malformed CSV: {e}"
+        raise TuneforgeError(message, hint=hint) from None
     return rows
 
 
 def _read_jsonl(text: str, path: Path, what: str) -> list[Row]:
     rows: list[Row] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Split on "\n" only: str.splitlines() also breaks at U+2028, form feeds etc., which JSON
+    # strings may contain unescaped (json.dumps(..., ensure_ascii=False) writes U+2028 as is).
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -111,15 +137,44 @@ def _read_jsonl(text: str, path: Path, what: str) -> list[Row]:
 
 
 def _read_json_array(text: str, path: Path, what: str) -> list[Row]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise TuneforgeError(f"{what}: {path} line {e.lineno}: invalid JSON: {e.msg}") from None
-    rows = []
-    for i, obj in enumerate(data):
+    """A JSON array of objects; each row remembers the line its object starts on."""
+    decoder = json.JSONDecoder()
+    ws = " \t\r\n"
+
+    def fail(pos: int, message: str) -> TuneforgeError:
+        return TuneforgeError(f"{what}: {path} line {text.count(chr(10), 0, pos) + 1}: {message}")
+
+    pos = text.index("[") + 1
+    rows: list[Row] = []
+    line, counted = 1, 0
+    while True:
+        while pos < len(text) and text[pos] in ws:
+            pos += 1
+        if pos < len(text) and text[pos] == "]" and not rows:
+            break
+        try:
+            obj, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            raise fail(e.pos, f"invalid JSON: {e.msg}") from None
+        line += text.count("\n", counted, pos)
+        counted = pos
         if not isinstance(obj, dict):
-            raise TuneforgeError(f"{what}: {path} item {i}: expected a JSON object, got {type(obj).__name__}")
-        rows.append({**obj, "_line": i + 1})
+            kind = type(obj).__name__
+            raise fail(pos, f"item {len(rows) + 1}: expected a JSON object, got {kind}")
+        rows.append({**obj, "_line": line})
+        pos = end
+        while pos < len(text) and text[pos] in ws:
+            pos += 1
+        if pos < len(text) and text[pos] == ",":
+            pos += 1
+            continue
+        if pos < len(text) and text[pos] == "]":
+            break
+        if pos >= len(text):
+            raise fail(pos, "invalid JSON: the array is never closed with ']'")
+        raise fail(pos, "invalid JSON: expected ',' or ']' after an array item")
+    if text[pos + 1 :].strip():
+        raise fail(pos + 1, "invalid JSON: extra data after the closing ']'")
     return rows
 
 
@@ -155,18 +210,33 @@ def _read_saved_dataset(path: Path, what: str) -> list[Row]:
 
 def require_column(rows: list[Row], column: str, path: Path | str, what: str) -> None:
     """Fail with the available columns when a configured column is missing."""
+    from tuneforge.errors import did_you_mean
+
     columns = [c for c in rows[0] if c != "_line"]
     if column not in columns:
-        from tuneforge.errors import did_you_mean
-
+        if what.startswith("data."):
+            hint = "set the column name in the recipe's data section (e.g. data.text_field)"
+        else:  # a file given to predict / eval: the run fixes the column names
+            hint = f"the run reads column '{column}' (as in its training data): rename the column"
+        if len(columns) == 1:
+            sep = next((d for d in (";", "\t", "|", ",") if d in columns[0]), None)
+            if sep is not None:
+                shown = {"\t": "tabs", ";": "';'", "|": "'|'", ",": "','"}[sep]
+                hint = (
+                    f"the header looks separated by {shown}: a .csv file must use ',' and a "
+                    ".tsv file tabs; re-save the file with the right separator or extension"
+                )
+        close = did_you_mean(column, columns)
         raise TuneforgeError(
-            f"{what}: {path} has no column '{column}'{did_you_mean(column, columns)}; columns: {columns}",
-            hint="set the column name in the recipe's data section (e.g. data.text_field)",
+            f"{what}: {path} has no column '{column}'{close}; columns: {columns}", hint=hint
         )
     for row in rows:
         if column not in row:
-            raise TuneforgeError(f"{what}: {path} line {row['_line']}: missing field '{column}'")
+            raise TuneforgeError(f"{what}: {row_where(path, row)}: missing field '{column}'")
 
 
 def row_where(path: Path | str, row: Row) -> str:
-    return f"{path} line {row.get('_line', '?')}"
+    """'file line N' for text files; 'file row N' for Parquet files and saved datasets."""
+    name = str(path)
+    unit = "row" if ".parquet" in name.lower() or Path(name.split(" (")[0]).is_dir() else "line"
+    return f"{path} {unit} {row.get('_line', '?')}"
