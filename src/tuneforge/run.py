@@ -38,6 +38,9 @@ class Run:
             )
         import yaml
 
+        for required in ("recipe.yaml", "metrics.json"):
+            if not (path / required).is_file():
+                raise TuneforgeError(f"{path} is not a complete run: {required} is missing")
         recipe = validate_recipe(yaml.safe_load((path / "recipe.yaml").read_text()), source=str(path / "recipe.yaml"))
         meta = json.loads((path / "run.json").read_text())
         return cls(path, recipe, meta)

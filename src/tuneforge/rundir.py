@@ -29,6 +29,18 @@ def write_json(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
+def ensure_dir(path: Path, what: str) -> None:
+    """mkdir -p with a clear error when a file (or something unwritable) is in the way."""
+    from tuneforge.errors import TuneforgeError
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise TuneforgeError(f"{what}: {path} (or one of its parents) is a file, not a folder") from None
+    except PermissionError:
+        raise TuneforgeError(f"{what}: no permission to create {path}") from None
+
+
 def write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -43,7 +55,7 @@ class RunDir:
 
     @classmethod
     def create(cls, output_dir: Path, name: str) -> RunDir:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        ensure_dir(output_dir, "output_dir")
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         final = output_dir / f"{name}-{stamp}"
         n = 2

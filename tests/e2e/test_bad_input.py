@@ -445,3 +445,21 @@ def test_predict_needs_texts_or_input_not_both(tmp_path, run_dir, sentiment_file
         run_cli("predict", run_dir, *args), "give texts on the command line or --input FILE"
     )
     assert not sentiment_files["test"].with_suffix(".predictions.jsonl").exists()
+
+
+def test_output_dir_that_is_a_file(sentiment_recipe, tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    proc = run_cli("train", sentiment_recipe, "--set", f"output_dir={blocker}")
+    assert_user_error(proc, "output_dir", "is a file, not a folder")
+
+
+def test_non_string_text_is_named(tmp_path, tiny_model, sentiment_files):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine", "label": "positive"}\n{"text": 5, "label": "negative"}\n')
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"name: r\nbase_model: {tiny_model}\ntask: classification\n"
+        f"data: {{train: {bad}, validation: {sentiment_files['validation']}}}\noutput_dir: {tmp_path / 'runs'}\n"
+    )
+    assert_user_error(run_cli("train", recipe), str(bad), "line 2", "holds a int, not text")

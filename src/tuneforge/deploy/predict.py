@@ -10,6 +10,7 @@ from typing import Any
 from tuneforge.data.readers import read_records
 from tuneforge.errors import TuneforgeError
 from tuneforge.run import Run
+from tuneforge.rundir import ensure_dir
 from tuneforge.tasks import hook
 
 
@@ -30,7 +31,7 @@ def predict_file(run: str | Path | Run, input_path: Path, output_path: Path) -> 
     rows = read_records(input_path, what="--input")
     inputs = hook(loaded.task, "inputs_from_rows")(rows, input_path, loaded.meta["info"])
     results = loaded.predict(inputs)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(output_path.parent, "--output")
     tmp = output_path.with_name(f".{output_path.name}.tmp")
     with tmp.open("w", encoding="utf-8") as f:
         for row, result in zip(rows, results, strict=True):

@@ -39,6 +39,10 @@ def check_rows(rows: list[Row], path: Path, what: str, text_field: str, label_fi
         require_column(rows, label_field, path, what)
     for row in rows:
         text = row[text_field]
+        if text is not None and not isinstance(text, str):
+            raise TuneforgeError(
+                f"{what}: {row_where(path, row)}: column '{text_field}' holds a {type(text).__name__}, not text"
+            )
         if not isinstance(text, str) or not text.strip():
             raise TuneforgeError(
                 f"{what}: {row_where(path, row)}: empty text in column '{text_field}'",
