@@ -113,6 +113,27 @@ class EarlyStoppingConfig(_Strict):
     threshold: float = Field(0.0, ge=0, description="Minimum improvement that counts.")
 
 
+CheckSeverity = Literal["error", "warning", "info", "off"]
+
+
+class DataChecksConfig(_Strict):
+    """Severity of each `data check` finding; `train` refuses to start on an error."""
+
+    parse_errors: CheckSeverity = Field("error", description="Rows that could not be parsed.")
+    leakage: CheckSeverity = Field("error", description="Validation/test examples also in train.")
+    empty_text: CheckSeverity = Field("error", description="Examples with no text.")
+    duplicates: CheckSeverity = Field("warning", description="Exact or normalised duplicates in a split.")
+    imbalance: CheckSeverity = Field("warning", description="Largest/smallest class above imbalance_ratio.")
+    short_text: CheckSeverity = Field("warning", description="Texts shorter than short_chars characters.")
+    long_text: CheckSeverity = Field("warning", description="Texts over 4x the median token length.")
+    truncation: CheckSeverity = Field("warning", description="Examples longer than training.max_length.")
+    imbalance_ratio: float = Field(3.0, gt=1, description="Class-count ratio that counts as imbalance.")
+    short_chars: int = Field(3, ge=1, description="Texts shorter than this many characters are flagged.")
+
+    def severities(self) -> dict[str, str]:
+        return self.model_dump(exclude={"imbalance_ratio", "short_chars"})
+
+
 class BaselineConfig(_Strict):
     """How the untouched base model is scored zero-shot before training."""
 
@@ -181,6 +202,7 @@ class Recipe(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+    data_checks: DataChecksConfig = Field(default_factory=DataChecksConfig)
     sft: SftConfig = Field(default_factory=SftConfig)
     output_dir: Path = Field(Path("runs"), description="Where run directories are created.")
     trust_remote_code: bool = Field(False, description="Allow model code from the model folder.")

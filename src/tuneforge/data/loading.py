@@ -30,14 +30,18 @@ def load_splits(
     *,
     check: Check | None = None,
     stratify: Callable[[Row], Any] | None = None,
+    skipped: dict[str, list] | None = None,
 ) -> Splits:
     """Read every split, `check` each file, and hold out a seeded validation set when asked.
 
-    The hold-out is stratified by `stratify(row)` when given (class balance is kept).
+    The hold-out is stratified by `stratify(row)` when given (class balance is kept). With
+    `skipped`, unparseable rows are recorded per split (split -> [(line, problem)]) instead of
+    raising.
     """
 
     def read(path: Path, what: str) -> list[Row]:
-        rows = read_records(path, what=what)
+        lenient = None if skipped is None else skipped.setdefault(what.removeprefix("data."), [])
+        rows = read_records(path, what=what, skipped=lenient)
         if check is not None:
             check(rows, path, what)
         return rows

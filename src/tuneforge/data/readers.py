@@ -19,8 +19,17 @@ Row = dict[str, Any]
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
 
 
-def read_records(path: str | Path, *, what: str = "data") -> list[Row]:
-    """All rows of a data file; `what` names the role (e.g. 'data.train') in error messages."""
+Skipped = list[tuple[int, str]]
+
+
+def read_records(
+    path: str | Path, *, what: str = "data", skipped: Skipped | None = None
+) -> list[Row]:
+    """All rows of a data file; `what` names the role (e.g. 'data.train') in error messages.
+
+    By default the first broken row raises. With a `skipped` list (used by `data check`), rows
+    that cannot be parsed are recorded there as (line, problem) and left out instead.
+    """
     path = Path(path)
     if not path.exists():
         where = "in the recipe" if what.startswith("data.") else "on the command line"
@@ -41,11 +50,11 @@ def read_records(path: str | Path, *, what: str = "data") -> list[Row]:
         else:
             text = _read_utf8(path, what)
             if fmt in ("csv", "tsv"):
-                rows = _read_csv(text, path, what, delimiter="," if fmt == "csv" else "\t")
+                rows = _read_csv(text, path, what, "," if fmt == "csv" else "\t", skipped)
             elif fmt == "json" and text.lstrip().startswith("["):
                 rows = _read_json_array(text, path, what)
             else:
-                rows = _read_jsonl(text, path, what)
+                rows = _read_jsonl(text, path, what, skipped)
     if not rows:
         raise TuneforgeError(f"{what}: {path} has no rows")
     return rows
@@ -70,7 +79,16 @@ def _read_utf8(path: Path, what: str) -> str:
         ) from None
 
 
-def _read_csv(text: str, path: Path, what: str, delimiter: str) -> list[Row]:
+def _row_problem(skipped: Skipped | None, line: int, error: TuneforgeError) -> None:
+    """Raise, or record the broken row and go on (lenient mode)."""
+    if skipped is None:
+        raise error
+    skipped.append((line, error.message.split(f"line {line}: ", 1)[-1]))
+
+
+def _read_csv(
+    text: str, path: Path, what: str, delimiter: str, skipped: Skipped | None = None
+) -> list[Row]:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     rows: list[Row] = []
     start = 1  # first physical line of the record being read (a quoted cell may span lines)
@@ -79,25 +97,37 @@ def _read_csv(text: str, path: Path, what: str, delimiter: str) -> list[Row]:
         if not header:
             raise TuneforgeError(f"{what}: {path} has no header row")
         if len(set(header)) != len(header):
-            raise TuneforgeError(f"{what}: {path} line 1: duplicate column names in the header {header}")
+            raise TuneforgeError(
+                f"{what}: {path} line 1: duplicate column names in the header {header}"
+            )
         while True:
             start = reader.line_num + 1
             cells = next(reader, None)
             if cells is None:
                 break
             if len(cells) > len(header):
-                raise TuneforgeError(
-                    f"{what}: {path} line {reader.line_num}: {len(cells)} cells "
-                    f"but the header has {len(header)} columns",
-                    hint="quote cells that contain the delimiter",
+                _row_problem(
+                    skipped,
+                    reader.line_num,
+                    TuneforgeError(
+                        f"{what}: {path} line {reader.line_num}: {len(cells)} cells "
+                        f"but the header has {len(header)} columns",
+                        hint="quote cells that contain the delimiter",
+                    ),
                 )
+                continue
             if len(cells) < len(header):
                 if all(c == "" for c in cells):
                     continue  # a blank line
-                raise TuneforgeError(
-                    f"{what}: {path} line {reader.line_num}: fewer cells than the "
-                    f"{len(header)} header columns"
+                _row_problem(
+                    skipped,
+                    reader.line_num,
+                    TuneforgeError(
+                        f"{what}: {path} line {reader.line_num}: fewer cells than the "
+                        f"{len(header)} header columns"
+                    ),
                 )
+                continue
             row: Row = dict(zip(header, cells, strict=True))
             row["_line"] = reader.line_num
             rows.append(row)
@@ -115,7 +145,7 @@ def _read_csv(text: str, path: Path, what: str, delimiter: str) -> list[Row]:
     return rows
 
 
-def _read_jsonl(text: str, path: Path, what: str) -> list[Row]:
+def _read_jsonl(text: str, path: Path, what: str, skipped: Skipped | None = None) -> list[Row]:
     rows: list[Row] = []
     # Split on "\n" only: str.splitlines() also breaks at U+2028, form feeds etc., which JSON
     # strings may contain unescaped (json.dumps(..., ensure_ascii=False) writes U+2028 as is).
@@ -125,12 +155,24 @@ def _read_jsonl(text: str, path: Path, what: str) -> list[Row]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise TuneforgeError(
-                f"{what}: {path} line {number}: invalid JSON: {e.msg} (column {e.colno})",
-                hint="JSONL needs one complete JSON object per line",
-            ) from None
+            _row_problem(
+                skipped,
+                number,
+                TuneforgeError(
+                    f"{what}: {path} line {number}: invalid JSON: {e.msg} (column {e.colno})",
+                    hint="JSONL needs one complete JSON object per line",
+                ),
+            )
+            continue
         if not isinstance(obj, dict):
-            raise TuneforgeError(f"{what}: {path} line {number}: expected a JSON object, got {type(obj).__name__}")
+            _row_problem(
+                skipped,
+                number,
+                TuneforgeError(
+                    f"{what}: {path} line {number}: expected a JSON object, got {type(obj).__name__}"
+                ),
+            )
+            continue
         obj["_line"] = number
         rows.append(obj)
     return rows

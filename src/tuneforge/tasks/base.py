@@ -56,20 +56,32 @@ class Task(Protocol):
         """A `compute_metrics` for the Trainer, or None to gather no logits (loss only)."""
 
     def evaluate_base(
-        self, source: ModelSource, tokenizer, rows: list[dict], info: dict, recipe: Recipe, split: str
+        self,
+        source: ModelSource,
+        tokenizer,
+        rows: list[dict],
+        info: dict,
+        recipe: Recipe,
+        split: str,
     ) -> dict[str, Any]:
         """Score the untouched base model the same way the tuned one is scored."""
 
-    def evaluate(self, model, tokenizer, rows: list[dict], info: dict, recipe: Recipe, split: str) -> dict[str, Any]:
+    def evaluate(
+        self, model, tokenizer, rows: list[dict], info: dict, recipe: Recipe, split: str
+    ) -> dict[str, Any]:
         """Score a tuned model on labelled rows."""
 
     def read_eval_rows(self, path: Path, info: dict) -> list[dict]:
         """Rows of a file for `eval --data`, checked like training data."""
 
-    def load_tuned(self, run_dir: Path, source: ModelSource, info: dict, method: str, tokenizer, recipe: Recipe):
+    def load_tuned(
+        self, run_dir: Path, source: ModelSource, info: dict, method: str, tokenizer, recipe: Recipe
+    ):
         """Rebuild the tuned model from a run directory."""
 
-    def predict(self, model, tokenizer, inputs: list, info: dict, recipe: Recipe) -> list[dict[str, Any]]:
+    def predict(
+        self, model, tokenizer, inputs: list, info: dict, recipe: Recipe
+    ) -> list[dict[str, Any]]:
         """Predictions for raw inputs, one dict per input."""
 
 
@@ -78,7 +90,9 @@ class TaskDefaults:
 
     name = "task"
 
-    def trainer_callbacks(self, prepared: Prepared, tokenizer, recipe: Recipe, run_path: Path) -> list:
+    def trainer_callbacks(
+        self, prepared: Prepared, tokenizer, recipe: Recipe, run_path: Path
+    ) -> list:
         """Extra TrainerCallbacks (e.g. metrics the Trainer's eval loop cannot compute)."""
         return []
 
@@ -90,11 +104,46 @@ class TaskDefaults:
         require_column(rows, text_field, path, "--input")
         for row in rows:
             if not isinstance(row[text_field], str) or not row[text_field].strip():
-                raise TuneforgeError(f"--input: {row_where(path, row)}: empty text in column '{text_field}'")
+                raise TuneforgeError(
+                    f"--input: {row_where(path, row)}: empty text in column '{text_field}'"
+                )
         return [r[text_field] for r in rows]
 
-    def generate(self, model, tokenizer, prompts: list, info: dict, recipe: Recipe, sampling) -> list:
-        raise TuneforgeError(f"a {self.name} run does not generate text", hint="use an sft or pretrain run")
+    def check_splits(
+        self, recipe: Recipe, recipe_dir: Path
+    ) -> tuple[dict[str, list], dict[str, list]]:
+        """Rows per split for `data check`, broken rows skipped and recorded (split -> lines)."""
+        from tuneforge.datacheck import default_check_splits
+
+        return default_check_splits(recipe, recipe_dir)
+
+    def check_examples(self, rows: list[dict], recipe: Recipe, split: str) -> list:
+        """What `data check` inspects for each row: by default the text column, or the whole row.
+
+        Returns :class:`tuneforge.data.check.Example` objects (text, line, label, n_tokens=None;
+        token counts are filled in by the caller).
+        """
+        import json
+
+        from tuneforge.data.check import Example
+
+        field = recipe.data.text_field
+        out = []
+        for row in rows:
+            value = row.get(field)
+            if not isinstance(value, str):
+                value = json.dumps(
+                    {k: v for k, v in row.items() if k != "_line"}, sort_keys=True, default=str
+                )
+            out.append(Example(value, row.get("_line", 0)))
+        return out
+
+    def generate(
+        self, model, tokenizer, prompts: list, info: dict, recipe: Recipe, sampling
+    ) -> list:
+        raise TuneforgeError(
+            f"a {self.name} run does not generate text", hint="use an sft or pretrain run"
+        )
 
     def chat(self, model, tokenizer, messages: list[dict], info: dict, recipe: Recipe, sampling):
         raise TuneforgeError(f"a {self.name} run cannot chat", hint="use an sft run")

@@ -199,6 +199,25 @@ class ClassificationTask:
             for p in probs
         ]
 
+    def check_splits(self, recipe: Recipe, recipe_dir: Path):
+        from tuneforge.datacheck import default_check_splits
+
+        field = recipe.data.label_field
+        return default_check_splits(recipe, recipe_dir, stratify=lambda r: str(r.get(field, "")))
+
+    def check_examples(self, rows: list[Row], recipe: Recipe, split: str) -> list:
+        from tuneforge.data.check import Example
+
+        text_f, label_f = recipe.data.text_field, recipe.data.label_field
+        return [
+            Example(
+                r.get(text_f) if isinstance(r.get(text_f), str) else "",
+                r.get("_line", 0),
+                label_of(r, label_f) if r.get(label_f) is not None else None,
+            )
+            for r in rows
+        ]
+
     def read_eval_rows(self, path: Path, info: dict) -> list[Row]:
         """A labelled file for `eval`: same columns as training, labels from the run's label set."""
         from tuneforge.data.readers import read_records

@@ -1,0 +1,97 @@
+"""`tuneforge data check`: read a recipe's data leniently and report what is wrong with it.
+
+Runs on its own and at the start of every `train`; findings go to the terminal, to
+`data_check.json` in the run directory and to the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from rich.table import Table
+
+from tuneforge.config import Recipe
+from tuneforge.data.check import CheckReport, run_checks
+from tuneforge.data.loading import load_splits, resolve_data_paths
+from tuneforge.errors import TuneforgeError
+from tuneforge.tasks.base import hook
+
+
+def check_recipe_data(recipe: Recipe, tokenizer, task, recipe_dir: Path = Path(".")) -> CheckReport:
+    """All findings for the recipe's data (reading never stops at the first broken row)."""
+    splits, parse_errors = hook(task, "check_splits")(recipe, recipe_dir)
+    examples = {}
+    for split, rows in splits.items():
+        found = hook(task, "check_examples")(rows, recipe, split)
+        texts = [e.text for e in found]
+        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+        examples[split] = [replace(e, n_tokens=n) for e, n in zip(found, lengths, strict=True)]
+    cfg = recipe.data_checks
+    return run_checks(
+        examples,
+        max_length=recipe.training.max_length,
+        severity=cfg.severities(),
+        parse_errors=parse_errors,
+        imbalance_ratio=cfg.imbalance_ratio,
+        short_chars=cfg.short_chars,
+    )
+
+
+def default_check_splits(
+    recipe: Recipe, recipe_dir: Path, stratify=None
+) -> tuple[dict[str, list], dict[str, list]]:
+    """Rows per split read with broken rows skipped and recorded, split as `train` splits them."""
+    cfg = resolve_data_paths(recipe.data, recipe_dir)
+    parse_errors: dict[str, list] = {}
+    splits = load_splits(cfg, recipe.training.seed, stratify=stratify, skipped=parse_errors)
+    out = {"train": splits.train, "validation": splits.validation}
+    if splits.test is not None:
+        out["test"] = splits.test
+    return out, parse_errors
+
+
+def refuse_on_errors(report: CheckReport) -> None:
+    errors = report.errors
+    if not errors:
+        return
+    lines = [f"{f.split or 'data'}: {f.message}" + (f" (lines {_lines(f.lines)})" if f.lines else "") for f in errors]
+    checks = sorted({f.check for f in errors})
+    raise TuneforgeError(
+        "data check found " + f"{len(errors)} error(s):\n  " + "\n  ".join(lines),
+        hint="fix the data, or downgrade the check in the recipe, e.g. "
+        + ", ".join(f"--set data_checks.{c}=warning" for c in checks),
+    )
+
+
+def _lines(lines: list[int]) -> str:
+    shown = ", ".join(str(n) for n in lines[:10])
+    return shown + (", …" if len(lines) > 10 else "")
+
+
+def findings_table(report: CheckReport) -> Table:
+    table = Table(title="Data check")
+    for col in ("severity", "check", "split", "finding", "lines"):
+        table.add_column(col)
+    colour = {"error": "red", "warning": "yellow", "info": "cyan"}
+    for f in report.findings:
+        table.add_row(f"[{colour.get(f.severity, 'white')}]{f.severity}[/]", f.check, f.split or "", f.message, _lines(f.lines))
+    if not report.findings:
+        table.add_row("[green]ok[/]", "", "", "no findings", "")
+    return table
+
+
+def summary_table(report: CheckReport) -> Table:
+    table = Table(title="Data summary")
+    for col in ("split", "examples", "labels", "tokens (min/median/p95/max)", "over max_length"):
+        table.add_column(col)
+    for split, s in report.summary["splits"].items():
+        tokens = s.get("tokens", {})
+        table.add_row(
+            split,
+            str(s["examples"]),
+            ", ".join(f"{k}: {v}" for k, v in s.get("labels", {}).items()),
+            "/".join(str(tokens.get(k, "")) for k in ("min", "median", "p95", "max")) if tokens else "",
+            str(tokens.get("over_max_length", "")),
+        )
+    return table
