@@ -194,7 +194,7 @@ def data_preview(
             if plain and style == "trained":
                 piece = f"⟦{piece}⟧"
             text.append(piece, style=STYLES[style])
-        out.print(text)
+        out.print(text, soft_wrap=True)  # line breaks only where the data has them
         out.print(f"[dim]{escape(example.note)}[/dim]")
     legend = "⟦trained⟧ (loss on these tokens), the rest is context" if plain else (
         "[bold green]trained[/bold green] (loss on these tokens), [dim]context[/dim], "

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tuneforge.progress import track
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -37,6 +39,7 @@ def generate(
     sampling: Sampling = Sampling(),
     *,
     batch_size: int = 8,
+    description: str | None = None,
 ) -> list[Generation]:
     """Continue each prompt (token ids) until a stop token or `max_new_tokens`."""
     from transformers import GenerationConfig
@@ -58,15 +61,17 @@ def generate(
     results: list[Generation | None] = [None] * len(prompts)
     device = next(model.parameters()).device
     try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        for idx in track(batches, description) if description and len(batches) > 1 else batches:
             width = max(len(prompts[i]) for i in idx)
             ids = torch.full((len(idx), width), pad, dtype=torch.long)
             mask = torch.zeros((len(idx), width), dtype=torch.long)
             for row, i in enumerate(idx):
                 ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
                 mask[row, width - len(prompts[i]) :] = 1
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+            out = model.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config
+            )
             for row, i in enumerate(idx):
                 results[i] = _finish(tokenizer, out[row, width:].tolist(), stop_ids)
     finally:

@@ -15,7 +15,9 @@ from tuneforge.tasks import get_task, hook
 from tuneforge.tasks.base import Preview
 
 
-def preview_recipe(recipe_path: str | Path, overrides: list[str] | None = None, n: int = 3) -> list[Preview]:
+def preview_recipe(
+    recipe_path: str | Path, overrides: list[str] | None = None, n: int = 3
+) -> list[Preview]:
     recipe = load_recipe(recipe_path, overrides)
     task = get_task(recipe.task)
     source = resolve_base_model(recipe.base_model, trust_remote_code=recipe.trust_remote_code)

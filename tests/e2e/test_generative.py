@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import assert_user_error, run_cli
 
 CATEGORIES = ["phishing", "malware", "benign"]
@@ -47,7 +46,9 @@ def _only_run(output_dir: Path) -> Path:
 def sft(tmp_path_factory, tiny_model):
     tmp = tmp_path_factory.mktemp("sft")
     files = {
-        "train": write_jsonl(tmp / "train.jsonl", [chat_row(i, turns=1 + i % 2) for i in range(12)]),
+        "train": write_jsonl(
+            tmp / "train.jsonl", [chat_row(i, turns=1 + i % 2) for i in range(12)]
+        ),
         "validation": write_jsonl(tmp / "validation.jsonl", [chat_row(i) for i in range(100, 104)]),
         "test": write_jsonl(tmp / "test.jsonl", [chat_row(i) for i in range(200, 203)]),
     }
@@ -57,16 +58,22 @@ def sft(tmp_path_factory, tiny_model):
 name: tiny-sft
 base_model: {tiny_model}
 task: sft
-data: {{train: {files['train']}, validation: {files['validation']}, test: {files['test']}}}
+data: {{train: {files["train"]}, validation: {files["validation"]}, test: {files["test"]}}}
 lora: {{r: 4, alpha: 8, dropout: 0.0}}
 training: {{epochs: 2, batch_size: 4, learning_rate: 2.0e-2, logging_steps: 1, max_length: 128}}
 sft: {{generation_examples: 2, max_new_tokens: 8}}
-output_dir: {tmp / 'runs'}
+output_dir: {tmp / "runs"}
 """
     )
     proc = run_cli("train", recipe)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return {"proc": proc, "run": _only_run(tmp / "runs"), "files": files, "recipe": recipe, "tmp": tmp}
+    return {
+        "proc": proc,
+        "run": _only_run(tmp / "runs"),
+        "files": files,
+        "recipe": recipe,
+        "tmp": tmp,
+    }
 
 
 def test_sft_run_directory_metrics_and_report(sft):
@@ -83,7 +90,15 @@ def test_sft_run_directory_metrics_and_report(sft):
     assert metrics["selection_metric"] == "loss"
     for split in ("validation", "test"):
         base, tuned = metrics["base"][split], metrics["tuned"][split]
-        for m in ("loss", "perplexity", "exact_match", "first_line_exact_match", "rouge_l", "chrf", "bleu"):
+        for m in (
+            "loss",
+            "perplexity",
+            "exact_match",
+            "first_line_exact_match",
+            "rouge_l",
+            "chrf",
+            "bleu",
+        ):
             assert m in base and m in tuned, (split, m)
         assert tuned["perplexity"] == pytest.approx(2.718281828 ** tuned["loss"], rel=1e-6)
         assert len(tuned["samples"]) == 2 and len(base["samples"]) == 2
@@ -91,20 +106,28 @@ def test_sft_run_directory_metrics_and_report(sft):
     for e in metrics["evaluations"]:
         assert {"loss", "perplexity", "exact_match", "rouge_l"} <= set(e)
         samples = (run / "samples" / f"step-{e['step']}.jsonl").read_text().splitlines()
-        assert len(samples) == 2 and {"prompt", "reference", "prediction"} <= set(json.loads(samples[0]))
+        assert len(samples) == 2 and {"prompt", "reference", "prediction"} <= set(
+            json.loads(samples[0])
+        )
     report = (run / "report.md").read_text()
     assert "| perplexity |" in report and "Sample generations" in report
     assert "perplexity" in sft["proc"].stdout  # the summary printed after training
 
 
 def test_generate_is_greedy_and_matches_the_python_api(sft):
-    proc = run_cli("generate", sft["run"], "alert 7.0: the quick brown fox malware", "--max-new-tokens", "6")
+    proc = run_cli(
+        "generate", sft["run"], "alert 7.0: the quick brown fox malware", "--max-new-tokens", "6"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     import tuneforge
 
     run = tuneforge.load_run(sft["run"])
-    assert proc.stdout.rstrip("\n") == run.generate("alert 7.0: the quick brown fox malware", max_new_tokens=6)
-    again = run_cli("generate", sft["run"], "alert 7.0: the quick brown fox malware", "--max-new-tokens", "6")
+    assert proc.stdout.rstrip("\n") == run.generate(
+        "alert 7.0: the quick brown fox malware", max_new_tokens=6
+    )
+    again = run_cli(
+        "generate", sft["run"], "alert 7.0: the quick brown fox malware", "--max-new-tokens", "6"
+    )
     assert again.stdout == proc.stdout
 
 
@@ -114,8 +137,19 @@ def test_chat_keeps_the_conversation_and_ends_on_exit_or_eof(sft):
 
     def chat(stdin: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "tuneforge.cli", "chat", str(sft["run"]), "--max-new-tokens", "4"],
-            input=stdin, capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "tuneforge.cli",
+                "chat",
+                str(sft["run"]),
+                "--max-new-tokens",
+                "4",
+            ],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
 
     proc = chat("hello\nthe quick brown fox\n/exit\nnever read\n")
@@ -128,8 +162,11 @@ def test_chat_keeps_the_conversation_and_ends_on_exit_or_eof(sft):
     run = tuneforge.load_run(sft["run"])
     first = run.chat([{"role": "user", "content": "hello"}], max_new_tokens=4)
     second = run.chat(
-        [{"role": "user", "content": "hello"}, {"role": "assistant", "content": first},
-         {"role": "user", "content": "the quick brown fox"}],
+        [
+            {"role": "user", "content": "hello"},
+            {"role": "assistant", "content": first},
+            {"role": "user", "content": "the quick brown fox"},
+        ],
         max_new_tokens=4,
     )
     assert proc.stdout == f"{first}\n{second}\n"
@@ -140,7 +177,9 @@ def test_predict_input_file_writes_one_completion_per_row(sft):
     proc = run_cli("predict", sft["run"], "--input", sft["files"]["test"], "--output", out)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 3 and all(isinstance(r["completion"], str) and "messages" in r for r in rows)
+    assert len(rows) == 3 and all(
+        isinstance(r["completion"], str) and "messages" in r for r in rows
+    )
     prompts = sft["tmp"] / "prompts.jsonl"
     write_jsonl(prompts, [{"prompt": "alert 1: the quick brown fox"}, {"prompt": "alert 2"}])
     proc = run_cli("predict", sft["run"], "--input", prompts, "--output", out)
@@ -153,7 +192,9 @@ def test_eval_json_with_base(sft):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
     assert result["loss"] < result["base"]["loss"]
-    assert {"perplexity", "exact_match", "rouge_l", "chrf", "bleu"} <= set(result) & set(result["base"])
+    assert {"perplexity", "exact_match", "rouge_l", "chrf", "bleu"} <= set(result) & set(
+        result["base"]
+    )
 
 
 def test_data_preview_marks_the_trained_tokens(sft):
@@ -177,17 +218,19 @@ def pretrain(tmp_path_factory, tiny_model):
     for split, n in (("train", 6), ("validation", 2)):
         (tmp / split).mkdir()
         for i in range(n):
-            (tmp / split / f"doc{i}.txt").write_text(" ".join(sentences[(i + k) % 3] for k in range(4)))
+            (tmp / split / f"doc{i}.txt").write_text(
+                " ".join(sentences[(i + k) % 3] for k in range(4))
+            )
     recipe = tmp / "pretrain.yaml"
     recipe.write_text(
         f"""
 name: tiny-pretrain
 base_model: {tiny_model}
 task: pretrain
-data: {{train: {tmp / 'train'}, validation: {tmp / 'validation'}}}
+data: {{train: {tmp / "train"}, validation: {tmp / "validation"}}}
 lora: {{r: 4, alpha: 8, dropout: 0.0}}
 training: {{epochs: 3, batch_size: 4, learning_rate: 2.0e-2, logging_steps: 1, max_length: 32}}
-output_dir: {tmp / 'runs'}
+output_dir: {tmp / "runs"}
 """
     )
     proc = run_cli("train", recipe)
@@ -233,8 +276,14 @@ GOOD = chat_row(0)["messages"]
 @pytest.mark.parametrize(
     ("messages", "fragments"),
     [
-        ([{"role": "bot", "content": "hi"}, GOOD[2]], ["line 2", "field 'messages' message 1", "unknown role 'bot'"]),
-        ([GOOD[1], {"role": "assistant", "content": ""}], ["line 2", "message 2 (assistant): empty content"]),
+        (
+            [{"role": "bot", "content": "hi"}, GOOD[2]],
+            ["line 2", "field 'messages' message 1", "unknown role 'bot'"],
+        ),
+        (
+            [GOOD[1], {"role": "assistant", "content": ""}],
+            ["line 2", "message 2 (assistant): empty content"],
+        ),
         ([GOOD[0], GOOD[1]], ["line 2", "field 'messages'", "no assistant message"]),
         ("hello", ["line 2", "field 'messages' must be a list of"]),
         ([["user", "hi"]], ["line 2", "message 1: expected"]),
@@ -249,9 +298,16 @@ def test_bad_chats_exit_2_naming_file_line_and_field(tmp_path, tiny_model, messa
 
 def test_bad_corpus_columns_and_sizes_exit_2(tmp_path, tiny_model):
     corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"body": "some text"}, {"body": "more text"}])
-    assert_user_error(run_cli("train", _recipe(tmp_path, tiny_model, "pretrain", corpus)), str(corpus), "no column 'text'")
+    assert_user_error(
+        run_cli("train", _recipe(tmp_path, tiny_model, "pretrain", corpus)),
+        str(corpus),
+        "no column 'text'",
+    )
     write_jsonl(corpus, [{"text": ""}, {"text": " "}])
-    assert_user_error(run_cli("train", _recipe(tmp_path, tiny_model, "pretrain", corpus)), "column 'text' is empty in every row")
+    assert_user_error(
+        run_cli("train", _recipe(tmp_path, tiny_model, "pretrain", corpus)),
+        "column 'text' is empty in every row",
+    )
     write_jsonl(corpus, [{"text": "a short one"}, {"text": "another short one"}])
     proc = run_cli("train", _recipe(tmp_path, tiny_model, "pretrain", corpus))
     assert_user_error(proc, str(corpus), "fewer than one block of training.max_length=256")

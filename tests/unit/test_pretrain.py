@@ -1,4 +1,4 @@
-"""Continued pretraining data: documents, EOS separators, exact block boundaries, split by document."""
+"""Continued pretraining data: documents, EOS separators, exact blocks, split by document."""
 
 import json
 
@@ -19,6 +19,7 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
 
 DOCS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -81,14 +82,23 @@ def test_validation_is_held_out_by_document_never_by_block(tmp_path, tiny_model,
     assert prepared.info["blocks"]["validation"] == len(prepared.validation)
 
 
-def test_folders_of_text_files_with_a_separate_validation_folder(tmp_path, tiny_model, tiny_tokenizer):
+def test_folders_of_text_files_with_a_separate_validation_folder(
+    tmp_path, tiny_model, tiny_tokenizer
+):
     for split, docs in (("train", DOCS[:4]), ("validation", DOCS[4:])):
         (tmp_path / split / "sub").mkdir(parents=True)
         for i, d in enumerate(docs):
-            (tmp_path / split / ("sub" if i % 2 else "") / f"d{i}.{'md' if i % 2 else 'txt'}").write_text(d)
+            (
+                tmp_path / split / ("sub" if i % 2 else "") / f"d{i}.{'md' if i % 2 else 'txt'}"
+            ).write_text(d)
     (tmp_path / "train" / "empty.txt").write_text("  \n")
     (tmp_path / "train" / "notes.csv").write_text("ignored,file\n")
-    recipe = _recipe(tmp_path, tiny_model, {"train": str(tmp_path / "train"), "validation": str(tmp_path / "validation")}, 8)
+    recipe = _recipe(
+        tmp_path,
+        tiny_model,
+        {"train": str(tmp_path / "train"), "validation": str(tmp_path / "validation")},
+        8,
+    )
     prepared = PretrainTask().prepare(recipe, tiny_tokenizer)
     assert sorted(r["text"] for r in prepared.splits.train) == sorted(DOCS[:4])
     assert prepared.info["skipped_empty"]["train"] == 1
@@ -98,7 +108,12 @@ def test_folders_of_text_files_with_a_separate_validation_folder(tmp_path, tiny_
 def test_corpus_too_small_for_one_block_names_the_file(tmp_path, tiny_model, tiny_tokenizer):
     (tmp_path / "t.txt").write_text("short text")
     (tmp_path / "v.txt").write_text("also short")
-    recipe = _recipe(tmp_path, tiny_model, {"train": str(tmp_path / "t.txt"), "validation": str(tmp_path / "v.txt")}, 256)
+    recipe = _recipe(
+        tmp_path,
+        tiny_model,
+        {"train": str(tmp_path / "t.txt"), "validation": str(tmp_path / "v.txt")},
+        256,
+    )
     with pytest.raises(TuneforgeError) as e:
         PretrainTask().prepare(recipe, tiny_tokenizer)
     assert f"data.train: {tmp_path / 't.txt'}" in str(e.value)

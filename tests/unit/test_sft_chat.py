@@ -28,6 +28,7 @@ def _one_thread():
     yield
     torch.set_num_threads(n)
 
+
 CHAT = [
     {"role": "system", "content": "Triage alerts."},
     {"role": "user", "content": "failed login from 203.0.113.7"},
@@ -45,8 +46,12 @@ def test_label_mask_token_by_token_on_a_multi_turn_chat(tiny_tokenizer):
     tok = tiny_tokenizer
     # The ChatML rendering, cut where the loss starts and stops; each piece tokenised alone.
     pieces = [
-        ("<|im_start|>system\nTriage alerts.<|im_end|>\n<|im_start|>user\nfailed login from 203.0.113.7"
-         "<|im_end|>\n<|im_start|>assistant\n", False),
+        (
+            "<|im_start|>system\nTriage alerts.<|im_end|>\n"
+            "<|im_start|>user\nfailed login from 203.0.113.7"
+            "<|im_end|>\n<|im_start|>assistant\n",
+            False,
+        ),
         ("Category: phishing<|im_end|>", True),
         ("\n<|im_start|>user\nand the malware?<|im_end|>\n<|im_start|>assistant\n", False),
         ("Category: malware\nReason: the dog<|im_end|>", True),
@@ -82,7 +87,10 @@ def test_each_assistant_turn_ends_with_the_end_of_turn_token(tiny_tokenizer):
         assert enc.input_ids[run[-1]] == tok.eos_token_id
         assert enc.labels[run[-1] + 1] == -100
     segments = [text for text, trained in trained_segments(tok, enc) if trained]
-    assert segments == ["Category: phishing<|im_end|>", "Category: malware\nReason: the dog<|im_end|>"]
+    assert segments == [
+        "Category: phishing<|im_end|>",
+        "Category: malware\nReason: the dog<|im_end|>",
+    ]
 
 
 def test_generation_prompt_is_the_training_prefix(tiny_tokenizer):
@@ -106,7 +114,10 @@ def test_overlong_chats_are_truncated_or_dropped(tiny_tokenizer):
     cut = encode_chat(tok, CHAT, max_length=n - 3, eot="<|im_end|>")
     assert cut.status == "truncated" and cut.n_tokens == n
     assert cut.input_ids == full.input_ids[: n - 3] and cut.labels == full.labels[: n - 3]
-    assert encode_chat(tok, CHAT, max_length=n - 3, overlong="drop", eot="<|im_end|>").status == "dropped"
+    assert (
+        encode_chat(tok, CHAT, max_length=n - 3, overlong="drop", eot="<|im_end|>").status
+        == "dropped"
+    )
     # Cut before the first answer: nothing left to learn, so dropped even when truncating.
     first = next(i for i, label in enumerate(full.labels) if label != -100)
     assert encode_chat(tok, CHAT, max_length=first, eot="<|im_end|>").status == "dropped"
@@ -163,11 +174,14 @@ def test_messages_as_json_text_from_a_csv_cell():
     ("value", "message"),
     [
         ([{"role": "bot", "content": "hi"}], "message 1: unknown role 'bot'"),
-        ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}], "message 2 (assistant): empty content"),
+        (
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}],
+            "message 2 (assistant): empty content",
+        ),
         ([{"role": "user", "content": "hi"}], "no assistant message"),
         ("just a string", "must be a list of"),
         ([], "must be a list of"),
-        (["hi", "there"], "message 1: expected {\"role\": ..., \"content\": ...}"),
+        (["hi", "there"], 'message 1: expected {"role": ..., "content": ...}'),
         ([{"role": "user"}], "message 1: expected"),
     ],
 )
@@ -200,9 +214,14 @@ def test_real_embedded_model_template_masks_answers_and_im_end():
     assert text.startswith("<|im_start|>system\nTriage alerts.<|im_end|>\n<|im_start|>user\n")
     enc = encode_chat(tok, CHAT, max_length=512, eot=eot)
     segments = [t for t, trained in trained_segments(tok, enc) if trained]
-    assert segments == ["Category: phishing<|im_end|>", "Category: malware\nReason: the dog<|im_end|>"]
+    assert segments == [
+        "Category: phishing<|im_end|>",
+        "Category: malware\nReason: the dog<|im_end|>",
+    ]
     # Without a system message SmolLM2's template inserts its default one, consistently.
     enc2 = encode_chat(tok, CHAT[1:3], max_length=512, eot=eot)
-    assert [t for t, trained in trained_segments(tok, enc2) if trained] == ["Category: phishing<|im_end|>"]
+    assert [t for t, trained in trained_segments(tok, enc2) if trained] == [
+        "Category: phishing<|im_end|>"
+    ]
     first = next(i for i, lab in enumerate(enc2.labels) if lab != -100)
     assert encode_prompt(tok, CHAT[1:2]) == enc2.input_ids[:first]

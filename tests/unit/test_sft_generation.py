@@ -19,7 +19,11 @@ def _one_thread():
     yield
     torch.set_num_threads(n)
 
-CHAT = [{"role": "user", "content": "the quick brown fox"}, {"role": "assistant", "content": "lazy dog"}]
+
+CHAT = [
+    {"role": "user", "content": "the quick brown fox"},
+    {"role": "assistant", "content": "lazy dog"},
+]
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +50,25 @@ def test_generation_stops_at_the_end_of_turn_token(taught_model, tiny_tokenizer)
     stops = stop_token_ids(tok, end_of_turn(tok))
     [out] = generate(taught_model, tok, [prompt], stops, Sampling(max_new_tokens=40))
     assert out.text == "lazy dog"
-    assert out.stopped and out.n_tokens == len(tok("lazy dog", add_special_tokens=False)["input_ids"])
+    assert out.stopped and out.n_tokens == len(
+        tok("lazy dog", add_special_tokens=False)["input_ids"]
+    )
 
 
 def test_batched_left_padded_generation_matches_one_by_one(taught_model, tiny_tokenizer):
     tok = tiny_tokenizer
     stops = stop_token_ids(tok, end_of_turn(tok))
-    prompts = [encode_prompt(tok, CHAT[:1]), encode_prompt(tok, [{"role": "user", "content": "a dull, boring mess of a film"}])]
-    alone = [generate(taught_model, tok, [p], stops, Sampling(max_new_tokens=12))[0].text for p in prompts]
-    together = [g.text for g in generate(taught_model, tok, prompts, stops, Sampling(max_new_tokens=12))]
+    prompts = [
+        encode_prompt(tok, CHAT[:1]),
+        encode_prompt(tok, [{"role": "user", "content": "a dull, boring mess of a film"}]),
+    ]
+    alone = [
+        generate(taught_model, tok, [p], stops, Sampling(max_new_tokens=12))[0].text
+        for p in prompts
+    ]
+    together = [
+        g.text for g in generate(taught_model, tok, prompts, stops, Sampling(max_new_tokens=12))
+    ]
     assert together == alone
 
 
@@ -66,7 +80,10 @@ def test_generation_without_a_stop_runs_to_max_new_tokens(tiny_model, tiny_token
 
 def test_generation_metrics_on_hand_made_answers():
     refs = ["Category: malware\nReason: a macro ran.", "Category: benign\nReason: scheduled scan."]
-    preds = ["Category: malware\nReason: a macro ran.", "Category: phishing\nReason: scheduled scan."]
+    preds = [
+        "Category: malware\nReason: a macro ran.",
+        "Category: phishing\nReason: scheduled scan.",
+    ]
     m = generation_metrics(preds, refs)
     assert m["exact_match"] == 0.5
     assert m["first_line_exact_match"] == 0.5
@@ -76,5 +93,7 @@ def test_generation_metrics_on_hand_made_answers():
     assert perfect["exact_match"] == perfect["first_line_exact_match"] == perfect["rouge_l"] == 1.0
     assert perfect["chrf"] == pytest.approx(100.0) and perfect["bleu"] == pytest.approx(100.0)
     # Whitespace runs do not count; the first non-empty line is the decision.
-    assert generation_metrics(["  Category:  malware \n"], ["Category: malware"])["exact_match"] == 1.0
+    assert (
+        generation_metrics(["  Category:  malware \n"], ["Category: malware"])["exact_match"] == 1.0
+    )
     assert first_line("\n\nCategory: x\nmore") == "Category: x"

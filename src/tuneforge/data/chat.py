@@ -24,7 +24,8 @@ FORMATS = ("messages", "prompt_completion", "alpaca")
 
 # For tokenizers without a chat template (plain base models): simple headers, EOS after answers.
 FALLBACK_TEMPLATE = (
-    "{% for message in messages %}{{ '### ' + message['role'] | capitalize + ':\n' + message['content'] }}"
+    "{% for message in messages %}"
+    "{{ '### ' + message['role'] | capitalize + ':\n' + message['content'] }}"
     "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\n\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '### Assistant:\n' }}{% endif %}"
 )
@@ -53,9 +54,11 @@ class ChatFields:
         return cls(**info)
 
     def answer_field(self) -> str:
-        return {"messages": self.messages, "prompt_completion": self.completion, "alpaca": self.output}[
-            self.format
-        ]
+        return {
+            "messages": self.messages,
+            "prompt_completion": self.completion,
+            "alpaca": self.output,
+        }[self.format]
 
 
 def detect_format(requested: str, columns: list[str], fields: dict[str, str], where: str) -> str:
@@ -71,14 +74,19 @@ def detect_format(requested: str, columns: list[str], fields: dict[str, str], wh
     raise TuneforgeError(
         f"{where}: cannot tell the sft data format from the columns {columns}",
         hint=f"provide a '{fields['messages']}' column (chat), '{fields['prompt']}' + "
-        f"'{fields['completion']}', or '{fields['instruction']}' + '{fields['output']}'; or name your "
+        f"'{fields['completion']}', or '{fields['instruction']}' + '{fields['output']}'; "
+        "or name your "
         "columns in the recipe (data.messages_field, data.prompt_field, ...)",
     )
 
 
 def input_format(columns: list[str], fields: ChatFields, where: str) -> str:
     """The format of a file of inputs to answer (no answer column needed): the run's, if present."""
-    key = {"messages": fields.messages, "prompt_completion": fields.prompt, "alpaca": fields.instruction}
+    key = {
+        "messages": fields.messages,
+        "prompt_completion": fields.prompt,
+        "alpaca": fields.instruction,
+    }
     if key[fields.format] in columns:
         return fields.format
     for fmt, column in key.items():
@@ -94,14 +102,16 @@ def input_format(columns: list[str], fields: ChatFields, where: str) -> str:
 # Rows to conversations (with errors naming file, line and field)
 
 
-def conversation(row: dict[str, Any], fields: ChatFields, where: str, *, need_answer: bool = True) -> list[Message]:
+def conversation(
+    row: dict[str, Any], fields: ChatFields, where: str, *, need_answer: bool = True
+) -> list[Message]:
     """The chat a row describes; `need_answer=False` for inputs to predict (no answer given)."""
     if fields.format == "messages":
         messages = _messages(row, fields.messages, where)
         if need_answer and not any(m["role"] == "assistant" for m in messages):
             raise TuneforgeError(
                 f"{where}: field '{fields.messages}': no assistant message, so nothing to learn",
-                hint="each chat needs at least one {\"role\": \"assistant\", ...} turn",
+                hint='each chat needs at least one {"role": "assistant", ...} turn',
             )
         return messages
     if fields.format == "prompt_completion":
@@ -111,7 +121,9 @@ def conversation(row: dict[str, Any], fields: ChatFields, where: str, *, need_an
         user = _text(row, fields.instruction, where)
         extra = row.get(fields.input)
         if extra is not None and not isinstance(extra, str):
-            raise TuneforgeError(f"{where}: field '{fields.input}' must be text, got {type(extra).__name__}")
+            raise TuneforgeError(
+                f"{where}: field '{fields.input}' must be text, got {type(extra).__name__}"
+            )
         if extra and extra.strip():
             user = f"{user}\n\n{extra}"
         answer = _text(row, fields.output, where) if need_answer else None
@@ -127,8 +139,14 @@ def _text(row: dict[str, Any], field: str, where: str) -> str:
         raise TuneforgeError(f"{where}: missing field '{field}'")
     value = row[field]
     if not isinstance(value, str) or not value.strip():
-        got = "empty" if value is None or isinstance(value, str) else f"not text ({type(value).__name__})"
-        raise TuneforgeError(f"{where}: field '{field}' is {got}", hint="fill it in or remove the row")
+        got = (
+            "empty"
+            if value is None or isinstance(value, str)
+            else f"not text ({type(value).__name__})"
+        )
+        raise TuneforgeError(
+            f"{where}: field '{field}' is {got}", hint="fill it in or remove the row"
+        )
     return value
 
 
@@ -141,19 +159,27 @@ def _messages(row: dict[str, Any], field: str, where: str) -> list[Message]:
             value = json.loads(value)
         except json.JSONDecodeError:
             value = None
-    shape = "a list of {\"role\": ..., \"content\": ...} objects"
+    shape = 'a list of {"role": ..., "content": ...} objects'
     if not isinstance(value, list) or not value:
-        raise TuneforgeError(f"{where}: field '{field}' must be {shape}", hint=f"got {_short(row[field])}")
+        raise TuneforgeError(
+            f"{where}: field '{field}' must be {shape}", hint=f"got {_short(row[field])}"
+        )
     out: list[Message] = []
     for i, message in enumerate(value, start=1):
         at = f"{where}: field '{field}' message {i}"
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise TuneforgeError(f"{at}: expected {{\"role\": ..., \"content\": ...}}, got {_short(message)}")
+            raise TuneforgeError(
+                f'{at}: expected {{"role": ..., "content": ...}}, got {_short(message)}'
+            )
         role, content = message["role"], message["content"]
         if role not in ROLES:
-            raise TuneforgeError(f"{at}: unknown role {role!r}", hint=f"roles are {', '.join(ROLES)}")
+            raise TuneforgeError(
+                f"{at}: unknown role {role!r}", hint=f"roles are {', '.join(ROLES)}"
+            )
         if not isinstance(content, str) or not content.strip():
-            raise TuneforgeError(f"{at} ({role}): empty content", hint="fill it in or remove the message")
+            raise TuneforgeError(
+                f"{at} ({role}): empty content", hint="fill it in or remove the message"
+            )
         out.append({"role": role, "content": content})
     return out
 
@@ -195,9 +221,9 @@ def render(tokenizer, messages: list[Message], *, add_generation_prompt: bool = 
 
 def encode_prompt(tokenizer, messages: list[Message]) -> list[int]:
     """Token ids of a chat ending in the assistant header: what generation continues."""
-    return tokenizer(render(tokenizer, messages, add_generation_prompt=True), add_special_tokens=False)[
-        "input_ids"
-    ]
+    return tokenizer(
+        render(tokenizer, messages, add_generation_prompt=True), add_special_tokens=False
+    )["input_ids"]
 
 
 def end_of_turn(tokenizer) -> str | None:
@@ -220,7 +246,9 @@ def stop_token_ids(tokenizer, eot: str | None) -> list[int]:
     return sorted(set(ids))
 
 
-def assistant_spans(tokenizer, messages: list[Message], text: str, eot: str | None) -> list[tuple[int, int, bool]]:
+def assistant_spans(
+    tokenizer, messages: list[Message], text: str, eot: str | None
+) -> list[tuple[int, int, bool]]:
     """(start, end, has_eot) character spans of each assistant answer in `text`.
 
     The span runs from the end of the assistant header to the end of the end-of-turn token, so the
@@ -234,7 +262,8 @@ def assistant_spans(tokenizer, messages: list[Message], text: str, eot: str | No
         through = render(tokenizer, messages[: i + 1])
         if not (through.startswith(head) and text.startswith(through)):
             raise TuneforgeError(
-                "the model's chat template does not render a chat as an extension of its beginning, "
+                "the model's chat template does not render a chat as an extension of its "
+                "beginning, "
                 "so assistant turns cannot be located",
                 hint="set sft.train_on: all, or use a model whose template is incremental",
             )

@@ -46,7 +46,8 @@ def _read_folder(path: Path, what: str) -> Documents:
     if not files:
         raise TuneforgeError(
             f"{what}: {path} has no .txt or .md files",
-            hint="point at a folder of text files, a text file, or a JSONL/CSV/Parquet file with a text column",
+            hint="point at a folder of text files, a text file, or a JSONL/CSV/Parquet file "
+            "with a text column",
         )
     rows, skipped = [], 0
     for file in files:
@@ -71,7 +72,8 @@ def _read_table(path: Path, text_field: str, what: str) -> Documents:
             continue
         if not isinstance(value, str):
             raise TuneforgeError(
-                f"{what}: {row_where(path, row)}: field '{text_field}' is not text ({type(value).__name__})"
+                f"{what}: {row_where(path, row)}: field '{text_field}' is not text "
+                f"({type(value).__name__})"
             )
         docs.append({"text": value, "_line": row["_line"], "_source": str(path)})
     if not docs:
@@ -91,14 +93,21 @@ class Packed:
     dropped_tokens: int  # the tail shorter than one block
 
 
-def pack_documents(tokenizer, texts: list[str], block_size: int, *, description: str = "Packing") -> Packed:
+def pack_documents(
+    tokenizer, texts: list[str], block_size: int, *, description: str = "Packing"
+) -> Packed:
     """Tokenise, add EOS after each document, concatenate and cut into `block_size` blocks."""
     from datasets import Dataset
 
     eos = tokenizer.eos_token_id
     ds = Dataset.from_dict({"text": texts}).map(
         lambda batch: {
-            "input_ids": [ids + [eos] for ids in tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]]
+            "input_ids": [
+                ids + [eos]
+                for ids in tokenizer(batch["text"], add_special_tokens=False, verbose=False)[
+                    "input_ids"
+                ]
+            ]
         },
         batched=True,
         remove_columns=["text"],
@@ -112,7 +121,11 @@ def pack_documents(tokenizer, texts: list[str], block_size: int, *, description:
         stream = [t for ids in batch["input_ids"] for t in ids]
         usable = len(stream) // block_size * block_size
         blocks = [stream[i : i + block_size] for i in range(0, usable, block_size)]
-        return {"input_ids": blocks, "attention_mask": [[1] * block_size for _ in blocks], "labels": [list(b) for b in blocks]}
+        return {
+            "input_ids": blocks,
+            "attention_mask": [[1] * block_size for _ in blocks],
+            "labels": [list(b) for b in blocks],
+        }
 
     packed = ds.map(group, batched=True, batch_size=None, desc=f"Packing {description}")
     return Packed(packed, len(texts), tokens, len(packed), tokens - len(packed) * block_size)

@@ -28,7 +28,9 @@ def padding_collator(tokenizer):
 
 
 @torch.no_grad()
-def lm_loss(model, collate, features: list[dict[str, list[int]]], batch_size: int, description: str) -> dict[str, Any]:
+def lm_loss(
+    model, collate, features: list[dict[str, list[int]]], batch_size: int, description: str
+) -> dict[str, Any]:
     """Token-weighted mean loss and perplexity over `features` (input_ids + labels)."""
     if not features:
         return {"loss": None, "perplexity": None, "tokens": 0}
@@ -55,7 +57,7 @@ def lm_loss(model, collate, features: list[dict[str, list[int]]], batch_size: in
 
 
 class PerplexityCallback(TrainerCallback):
-    """Adds eval_perplexity = exp(eval_loss) before early stopping and checkpoint selection see it."""
+    """Adds eval_perplexity = exp(eval_loss) before early stopping and checkpointing read it."""
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if metrics is not None and "eval_loss" in metrics:
@@ -70,7 +72,9 @@ class GenerationCallback(TrainerCallback):
     that dict after `on_evaluate`).
     """
 
-    def __init__(self, measure: Callable[[Any], tuple[dict[str, float], list[dict]]], samples_dir: Path):
+    def __init__(
+        self, measure: Callable[[Any], tuple[dict[str, float], list[dict]]], samples_dir: Path
+    ):
         self.measure = measure
         self.samples_dir = samples_dir
 

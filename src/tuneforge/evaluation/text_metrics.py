@@ -24,7 +24,7 @@ def first_line(text: str) -> str:
 
 
 def generation_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Corpus metrics; exact matches ignore runs of whitespace. ROUGE-L in 0-1, chrF/BLEU in 0-100."""
+    """Corpus metrics; exact matches ignore whitespace runs. ROUGE-L in 0-1, chrF/BLEU in 0-100."""
     import sacrebleu
     from rouge_score import rouge_scorer
 
@@ -32,9 +32,14 @@ def generation_metrics(predictions: Sequence[str], references: Sequence[str]) ->
         return {}
     n = len(predictions)
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    rouge = sum(scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references, strict=True))
+    rouge = sum(
+        scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references, strict=True)
+    )
     return {
-        "exact_match": sum(_norm(p) == _norm(r) for p, r in zip(predictions, references, strict=True)) / n,
+        "exact_match": sum(
+            _norm(p) == _norm(r) for p, r in zip(predictions, references, strict=True)
+        )
+        / n,
         "first_line_exact_match": sum(
             first_line(p) == first_line(r) for p, r in zip(predictions, references, strict=True)
         )

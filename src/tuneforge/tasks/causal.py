@@ -33,17 +33,23 @@ class CausalLMTask(TaskDefaults):
         # never gathers (batch x length x vocabulary) logits.
         return None
 
-    def trainer_callbacks(self, prepared: Prepared, tokenizer, recipe: Recipe, run_path: Path) -> list:
+    def trainer_callbacks(
+        self, prepared: Prepared, tokenizer, recipe: Recipe, run_path: Path
+    ) -> list:
         return [PerplexityCallback()]
 
-    def evaluate_base(self, source, tokenizer, rows, info, recipe: Recipe, split: str) -> dict[str, Any]:
+    def evaluate_base(
+        self, source, tokenizer, rows, info, recipe: Recipe, split: str
+    ) -> dict[str, Any]:
         model = load_causal_lm(source.path, trust_remote_code=recipe.trust_remote_code)
         return self.evaluate(model, tokenizer, rows, info, recipe, split)
 
     def evaluate(self, model, tokenizer, rows, info, recipe: Recipe, split: str) -> dict[str, Any]:
         raise NotImplementedError
 
-    def load_tuned(self, run_dir: Path, source: ModelSource, info: dict, method: str, tokenizer, recipe: Recipe):
+    def load_tuned(
+        self, run_dir: Path, source: ModelSource, info: dict, method: str, tokenizer, recipe: Recipe
+    ):
         if method == "lora":
             from peft import PeftModel
 
@@ -51,7 +57,9 @@ class CausalLMTask(TaskDefaults):
             return PeftModel.from_pretrained(base, run_dir / "adapter")
         return load_causal_lm(run_dir / "model", trust_remote_code=recipe.trust_remote_code)
 
-    def chat(self, model, tokenizer, messages: list[dict], info: dict, recipe: Recipe, sampling: Sampling) -> Generation:
+    def chat(
+        self, model, tokenizer, messages: list[dict], info: dict, recipe: Recipe, sampling: Sampling
+    ) -> Generation:
         """The next assistant turn of a conversation, rendered with the model's chat template."""
         eot = info["end_of_turn"] if "end_of_turn" in info else end_of_turn(tokenizer)
         if recipe.sft.system_prompt and not any(m["role"] == "system" for m in messages):
@@ -59,7 +67,9 @@ class CausalLMTask(TaskDefaults):
         prompt = encode_prompt(tokenizer, messages)
         return generate(model, tokenizer, [prompt], stop_token_ids(tokenizer, eot), sampling)[0]
 
-    def predict(self, model, tokenizer, inputs: list, info: dict, recipe: Recipe) -> list[dict[str, Any]]:
+    def predict(
+        self, model, tokenizer, inputs: list, info: dict, recipe: Recipe
+    ) -> list[dict[str, Any]]:
         """One completion per input (greedy, max_new_tokens from the recipe's sft section)."""
         sampling = Sampling(max_new_tokens=recipe.sft.max_new_tokens)
         return [

@@ -38,14 +38,19 @@ class PretrainTask(CausalLMTask):
             docs["validation"] = read_documents(cfg.validation, field, what="data.validation")
             sources["validation"] = str(cfg.validation)
         elif cfg.validation_split is not None:
-            train_rows, val_rows = plain_split(train_docs.rows, cfg.validation_split, seed, what="data.validation_split")
+            train_rows, val_rows = plain_split(
+                train_docs.rows, cfg.validation_split, seed, what="data.validation_split"
+            )
             docs["train"] = Documents(train_rows, train_docs.skipped_empty, train_docs.source)
             docs["validation"] = Documents(val_rows, 0, f"{cfg.train} (validation_split)")
-            sources["validation"] = f"{cfg.train} (validation_split={cfg.validation_split}, seed={seed}, by document)"
+            sources["validation"] = (
+                f"{cfg.train} (validation_split={cfg.validation_split}, seed={seed}, by document)"
+            )
         else:
             raise TuneforgeError(
                 "data: no validation data",
-                hint="set data.validation to a file or folder, or data.validation_split to a fraction such as 0.1",
+                hint="set data.validation to a file or folder, or data.validation_split to a "
+                "fraction such as 0.1",
             )
         if cfg.test is not None:
             docs["test"] = read_documents(cfg.test, field, what="data.test")
@@ -57,7 +62,10 @@ class PretrainTask(CausalLMTask):
         if skipped:
             console.print(f"[yellow]warning[/yellow]: {skipped} empty document(s) skipped")
         splits = Splits(
-            docs["train"].rows, docs["validation"].rows, docs["test"].rows if "test" in docs else None, sources
+            docs["train"].rows,
+            docs["validation"].rows,
+            docs["test"].rows if "test" in docs else None,
+            sources,
         )
         return Prepared(splits, packed["train"].dataset, packed["validation"].dataset, info)
 
@@ -66,7 +74,8 @@ class PretrainTask(CausalLMTask):
         packed = pack_documents(tokenizer, [r["text"] for r in docs.rows], block, description=split)
         if packed.blocks == 0:
             raise TuneforgeError(
-                f"data.{split}: {docs.source}: {packed.tokens} tokens in {packed.documents} document(s), "
+                f"data.{split}: {docs.source}: {packed.tokens} tokens in "
+                f"{packed.documents} document(s), "
                 f"fewer than one block of training.max_length={block} tokens",
                 hint="add more text, or lower training.max_length",
             )
@@ -92,7 +101,9 @@ class PretrainTask(CausalLMTask):
 
     # ---------------------------------------------------------------- evaluation
 
-    def evaluate(self, model, tokenizer, rows: list[dict], info: dict, recipe: Recipe, split: str) -> dict[str, Any]:
+    def evaluate(
+        self, model, tokenizer, rows: list[dict], info: dict, recipe: Recipe, split: str
+    ) -> dict[str, Any]:
         block = info["block_size"]
         packed = pack_documents(tokenizer, [r["text"] for r in rows], block, description=split)
         if packed.blocks == 0:
@@ -103,12 +114,16 @@ class PretrainTask(CausalLMTask):
         features = [{"input_ids": ids, "labels": ids} for ids in packed.dataset["input_ids"]]
         batch_size = recipe.training.eval_batch_size or recipe.training.batch_size
         result = {"n": len(rows), "blocks": packed.blocks}
-        result.update(lm_loss(model, padding_collator(tokenizer), features, batch_size, f"Loss on {split}"))
+        result.update(
+            lm_loss(model, padding_collator(tokenizer), features, batch_size, f"Loss on {split}")
+        )
         return result
 
     # ---------------------------------------------------------------- using the run
 
-    def generate(self, model, tokenizer, prompts: list, info: dict, recipe: Recipe, sampling: Sampling):
+    def generate(
+        self, model, tokenizer, prompts: list, info: dict, recipe: Recipe, sampling: Sampling
+    ):
         """Plain continuations of the prompt text, as the corpus was trained (no chat template)."""
         for p in prompts:
             if not isinstance(p, str):
@@ -120,7 +135,9 @@ class PretrainTask(CausalLMTask):
         cfg = resolve_data_paths(recipe.data, recipe_dir)
         docs = read_documents(cfg.train, cfg.text_field, what="data.train")
         block = recipe.training.max_length
-        packed = pack_documents(tokenizer, [r["text"] for r in docs.rows], block, description="train")
+        packed = pack_documents(
+            tokenizer, [r["text"] for r in docs.rows], block, description="train"
+        )
         eos = tokenizer.eos_token_id
         previews = []
         for k, ids in enumerate(packed.dataset["input_ids"][:n]):
@@ -135,5 +152,7 @@ class PretrainTask(CausalLMTask):
                         pieces.append((tokenizer.convert_ids_to_tokens(eos), "special"))
                 else:
                     run.append(t)
-            previews.append(Preview(f"block {k + 1} of {packed.blocks}", pieces, f"{block} tokens, all trained"))
+            previews.append(
+                Preview(f"block {k + 1} of {packed.blocks}", pieces, f"{block} tokens, all trained")
+            )
         return previews

@@ -19,10 +19,10 @@ from tuneforge.data.chat import (
     Encoded,
     conversation,
     detect_format,
-    input_format,
     encode_chat,
     encode_prompt,
     end_of_turn,
+    input_format,
     prompt_and_reference,
     stop_token_ids,
     trained_segments,
@@ -62,9 +62,20 @@ class SftTask(CausalLMTask):
     # ---------------------------------------------------------------- data
 
     def prepare(self, recipe: Recipe, tokenizer, recipe_dir: Path = Path(".")) -> Prepared:
+        if (
+            recipe.early_stopping.metric in GENERATION_METRICS
+            and not recipe.sft.generation_examples
+        ):
+            raise TuneforgeError(
+                f"early_stopping.metric: '{recipe.early_stopping.metric}' needs generated answers "
+                "but sft.generation_examples is 0",
+                hint="set sft.generation_examples to a few (e.g. 16) or select on loss",
+            )
         cfg = resolve_data_paths(recipe.data, recipe_dir)
         if not tokenizer.chat_template:
-            console.print("[yellow]note[/yellow]: the base model has no chat template; using a plain one")
+            console.print(
+                "[yellow]note[/yellow]: the base model has no chat template; using a plain one"
+            )
             tokenizer.chat_template = FALLBACK_TEMPLATE  # saved with the run's tokenizer
         found: dict[str, ChatFields] = {}
 
@@ -84,19 +95,23 @@ class SftTask(CausalLMTask):
             "max_length": recipe.training.max_length,
         }
         train = self._dataset(splits.train, tokenizer, info, "train", splits.sources["train"])
-        validation = self._dataset(splits.validation, tokenizer, info, "validation", splits.sources["validation"])
+        validation = self._dataset(
+            splits.validation, tokenizer, info, "validation", splits.sources["validation"]
+        )
         if splits.test is not None:
             self._count(encode_rows(splits.test, tokenizer, info), info, "test")
         for split, n in info["dropped"].items():
             if n:
                 console.print(
-                    f"[yellow]warning[/yellow]: {n} of {info['examples'][split]} {split} examples left out "
-                    f"(longer than training.max_length={recipe.training.max_length}, sft.overlong={recipe.sft.overlong})"
+                    f"[yellow]warning[/yellow]: {n} of {info['examples'][split]} {split} "
+                    f"examples left out (longer than training.max_length="
+                    f"{recipe.training.max_length}, sft.overlong={recipe.sft.overlong})"
                 )
         for split, n in info["truncated"].items():
             if n:
                 console.print(
-                    f"[yellow]warning[/yellow]: {n} of {info['examples'][split]} {split} examples truncated "
+                    f"[yellow]warning[/yellow]: {n} of {info['examples'][split]} {split} "
+                    "examples truncated "
                     f"to training.max_length={recipe.training.max_length}"
                 )
         if len(train) == 0:
@@ -110,14 +125,21 @@ class SftTask(CausalLMTask):
     def _dataset(self, rows: list[Row], tokenizer, info: dict, split: str, source: str):
         from datasets import Dataset
 
-        convs = [conversation(r, ChatFields.from_info(info["chat"]), row_where(source, r)) for r in rows]
+        convs = [
+            conversation(r, ChatFields.from_info(info["chat"]), row_where(source, r)) for r in rows
+        ]
         ds = Dataset.from_dict({"messages": convs}).map(
             lambda ex: vars(_encode(tokenizer, ex["messages"], info)),
             remove_columns=["messages"],
             desc=f"Tokenizing {split}",
         )
         self._count(
-            [Encoded(i, lab, n, s) for i, lab, n, s in zip(ds["input_ids"], ds["labels"], ds["n_tokens"], ds["status"], strict=True)],
+            [
+                Encoded(i, lab, n, s)
+                for i, lab, n, s in zip(
+                    ds["input_ids"], ds["labels"], ds["n_tokens"], ds["status"], strict=True
+                )
+            ],
             info,
             split,
         )
@@ -130,7 +152,9 @@ class SftTask(CausalLMTask):
         info.setdefault("truncated", {})[split] = sum(e.status == "truncated" for e in encoded)
         info.setdefault("dropped", {})[split] = len(encoded) - len(kept)
         info.setdefault("tokens", {})[split] = sum(len(e.input_ids) for e in kept)
-        info.setdefault("trained_tokens", {})[split] = sum(sum(x != -100 for x in e.labels) for e in kept)
+        info.setdefault("trained_tokens", {})[split] = sum(
+            sum(x != -100 for x in e.labels) for e in kept
+        )
 
     def collator(self, tokenizer):
         return padding_collator(tokenizer)
@@ -144,7 +168,9 @@ class SftTask(CausalLMTask):
 
     # ---------------------------------------------------------------- evaluation
 
-    def trainer_callbacks(self, prepared: Prepared, tokenizer, recipe: Recipe, run_path: Path) -> list:
+    def trainer_callbacks(
+        self, prepared: Prepared, tokenizer, recipe: Recipe, run_path: Path
+    ) -> list:
         callbacks = super().trainer_callbacks(prepared, tokenizer, recipe, run_path)
         if recipe.sft.generation_examples:
             rows = prepared.splits.validation
@@ -152,43 +178,75 @@ class SftTask(CausalLMTask):
             callbacks.append(GenerationCallback(measure, run_path / "samples"))
         return callbacks
 
-    def evaluate(self, model, tokenizer, rows: list[Row], info: dict, recipe: Recipe, split: str) -> dict[str, Any]:
+    def evaluate(
+        self, model, tokenizer, rows: list[Row], info: dict, recipe: Recipe, split: str
+    ) -> dict[str, Any]:
         encoded = [e for e in encode_rows(rows, tokenizer, info) if e.status != "dropped"]
         features = [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded]
         batch_size = recipe.training.eval_batch_size or recipe.training.batch_size
         result: dict[str, Any] = {"n": len(rows), "n_scored": len(features)}
-        result.update(lm_loss(model, padding_collator(tokenizer), features, batch_size, f"Loss on {split}"))
+        result.update(
+            lm_loss(model, padding_collator(tokenizer), features, batch_size, f"Loss on {split}")
+        )
         if recipe.sft.generation_examples:
-            scores, samples = self._generation(model, tokenizer, rows, info, recipe)
+            scores, samples = self._generation(model, tokenizer, rows, info, recipe, split)
             result.update(scores)
             result["samples"] = samples
         return result
 
-    def _generation(self, model, tokenizer, rows: list[Row], info: dict, recipe: Recipe):
+    def _generation(
+        self,
+        model,
+        tokenizer,
+        rows: list[Row],
+        info: dict,
+        recipe: Recipe,
+        split: str = "validation",
+    ):
         """Greedy answers to the first `generation_examples` rows, their metrics and samples."""
         fields = ChatFields.from_info(info["chat"])
-        chats = [conversation(r, fields, row_where("data", r)) for r in rows[: recipe.sft.generation_examples]]
+        chats = [
+            conversation(r, fields, row_where("data", r))
+            for r in rows[: recipe.sft.generation_examples]
+        ]
         pairs = [prompt_and_reference(c) for c in chats]
         prompts = [encode_prompt(tokenizer, p) for p, _ in pairs]
         sampling = Sampling(max_new_tokens=recipe.sft.max_new_tokens)
         batch_size = recipe.training.eval_batch_size or recipe.training.batch_size
-        outs = generate(model, tokenizer, prompts, stop_token_ids(tokenizer, info["end_of_turn"]), sampling, batch_size=batch_size)
+        outs = generate(
+            model,
+            tokenizer,
+            prompts,
+            stop_token_ids(tokenizer, info["end_of_turn"]),
+            sampling,
+            batch_size=batch_size,
+            description=f"Generating answers ({split})",
+        )
         references = [ref for _, ref in pairs]
         scores = generation_metrics([o.text for o in outs], references)
         scores["generated"] = len(outs)
         samples = [
-            {"prompt": p[-1]["content"], "reference": ref, "prediction": o.text, "stopped": o.stopped}
+            {
+                "prompt": p[-1]["content"],
+                "reference": ref,
+                "prediction": o.text,
+                "stopped": o.stopped,
+            }
             for (p, ref), o in zip(pairs, outs, strict=True)
         ]
         return scores, samples
 
     # ---------------------------------------------------------------- using the run
 
-    def generate(self, model, tokenizer, prompts: list, info: dict, recipe: Recipe, sampling: Sampling):
+    def generate(
+        self, model, tokenizer, prompts: list, info: dict, recipe: Recipe, sampling: Sampling
+    ):
         """Answers to prompts (text: one user turn; a list of messages: a whole chat)."""
         chats = [self._as_chat(p, recipe) for p in prompts]
         ids = [encode_prompt(tokenizer, c) for c in chats]
-        return generate(model, tokenizer, ids, stop_token_ids(tokenizer, info["end_of_turn"]), sampling)
+        return generate(
+            model, tokenizer, ids, stop_token_ids(tokenizer, info["end_of_turn"]), sampling
+        )
 
     def _as_chat(self, prompt, recipe: Recipe) -> list[dict]:
         if isinstance(prompt, str):
@@ -200,15 +258,21 @@ class SftTask(CausalLMTask):
         return messages
 
     def inputs_from_rows(self, rows: list[Row], path: Path, info: dict) -> list:
-        """Chats to answer: in the run's data format, else whatever format the file's columns show."""
+        """Chats to answer: in the run's data format, else the format the file's columns show."""
         fields = ChatFields.from_info(info["chat"])
         columns = [c for c in rows[0] if c != "_line"]
-        fields = ChatFields(**{**fields.to_info(), "format": input_format(columns, fields, f"--input: {path}")})
+        fields = ChatFields(
+            **{**fields.to_info(), "format": input_format(columns, fields, f"--input: {path}")}
+        )
         out = []
         for row in rows:
-            chat = without_answer(conversation(row, fields, f"--input: {row_where(path, row)}", need_answer=False))
+            chat = without_answer(
+                conversation(row, fields, f"--input: {row_where(path, row)}", need_answer=False)
+            )
             if not chat or chat[-1]["role"] != "user":
-                raise TuneforgeError(f"--input: {row_where(path, row)}: the chat does not end with a user message")
+                raise TuneforgeError(
+                    f"--input: {row_where(path, row)}: the chat does not end with a user message"
+                )
             out.append(chat)
         return out
 
@@ -226,12 +290,19 @@ class SftTask(CausalLMTask):
         }
         previews = []
         for row in rows[:n]:
-            enc = _encode(tokenizer, conversation(row, fields, f"data.train: {row_where(cfg.train, row)}"), info)
+            enc = _encode(
+                tokenizer,
+                conversation(row, fields, f"data.train: {row_where(cfg.train, row)}"),
+                info,
+            )
             trained = sum(x != -100 for x in enc.labels)
             note = f"{len(enc.input_ids)} tokens, {trained} trained"
             if enc.status != "ok":
                 note += f"; {enc.status} ({enc.n_tokens} tokens > max_length {info['max_length']})"
-            pieces = [(text, "trained" if t else "context") for text, t in trained_segments(tokenizer, enc)]
+            pieces = [
+                (text, "trained" if t else "context")
+                for text, t in trained_segments(tokenizer, enc)
+            ]
             previews.append(Preview(row_where(cfg.train, row), pieces, note))
         return previews
 
