@@ -225,3 +225,32 @@ def test_real_embedded_model_template_masks_answers_and_im_end():
     ]
     first = next(i for i, lab in enumerate(enc2.labels) if lab != -100)
     assert encode_prompt(tok, CHAT[1:2]) == enc2.input_ids[:first]
+
+
+def test_a_template_that_refuses_a_chat_names_the_row(tmp_path, tiny_model):
+    from tuneforge.config import validate_recipe
+    from tuneforge.tasks.sft import SftTask
+
+    tok = build_tiny_tokenizer()
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}"
+        "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+    data = tmp_path / "chats.jsonl"
+    data.write_text(
+        json.dumps({"messages": CHAT[1:3]}) + "\n" + json.dumps({"messages": CHAT}) + "\n"
+    )
+    recipe = validate_recipe(
+        {
+            "name": "r",
+            "task": "sft",
+            "base_model": str(tiny_model),
+            "data": {"train": str(data), "validation": str(data)},
+        }
+    )
+    with pytest.raises(TuneforgeError) as e:
+        SftTask().prepare(recipe, tok)
+    assert f"data.train: {data} line 2: the model's chat template refused this chat" in str(e.value)
+    assert "System role not supported" in str(e.value)

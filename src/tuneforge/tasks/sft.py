@@ -114,6 +114,12 @@ class SftTask(CausalLMTask):
                     "examples truncated "
                     f"to training.max_length={recipe.training.max_length}"
                 )
+        if len(validation) == 0:
+            raise TuneforgeError(
+                f"data.validation: {splits.sources['validation']}: no example fits in "
+                f"training.max_length={recipe.training.max_length}",
+                hint="raise training.max_length or set sft.overlong: truncate",
+            )
         if len(train) == 0:
             raise TuneforgeError(
                 f"data.train: {splits.sources['train']}: no example fits in training.max_length="
@@ -125,12 +131,12 @@ class SftTask(CausalLMTask):
     def _dataset(self, rows: list[Row], tokenizer, info: dict, split: str, source: str):
         from datasets import Dataset
 
-        convs = [
-            conversation(r, ChatFields.from_info(info["chat"]), row_where(source, r)) for r in rows
-        ]
-        ds = Dataset.from_dict({"messages": convs}).map(
-            lambda ex: vars(_encode(tokenizer, ex["messages"], info)),
-            remove_columns=["messages"],
+        fields = ChatFields.from_info(info["chat"])
+        wheres = [f"data.{split}: {row_where(source, r)}" for r in rows]
+        convs = [conversation(r, fields, where) for r, where in zip(rows, wheres, strict=True)]
+        ds = Dataset.from_dict({"messages": convs, "where": wheres}).map(
+            lambda ex: vars(_encode(tokenizer, ex["messages"], info, ex["where"])),
+            remove_columns=["messages", "where"],
             desc=f"Tokenizing {split}",
         )
         self._count(
@@ -307,17 +313,24 @@ class SftTask(CausalLMTask):
         return previews
 
 
-def _encode(tokenizer, messages: list[dict], info: dict) -> Encoded:
-    return encode_chat(
-        tokenizer,
-        messages,
-        max_length=info["max_length"],
-        train_on=info["train_on"],
-        overlong=info["overlong"],
-        eot=info["end_of_turn"],
-    )
+def _encode(tokenizer, messages: list[dict], info: dict, where: str = "") -> Encoded:
+    try:
+        return encode_chat(
+            tokenizer,
+            messages,
+            max_length=info["max_length"],
+            train_on=info["train_on"],
+            overlong=info["overlong"],
+            eot=info["end_of_turn"],
+        )
+    except TuneforgeError as e:  # the template refused this chat: say which row
+        raise TuneforgeError(f"{where}: {e.message}" if where else e.message, hint=e.hint) from None
 
 
 def encode_rows(rows: list[Row], tokenizer, info: dict) -> list[Encoded]:
     fields = ChatFields.from_info(info["chat"])
-    return [_encode(tokenizer, conversation(r, fields, row_where("data", r)), info) for r in rows]
+    out = []
+    for row in rows:
+        where = row_where("data", row)
+        out.append(_encode(tokenizer, conversation(row, fields, where), info, where))
+    return out
