@@ -75,14 +75,29 @@ def predict(
 @app.command("eval")
 def eval_(
     run: Annotated[Path, typer.Argument(help="Run directory.")],
-    data: Annotated[Path, typer.Option("--data", "-d", help="Labelled file to evaluate on.")],
+    data: Annotated[Path | None, typer.Option("--data", "-d", help="Labelled file to evaluate on.")] = None,
     base: Annotated[bool, typer.Option("--base", help="Also measure the untouched base model.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    bias: Annotated[bool, typer.Option("--bias", help="Run the counterfactual bias probe (classification).")] = False,
+    bias_terms: Annotated[
+        Path | None, typer.Option("--bias-terms", help="YAML with extra categories/templates for --bias.")
+    ] = None,
 ) -> None:
-    """Metrics of a run on any labelled file (and of the base model with --base)."""
+    """Metrics of a run on a labelled file (base model too with --base); --bias probes identity swaps."""
     from tuneforge.run import Run
 
+    if data is None and not bias:
+        raise TuneforgeError("eval: give --data FILE (and/or --bias)")
     loaded = Run.load(run)
+    if bias:
+        probe = loaded.bias_probe(bias_terms)
+        if as_json and data is None:
+            print(json.dumps(probe, ensure_ascii=False))
+            return
+        _print_bias(probe)
+        console.print(f"Bias probe saved to {loaded.path / 'bias.json'}; report updated")
+        if data is None:
+            return
     result = loaded.evaluate(data, base=base)
     if as_json:
         payload = dict(result["tuned"])
@@ -227,11 +242,66 @@ def demo(
     print_summary(run)
 
 
+def _print_bias(probe: dict) -> None:
+    table = Table(title="Bias probe: label flip rate under identity swaps (lower is better)")
+    for col in ("category", "base flip rate", "tuned flip rate", "tuned max prob. shift", "worst template (tuned)"):
+        table.add_column(col)
+    for category, tuned in probe["tuned"]["categories"].items():
+        base = probe.get("base", {}).get("categories", {}).get(category, {})
+        worst = tuned["worst"][0] if tuned["worst"] else {}
+        table.add_row(
+            category,
+            f"{base['flip_rate']:.2f}" if base else "—",
+            f"{tuned['flip_rate']:.2f}",
+            f"{tuned['max_abs_shift']:.3f}",
+            f"{worst.get('template', '')} ({worst.get('lowest', '')} vs {worst.get('highest', '')})",
+        )
+    out.print(table)
+
+
+@app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    open_: Annotated[bool, typer.Option("--open", help="Open report.html in a browser.")] = False,
+) -> None:
+    """Regenerate a run's report.md, figures and self-contained report.html."""
+    from tuneforge.report import write_report
+    from tuneforge.run import Run
+
+    loaded = Run.load(run)
+    path = write_report(loaded.path)
+    console.print(f"Report: {path} (and {loaded.path / 'report.md'})")
+    if open_:
+        import webbrowser
+
+        webbrowser.open(path.resolve().as_uri())
+
+
+@data_app.command("check")
+def data_check(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    set_: SetOption = None,
+) -> None:
+    """Check a recipe's data: counts, balance, duplicates, leakage, lengths, unparseable rows."""
+    from tuneforge.config import load_recipe
+    from tuneforge.datacheck import check_recipe_data, findings_table, refuse_on_errors, summary_table
+    from tuneforge.models import load_tokenizer, resolve_base_model
+    from tuneforge.tasks import get_task
+
+    loaded = load_recipe(recipe, set_ or [])
+    source = resolve_base_model(loaded.base_model, trust_remote_code=loaded.trust_remote_code)
+    tokenizer = load_tokenizer(source.path, trust_remote_code=loaded.trust_remote_code)
+    result = check_recipe_data(loaded, tokenizer, get_task(loaded.task), recipe.parent)
+    out.print(summary_table(result))
+    out.print(findings_table(result))
+    refuse_on_errors(result)
+
+
 def print_summary(run) -> None:
     metrics = run.metrics
     for split, tuned in metrics["tuned"].items():
         _print_comparison(f"{run.path.name}: {split}", metrics.get("base", {}).get(split, {}), tuned)
-    console.print(f"Report: {run.path / 'report.md'}")
+    console.print(f"Report: {run.path / 'report.html'} (and report.md)")
 
 
 def _print_comparison(title: str, base: dict, tuned: dict) -> None:

@@ -91,6 +91,20 @@ class Run:
         sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
         return hook(self.task, "chat")(self.model, self.tokenizer, messages, self.meta["info"], self.recipe, sampling).text
 
+    def bias_probe(self, extra_terms: str | Path | None = None, *, save: bool = True) -> dict[str, Any]:
+        """Counterfactual identity swaps (classification); saved to bias.json and the report."""
+        result = hook(self.task, "bias_probe")(
+            self.model, self.source, self.tokenizer, self.meta["info"], self.recipe,
+            Path(extra_terms) if extra_terms else None,
+        )
+        if save:
+            from tuneforge.report import write_report
+            from tuneforge.rundir import write_json
+
+            write_json(self.path / "bias.json", result)
+            write_report(self.path)
+        return result
+
     def evaluate(self, data: str | Path, *, base: bool = False) -> dict[str, Any]:
         """Metrics of the tuned model on a labelled file; with `base`, of the untouched base too."""
         rows = self.task.read_eval_rows(Path(data), self.meta["info"])

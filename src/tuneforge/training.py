@@ -7,12 +7,14 @@ and the run directory, so adding a task never touches it.
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from tuneforge.config import Recipe, load_recipe
 from tuneforge.errors import TuneforgeError, did_you_mean
 from tuneforge.evaluation.metrics import LOWER_IS_BETTER
+from tuneforge.evaluation.overfit import detect_overfitting
 from tuneforge.methods import apply_method, count_parameters
 from tuneforge.models import load_tokenizer, resolve_base_model
 from tuneforge.progress import console, status
@@ -39,6 +41,7 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None):
     source = resolve_base_model(recipe.base_model, trust_remote_code=recipe.trust_remote_code)
     with status(f"Loading tokenizer of {recipe.base_model}"):
         tokenizer = load_tokenizer(source.path, trust_remote_code=recipe.trust_remote_code)
+    data_report = check_data(recipe, tokenizer, task, recipe_dir)
     prepared = task.prepare(recipe, tokenizer, recipe_dir)
     timings["load_and_prepare"] = time.perf_counter() - t0
 
@@ -47,6 +50,7 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None):
     console.print(f"Run directory: {run.final} (written as {run.path.name} until finished)")
     try:
         write_text(run.path / "recipe.yaml", _yaml(recipe))
+        write_json(run.path / "data_check.json", data_report.to_dict())
         eval_splits = {"validation": prepared.splits.validation}
         if prepared.splits.test is not None:
             eval_splits["test"] = prepared.splits.test
@@ -91,6 +95,7 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None):
             "log_history": trainer.state.log_history,
             "base": base,
             "tuned": tuned,
+            "overfitting": trainer.overfitting[0] if trainer.overfitting else None,
         }
         write_json(run.path / "metrics.json", metrics)
         write_json(
@@ -150,6 +155,18 @@ def _restore_sigterm(previous) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
+def check_data(recipe: Recipe, tokenizer, task, recipe_dir: Path):
+    """`data check` before any compute is spent; refuses to train on an error finding."""
+    from tuneforge.datacheck import check_recipe_data, findings_table, refuse_on_errors
+
+    with status("Checking data"):
+        report = check_recipe_data(recipe, tokenizer, task, recipe_dir)
+    if report.findings:
+        console.print(findings_table(report))
+    refuse_on_errors(report)
+    return report
+
+
 def selection_metric(recipe: Recipe, task) -> str:
     metric = recipe.early_stopping.metric or task.default_metric
     if metric not in task.metric_names:
@@ -196,6 +213,7 @@ def _build_trainer(recipe: Recipe, task, prepared, model, tokenizer, run_path: P
     )
     evaluations: list[dict[str, Any]] = []
     details: list[dict[str, Any]] = []
+    overfitting: list[dict[str, Any]] = []  # at most one finding: where overfitting began
 
     class RecordEvaluations(TrainerCallback):
         """Keeps every evaluation (with full per-class details) for metrics.json."""
@@ -211,6 +229,11 @@ def _build_trainer(recipe: Recipe, task, prepared, model, tokenizer, run_path: P
             if details:
                 entry["details"] = details[-1]
             evaluations.append(entry)
+            if not overfitting:
+                found = detect_overfitting(evaluations, metric, patience=recipe.early_stopping.patience or 2)
+                if found is not None:
+                    overfitting.append(asdict(found))
+                    console.print(f"[yellow]warning:[/yellow] {found.message}")
 
     # The task's callbacks come first: they may add metrics that the others read.
     callbacks: list = [*hook(task, "trainer_callbacks")(prepared, tokenizer, recipe, run_path), RecordEvaluations()]
@@ -231,6 +254,7 @@ def _build_trainer(recipe: Recipe, task, prepared, model, tokenizer, run_path: P
         compute_metrics=task.trainer_metrics(prepared, details),
         callbacks=callbacks,
     )
+    trainer.overfitting = overfitting
     return trainer, evaluations
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tuneforge.evaluation.metrics import LOWER_IS_BETTER
+
 
 @dataclass(frozen=True)
 class OverfitFinding:
@@ -23,7 +25,7 @@ def detect_overfitting(
     `evaluations` are dicts with `step`, `train_loss` and the validation `metric` (as written to
     metrics.json). Lower is better for losses and perplexities, higher for everything else.
     """
-    lower_is_better = metric in {"loss", "perplexity"}
+    lower_is_better = metric in LOWER_IS_BETTER
     streak = 0
     for k in range(1, len(evaluations)):
         prev, cur = evaluations[k - 1], evaluations[k]

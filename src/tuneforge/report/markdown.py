@@ -1,4 +1,8 @@
-"""report.md: what a reader needs to trust a run — base vs tuned, the history, the data."""
+"""report.md: what a reader needs to trust a run — base vs tuned, the history, the data.
+
+Figures are referenced as `figures/*.png` (written by :mod:`tuneforge.report.figures`);
+report.html is rendered from this same text with the figures embedded.
+"""
 
 from __future__ import annotations
 
@@ -73,7 +77,9 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(out)
 
 
-def render_report(run_path: Path, title: str | None = None) -> str:
+def render_report(run_path: Path, title: str | None = None, figures: dict[str, str] | None = None) -> str:
+    """The report text; `figures` maps figure name -> relative path of its PNG."""
+    figures = figures or {}
     meta = json.loads((run_path / "run.json").read_text())
     metrics = json.loads((run_path / "metrics.json").read_text())
     info = meta.get("info", {})
@@ -120,8 +126,22 @@ def render_report(run_path: Path, title: str | None = None) -> str:
             lines += ["Confusion matrix of the fine-tuned model (rows: true, columns: predicted):", ""]
             lines += [_table(["true \\ predicted", *labels], cm), ""]
 
+    lines += _figure(figures, "base_vs_tuned", "Base model vs fine-tuned")
+    lines += _figure(figures, "confusion_matrix", "Confusion matrix (fine-tuned, validation)")
     lines += _samples_section(metrics)
     lines += ["## Validation during training", ""]
+    overfit = metrics.get("overfitting")
+    if overfit:
+        lines += [
+            f"**Overfitting detected:** {overfit['message']} (detected at step {overfit['detected_step']}). "
+            f"The best checkpoint (step {metrics['best'].get('step')}) is the model kept.",
+            "",
+        ]
+    else:
+        lines += ["No overfitting detected (validation never worsened while training improved for "
+                  "consecutive evaluations).", ""]
+    lines += _figure(figures, "loss", "Training and validation loss")
+    lines += _figure(figures, "metric", f"Validation {metrics['selection_metric']} (best checkpoint marked)")
     evaluations = metrics["evaluations"]
     columns = [m for m in TRAINING_COLUMNS if any(e.get(m) is not None for e in evaluations)]
     rows = [
@@ -144,6 +164,10 @@ def render_report(run_path: Path, title: str | None = None) -> str:
         splits = list(dict.fromkeys(split for k in counted for split in info[k]))
         rows = [[k.replace("_", " "), *[info[k].get(split, "") for split in splits]] for k in counted]
         lines += ["", _table(["", *splits], rows)]
+    lines += _figure(figures, "lengths", "Token lengths of the training examples")
+    lines += _data_check_section(run_path)
+    lines += _bias_section(run_path, figures)
+    lines += ["## Recipe (as resolved)", "", "```yaml", (run_path / "recipe.yaml").read_text().rstrip(), "```", ""]
     lines += ["", "## Timings (seconds)", ""]
     lines += [_table(["phase", "seconds"], [[k, v] for k, v in meta.get("timings", {}).items()]), ""]
     lines += ["## Environment", ""]
@@ -168,6 +192,74 @@ def _samples_section(metrics: dict[str, Any], n: int = 3) -> list[str]:
     return lines
 
 
+def _figure(figures: dict[str, str], name: str, caption: str) -> list[str]:
+    return [f"![{caption}]({figures[name]})", ""] if name in figures else []
+
+
+def _data_check_section(run_path: Path) -> list[str]:
+    path = run_path / "data_check.json"
+    if not path.is_file():
+        return []
+    check = json.loads(path.read_text())
+    lines = ["", "## Data check", ""]
+    rows = []
+    for split, s in check["summary"]["splits"].items():
+        tokens = s.get("tokens", {})
+        rows.append([split, s["examples"], tokens.get("median", ""), tokens.get("max", ""), tokens.get("over_max_length", "")])
+    lines += [_table(["split", "examples", "median tokens", "max tokens", "over max_length"], rows), ""]
+    if check["findings"]:
+        rows = [
+            [f["severity"], f["check"], f["split"] or "", f["message"], ", ".join(map(str, f["lines"][:10]))]
+            for f in check["findings"]
+        ]
+        lines += [_table(["severity", "check", "split", "finding", "lines"], rows), ""]
+    else:
+        lines += ["No findings: no leakage, duplicates, imbalance, empty or truncated examples.", ""]
+    return lines
+
+
+def _bias_section(run_path: Path, figures: dict[str, str]) -> list[str]:
+    path = run_path / "bias.json"
+    if not path.is_file():
+        return []
+    bias = json.loads(path.read_text())
+    lines = [
+        "## Bias probe (counterfactual identity swaps)",
+        "",
+        f"{bias['tuned']['templates']} neutral templates filled with identity terms per category; identity "
+        "should not change the prediction. Flip rate: share of templates whose predicted label changes "
+        "across the terms. Max shift: largest mean move of one term's probability from the template average.",
+        "",
+    ]
+    rows = []
+    for category, tuned in bias["tuned"]["categories"].items():
+        base = bias.get("base", {}).get("categories", {}).get(category, {})
+        rows.append(
+            [
+                category,
+                _fmt(base.get("flip_rate")),
+                _fmt(tuned["flip_rate"]),
+                _fmt(base.get("max_abs_shift")),
+                _fmt(tuned["max_abs_shift"]),
+            ]
+        )
+    lines += [_table(["category", "base flip rate", "tuned flip rate", "base max shift", "tuned max shift"], rows), ""]
+    lines += _figure(figures, "bias", "Label flip rate under identity swaps")
+    worst = sorted(
+        ((c, w) for c, r in bias["tuned"]["categories"].items() for w in r["worst"][:1]), key=lambda cw: -cw[1]["spread"]
+    )[:5]
+    if worst:
+        lines += ["Worst templates for the fine-tuned model:", ""]
+        lines += [
+            _table(
+                ["category", "template", "probability spread", "lowest", "highest"],
+                [[c, w["template"], f"{w['spread']:.3f}", w["lowest"], w["highest"]] for c, w in worst],
+            ),
+            "",
+        ]
+    return lines
+
+
 def _quote(text: str, limit: int = 600) -> str:
     text = text if len(text) <= limit else text[: limit - 1] + "…"
     return "\n".join(f"> {line}" if line else ">" for line in text.splitlines())
@@ -175,9 +267,3 @@ def _quote(text: str, limit: int = 600) -> str:
 
 def _fmt(v: Any) -> str:
     return "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
-
-
-def write_report(run_path: Path, title: str | None = None) -> Path:
-    path = run_path / "report.md"
-    write_text(path, render_report(run_path, title))
-    return path

@@ -199,6 +199,24 @@ class ClassificationTask:
             for p in probs
         ]
 
+    def bias_probe(self, model, source, tokenizer, info: dict, recipe: Recipe, extra_terms: Path | None = None):
+        """Counterfactual identity swaps, scored for the tuned model and the zero-shot base."""
+        from tuneforge.evaluation.bias import load_probe_set, run_probe
+
+        probe = load_probe_set(extra_terms)
+        labels = info["labels"]
+        result = {"tuned": run_probe(lambda texts: self._probabilities(model, tokenizer, texts, recipe, "bias probe"), labels, probe)}
+        if recipe.baseline.enabled:
+            base_lm = load_causal_lm(source.path, trust_remote_code=recipe.trust_remote_code)
+            words = [(recipe.baseline.label_words or {}).get(lab, lab) for lab in labels]
+            instruction = recipe.baseline.instruction or DEFAULT_INSTRUCTION
+
+            def base(texts):
+                return softmax(zero_shot_scores(base_lm, tokenizer, texts, words, instruction, description="Bias probe, base"))
+
+            result["base"] = run_probe(base, labels, probe)
+        return result
+
     def check_splits(self, recipe: Recipe, recipe_dir: Path):
         from tuneforge.datacheck import default_check_splits
 
