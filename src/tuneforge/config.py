@@ -89,7 +89,10 @@ class TrainingConfig(_Strict):
     eval_batch_size: int | None = Field(None, ge=1, description="Batch size for evaluation.")
     max_length: int = Field(256, ge=8, description="Longer inputs are truncated to this many tokens.")
     seed: int = Field(0, description="Seed for the head initialisation, shuffling and dropout.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (regularisation).")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1, description="Label smoothing factor for the loss (regularisation)."
+    )
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps for linear warm-up.")
     lr_scheduler: str = Field("linear", description="transformers scheduler name (linear, cosine...).")
     eval_steps: int | None = Field(

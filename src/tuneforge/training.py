@@ -191,6 +191,7 @@ def _build_trainer(recipe: Recipe, task, prepared, model, tokenizer, run_path: P
         per_device_eval_batch_size=tc.eval_batch_size or tc.batch_size,
         gradient_accumulation_steps=tc.gradient_accumulation_steps,
         weight_decay=tc.weight_decay,
+        label_smoothing_factor=tc.label_smoothing,
         warmup_steps=tc.warmup_ratio,
         lr_scheduler_type=tc.lr_scheduler,
         eval_strategy=strategy,

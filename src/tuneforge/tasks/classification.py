@@ -63,11 +63,15 @@ class ClassificationTask:
     def prepare(self, recipe: Recipe, tokenizer, recipe_dir: Path = Path(".")) -> Prepared:
         cfg = resolve_data_paths(recipe.data, recipe_dir)
         text_f, label_f = cfg.text_field, cfg.label_field
+        # Unparseable rows stop the run unless the recipe downgraded that data check; then
+        # they are skipped (and listed by the data check that ran before).
+        lenient = {} if recipe.data_checks.parse_errors != "error" else None
         splits = load_splits(
             cfg,
             recipe.training.seed,
             check=lambda rows, path, what: check_rows(rows, path, what, text_f, label_f),
             stratify=lambda row: label_of(row, label_f),
+            skipped=lenient,
         )
         labels = sorted({label_of(r, label_f) for r in splits.train})
         if len(labels) < 2:
