@@ -218,9 +218,24 @@ def data_preview(
     out.print(legend)
 
 
-@app.command()
-def models() -> None:
-    """List the base models available on this machine without a network."""
+models_app = typer.Typer(help="Base models available offline; named fine-tuned model versions.")
+app.add_typer(models_app, name="models")
+runs_app = typer.Typer(no_args_is_help=True, help="The run registry: list, show, compare, remove runs.")
+app.add_typer(runs_app, name="runs")
+RegistryOption = Annotated[Path | None, typer.Option("--registry", help="Registry file (default: $TUNEFORGE_REGISTRY or ~/.cache/tuneforge/registry.sqlite).")]
+
+
+@models_app.callback(invoke_without_command=True)
+def models(ctx: typer.Context, registry: RegistryOption = None) -> None:
+    """List the base models available on this machine without a network (and registered models)."""
+    if ctx.invoked_subcommand is None:
+        models_list(registry)
+
+
+@models_app.command("list")
+def models_list(registry: RegistryOption = None) -> None:
+    """Base models available offline, then registered fine-tuned model versions."""
+    from tuneforge import registry as reg
     from tuneforge.models import list_local_models
 
     table = Table(title="Local base models")
@@ -229,6 +244,141 @@ def models() -> None:
     for m in list_local_models():
         table.add_row(m.name, m.kind, m.location, "yes" if m.ready else "converts on first use")
     out.print(table)
+    registered = reg.list_models(registry)
+    if registered:
+        table = Table(title=f"Registered models ({reg.registry_path(registry)})")
+        for col in ("name", "version", "stage", "run"):
+            table.add_column(col)
+        for m in registered:
+            table.add_row(m["name"], str(m["version"]), m["stage"], m["run_id"])
+        out.print(table)
+
+
+@models_app.command("register")
+def models_register(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    run: Annotated[str, typer.Argument(help="Run id or directory.")],
+    registry: RegistryOption = None,
+) -> None:
+    """Register a finished run as the next version of a named model."""
+    from tuneforge import registry as reg
+
+    version = reg.register_model(name, run, registry)
+    out.print(f"Registered {name}@{version} ← {reg.get_run(run, registry).id}")
+
+
+@models_app.command("promote")
+def models_promote(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int, typer.Argument(help="Version to promote.")],
+    stage: Annotated[str, typer.Option("--stage", help="Target stage.")] = "production",
+    data: Annotated[Path | None, typer.Option("--data", help="Score both versions on this labelled file.")] = None,
+    tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="Allowed metric drop.")] = 0.0,
+    force: Annotated[bool, typer.Option("--force", help="Promote even if worse (recorded).")] = False,
+    registry: RegistryOption = None,
+) -> None:
+    """Move a version to a stage; refused if it is worse than the current holder of that stage."""
+    from tuneforge.promotion import promote
+
+    result = promote(name, version, stage, data=data, tolerance=tolerance, force=force, db=registry)
+    if result.get("compared_with"):
+        out.print(
+            f"{name}@{version} → {stage}: {result['metric']} {result['candidate']:.4f} vs "
+            f"{result['compared_with']} {result['current']:.4f} on {result['evaluation_set']}"
+            + (" [bold red](forced: worse, recorded)[/bold red]" if result.get("forced") else "")
+        )
+    else:
+        out.print(f"{name}@{version} → {stage} (no previous {stage} version)")
+
+
+@runs_app.command("list")
+def runs_list(registry: RegistryOption = None) -> None:
+    """Every recorded run with its status and headline metric."""
+    from tuneforge import registry as reg
+
+    table = Table(title=f"Runs ({reg.registry_path(registry)})")
+    for col in ("run", "task", "method", "base model", "status", "metric (base → tuned)"):
+        table.add_column(col)
+    for r in reg.list_runs(registry):
+        m = r.json("metrics") or {}
+        headline = ""
+        if m:
+            metric = m["selection_metric"]
+            split = "test" if "test" in m["tuned"] else "validation"
+            base = m.get("base", {}).get(split, {}).get(metric)
+            tuned = m["tuned"].get(split, {}).get(metric)
+            headline = f"{split} {metric}: " + (f"{base:.4f} → " if base is not None else "") + (f"{tuned:.4f}" if tuned is not None else "")
+        table.add_row(r.id, r.row["task"] or "", r.row["method"] or "", r.row["base_model"] or "", r.status, headline)
+    out.print(table)
+
+
+@runs_app.command("show")
+def runs_show(run: Annotated[str, typer.Argument(help="Run id (or prefix) or directory.")], registry: RegistryOption = None) -> None:
+    """A run's lineage: base weights, data hashes, versions, commit, metrics, parent chain."""
+    from tuneforge import registry as reg
+
+    chain = reg.lineage_chain(run, registry)
+    record = chain[0]
+    info = {k: record.row[k] for k in ("id", "path", "status", "task", "method", "base_model", "base_weights_sha256", "git_commit")}
+    info["status"] = record.status
+    info["data"] = record.json("data")
+    info["versions"] = record.json("versions")
+    info["metrics"] = record.json("metrics")
+    info["lineage"] = [r.id for r in chain]
+    out.print_json(json.dumps(info, default=str))
+
+
+@runs_app.command("compare")
+def runs_compare(
+    run_a: Annotated[str, typer.Argument(help="First run.")],
+    run_b: Annotated[str, typer.Argument(help="Second run.")],
+    registry: RegistryOption = None,
+) -> None:
+    """Recipes diffed and metrics side by side."""
+    from tuneforge import registry as reg
+
+    a, b = reg.get_run(run_a, registry), reg.get_run(run_b, registry)
+    table = Table(title="Recipe differences")
+    for col in ("field", a.id, b.id):
+        table.add_column(col)
+    flat_a, flat_b = _flatten(a.json("recipe") or {}), _flatten(b.json("recipe") or {})
+    for key in sorted(set(flat_a) | set(flat_b)):
+        if flat_a.get(key) != flat_b.get(key):
+            table.add_row(key, str(flat_a.get(key)), str(flat_b.get(key)))
+    out.print(table)
+    table = Table(title="Metrics (tuned)")
+    for col in ("split/metric", a.id, b.id):
+        table.add_column(col)
+    ma, mb = (r.json("metrics") or {} for r in (a, b))
+    for split in sorted(set(ma.get("tuned", {})) | set(mb.get("tuned", {}))):
+        names = sorted(set(ma.get("tuned", {}).get(split, {})) | set(mb.get("tuned", {}).get(split, {})))
+        for name in names:
+            va, vb = ma.get("tuned", {}).get(split, {}).get(name), mb.get("tuned", {}).get(split, {}).get(name)
+            table.add_row(f"{split}/{name}", "" if va is None else f"{va:.4f}", "" if vb is None else f"{vb:.4f}")
+    out.print(table)
+
+
+@runs_app.command("rm")
+def runs_rm(
+    run: Annotated[str, typer.Argument(help="Run id or directory.")],
+    keep_files: Annotated[bool, typer.Option("--keep-files", help="Only forget the run; keep its folder.")] = False,
+    registry: RegistryOption = None,
+) -> None:
+    """Remove a run from the registry and delete its folder (refused if a model version uses it)."""
+    from tuneforge import registry as reg
+
+    record = reg.remove_run(run, registry, delete_files=not keep_files)
+    out.print(f"Removed {record.id}" + ("" if keep_files else f" and {record.path}"))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
 
 
 @app.command()

@@ -208,6 +208,9 @@ class Recipe(_Strict):
     data_checks: DataChecksConfig = Field(default_factory=DataChecksConfig)
     sft: SftConfig = Field(default_factory=SftConfig)
     output_dir: Path = Field(Path("runs"), description="Where run directories are created.")
+    registry: Path | None = Field(
+        None, description="Run registry (SQLite); default $TUNEFORGE_REGISTRY or ~/.cache/tuneforge."
+    )
     trust_remote_code: bool = Field(False, description="Allow model code from the model folder.")
 
     @field_validator("base_model")

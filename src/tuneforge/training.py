@@ -48,6 +48,7 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None):
     run = RunDir.create(recipe.output_dir, recipe.name)
     previous_handler = _sigterm_as_interrupt()
     console.print(f"Run directory: {run.final} (written as {run.path.name} until finished)")
+    _record(recipe, run, status="running", created=time.time(), **lineage(recipe, source, prepared.splits.sources))
     try:
         write_text(run.path / "recipe.yaml", _yaml(recipe))
         write_json(run.path / "data_check.json", data_report.to_dict())
@@ -118,20 +119,64 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None):
         write_report(run.path, run.final.name)
         _remove_checkpoints(run.path)
         final = run.finish()
+        _record(recipe, run, status="finished", finished=time.time(), path=str(final), metrics=_summary(metrics))
     except TuneforgeError:
         run.discard()
+        _record(recipe, run, status="failed", error="user error before training finished")
         raise
     except KeyboardInterrupt:
         run.set_status("interrupted")
+        _record(recipe, run, status="interrupted")
         console.print(f"[yellow]Interrupted[/yellow]: partial run left in {run.path}")
         raise
     except BaseException as e:
         run.set_status("failed", error=f"{type(e).__name__}: {e}")
+        _record(recipe, run, status="failed", error=f"{type(e).__name__}: {e}")
         raise
     finally:
         _restore_sigterm(previous_handler)
     console.print(f"[green]Finished[/green]: {final}")
     return Run.load(final)
+
+
+def lineage(recipe: Recipe, source, sources: dict[str, str]) -> dict[str, Any]:
+    """What identifies this run's inputs: base weights, data content, versions, code."""
+    from tuneforge import registry
+
+    return {
+        "name": recipe.name,
+        "task": recipe.task,
+        "method": recipe.method,
+        "base_model": recipe.base_model,
+        "base_weights_sha256": registry.weights_hash(source.path),
+        "recipe": recipe.to_yaml_dict(),
+        "data": registry.data_lineage(sources),
+        "versions": environment(),
+        "git_commit": registry.git_commit(),
+    }
+
+
+def _record(recipe: Recipe, run: RunDir, /, **fields: Any) -> None:
+    """Write to the registry; a registry problem warns but never loses the run."""
+    from tuneforge import registry
+
+    try:
+        registry.record_run(run.final.name, registry=recipe.registry, path=fields.pop("path", str(run.final)), **fields)
+    except Exception as e:  # sqlite locked, read-only home, ...
+        console.print(f"[yellow]warning:[/yellow] could not record the run in the registry: {e}")
+
+
+def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Headline figures for `runs list`: scalar metrics of base and tuned per split."""
+    def scalars(d: dict[str, Any]) -> dict[str, float]:
+        return {k: v for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    return {
+        "selection_metric": metrics["selection_metric"],
+        "best": metrics["best"],
+        "tuned": {s: scalars(m) for s, m in metrics["tuned"].items()},
+        "base": {s: scalars(m) for s, m in metrics.get("base", {}).items()},
+    }
 
 
 def _sigterm_as_interrupt():
