@@ -29,14 +29,19 @@ SetOption = Annotated[
 
 @app.command()
 def train(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    recipe: Annotated[Path | None, typer.Argument(help="Recipe YAML file.")] = None,
     set_: SetOption = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")
+    ] = None,
 ) -> None:
     """Fine-tune a base model as the recipe describes; prints base vs fine-tuned at the end."""
     from tuneforge.run import Run
     from tuneforge.training import train as run_training
 
-    run: Run = run_training(recipe, set_ or [])
+    if (recipe is None) == (resume is None):
+        raise TuneforgeError("train: give a recipe file, or --resume RUN (one of them)")
+    run: Run = run_training(recipe, set_ or [], resume=resume)
     print_summary(run)
 
 
@@ -182,6 +187,33 @@ def export(
     result = export_run(run, format, output, quant=quant, force=force, verify=not no_verify)
     for line in describe(result):
         out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def serve(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on (0.0.0.0: all interfaces).")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", "-p", min=0, max=65535, help="Port (0: any free one).")
+    ] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="TUNEFORGE_API_KEY",
+            help="Require 'Authorization: Bearer KEY' on every request.",
+        ),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Model id for clients (default: the run's folder).")
+    ] = None,
+) -> None:
+    """Serve a run over an OpenAI-compatible HTTP API (chat, completions; /v1/classify)."""
+    from tuneforge.deploy.serve import serve as serve_run
+
+    serve_run(run, host=host, port=port, api_key=api_key, name=name)
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Look at training data before spending compute.")
