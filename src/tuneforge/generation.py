@@ -7,6 +7,7 @@ run and prompt always give the same answer.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -40,8 +41,14 @@ def generate(
     *,
     batch_size: int = 8,
     description: str | None = None,
+    stop_strings: Sequence[str] = (),
+    **generate_kwargs,
 ) -> list[Generation]:
-    """Continue each prompt (token ids) until a stop token or `max_new_tokens`."""
+    """Continue each prompt (token ids) until a stop token or `max_new_tokens`.
+
+    `stop_strings` end an answer too (the text is cut before them). Other keywords (a streamer,
+    stopping criteria, `sequence_bias`) go to `model.generate` unchanged: the server uses them.
+    """
     from transformers import GenerationConfig
 
     was_training = model.training
@@ -57,6 +64,8 @@ def generate(
         eos_token_id=stop_ids,
         pad_token_id=pad,
     )
+    if stop_strings:
+        generate_kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[Generation | None] = [None] * len(prompts)
     device = next(model.parameters()).device
@@ -70,17 +79,25 @@ def generate(
                 ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
                 mask[row, width - len(prompts[i]) :] = 1
             out = model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                generation_config=config,
+                **generate_kwargs,
             )
             for row, i in enumerate(idx):
-                results[i] = _finish(tokenizer, out[row, width:].tolist(), stop_ids)
+                results[i] = _finish(tokenizer, out[row, width:].tolist(), stop_ids, stop_strings)
     finally:
         model.train(was_training)
     return results  # type: ignore[return-value]
 
 
-def _finish(tokenizer, new_ids: list[int], stop_ids: list[int]) -> Generation:
+def _finish(
+    tokenizer, new_ids: list[int], stop_ids: list[int], stop_strings: Sequence[str] = ()
+) -> Generation:
     stops = [k for k, t in enumerate(new_ids) if t in stop_ids]
     end = stops[0] if stops else len(new_ids)
     text = tokenizer.decode(new_ids[:end], skip_special_tokens=True)
-    return Generation(text.strip(), end, bool(stops))
+    cuts = [text.find(s) for s in stop_strings if s in text]
+    if cuts:
+        text = text[: min(cuts)]
+    return Generation(text.strip(), end, bool(stops or cuts))

@@ -1,0 +1,313 @@
+"""The loaded run behind the server: prompts, generation in a worker thread, classification.
+
+Prompts are built with the run's own rendering (data/chat.py: the chat template the run was
+trained with, its system prompt and end-of-turn token) and answered by the one decoding loop in
+generation.py, so the server answers exactly as `tuneforge chat`/`generate` do. Generation holds
+the model one request at a time, in a worker thread, so the event loop keeps answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuneforge.data.chat import Message, encode_prompt, end_of_turn, stop_token_ids
+from tuneforge.generation import Generation, Sampling, generate
+from tuneforge.run import Run
+
+
+class RequestError(Exception):
+    """A request the server refuses: becomes an OpenAI-shaped error with this status."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type: str = "invalid_request_error",
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = (
+            status,
+            message,
+            param,
+            code,
+            type,
+        )
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; past these a request gets a 4xx, never the server's memory."""
+
+    max_body_bytes: int = 1_000_000
+    max_texts: int = 64  # texts per /v1/classify call
+    max_prompt_tokens: int | None = None  # default: the model's context length
+    max_tokens: int = 2048  # upper bound for a request's max_tokens
+    default_max_tokens: int = 256  # when a request gives none (capped by the context left)
+    max_waiting: int = 64  # generation requests queued for the model before 503
+    max_batch: int | None = None  # classify texts per forward pass (default: the run's batch)
+    batch_wait: float = 0.005  # seconds the batcher waits for more classify requests
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_tokens: int
+    temperature: float
+    top_p: float
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def sampling(self) -> Sampling:
+        greedy = self.temperature == 0 or self.top_p == 0  # top_p 0 keeps only the likeliest token
+        return Sampling(
+            max_new_tokens=self.max_tokens,
+            temperature=0.0 if greedy else self.temperature,
+            top_p=self.top_p,
+        )
+
+
+class ModelService:
+    """One run, loaded once; generation serialised behind a lock, classification batched."""
+
+    def __init__(self, run: Run, name: str, limits: Limits) -> None:
+        self.run = run
+        self.name = name
+        self.limits = limits
+        self.task = run.meta["task"]
+        self.generative = self.task != "classification"
+        self.model = run.model  # load now: start-up, not the first request, pays for it
+        self.tokenizer = run.tokenizer
+        info = run.meta["info"]
+        if self.generative:
+            eot = info["end_of_turn"] if "end_of_turn" in info else end_of_turn(self.tokenizer)
+            self.stop_ids = stop_token_ids(self.tokenizer, eot)
+            self.chat_prompts = "chat" in info  # sft: a completion prompt is one user turn
+        self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 4096)
+        self.max_prompt_tokens = min(limits.max_prompt_tokens or self.context, self.context - 1)
+        self.vocab = len(self.tokenizer)
+        self._lock = asyncio.Lock()
+        self._waiting = 0
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="tuneforge-generate")
+        self.generations = 0
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.run.labels
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    # ---------------------------------------------------------------- prompts
+
+    def chat_prompt(self, messages: list[Message]) -> list[int]:
+        """Token ids of a chat ending in the assistant header, with the run's system prompt."""
+        system = self.run.recipe.sft.system_prompt
+        if system and not any(m["role"] == "system" for m in messages):
+            messages = [{"role": "system", "content": system}, *messages]
+        return encode_prompt(self.tokenizer, messages)
+
+    def completion_prompt(self, text: str) -> list[int]:
+        """An sft run answers the text as one user turn (like `tuneforge generate`); a pretrain run
+        continues it as plain text, as its corpus was trained."""
+        if self.chat_prompts:
+            return self.chat_prompt([{"role": "user", "content": text}])
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def params(
+        self,
+        n_prompt: int,
+        requested: int | None,
+        temperature: float,
+        top_p: float,
+        stop: list[str],
+        seed: int | None,
+        logit_bias: dict[str, float] | None,
+    ) -> GenerationParams:
+        """Checks a request's numbers against the limits and the context window."""
+        if n_prompt == 0:
+            raise RequestError(400, "the prompt is empty", param="messages", code="invalid_value")
+        if n_prompt > self.max_prompt_tokens:
+            raise RequestError(
+                400,
+                f"the prompt is {n_prompt} tokens; this server accepts at most "
+                f"{self.max_prompt_tokens}. Shorten the prompt or the conversation.",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        if requested is not None and requested > self.limits.max_tokens:
+            raise RequestError(
+                400,
+                f"max_tokens is {requested}; this server allows at most {self.limits.max_tokens}",
+                param="max_tokens",
+                code="invalid_value",
+            )
+        room = self.context - n_prompt
+        if requested is not None and requested > room:
+            raise RequestError(
+                400,
+                f"this model's context is {self.context} tokens; the prompt uses {n_prompt}, so "
+                f"max_tokens can be at most {room} (got {requested})",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        bias = {}
+        for key, value in (logit_bias or {}).items():
+            token = int(key)
+            if token >= self.vocab:
+                raise RequestError(
+                    400,
+                    f"logit_bias: token id {token} is outside the vocabulary (0..{self.vocab - 1})",
+                    param="logit_bias",
+                    code="invalid_value",
+                )
+            bias[token] = value
+        max_tokens = (
+            requested if requested is not None else min(self.limits.default_max_tokens, room)
+        )
+        return GenerationParams(max_tokens, temperature, top_p, stop, seed, bias)
+
+    # ---------------------------------------------------------------- generation
+
+    def _generate(
+        self,
+        prompt: list[int],
+        params: GenerationParams,
+        streamer=None,
+        cancel: threading.Event | None = None,
+    ) -> Generation:
+        """Runs in the generation thread."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                stop = cancel is not None and cancel.is_set()
+                return torch.full(
+                    (input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device
+                )
+
+        kwargs: dict[str, Any] = {"stopping_criteria": StoppingCriteriaList([Cancelled()])}
+        if streamer is not None:
+            kwargs["streamer"] = streamer
+        if params.logit_bias:
+            kwargs["sequence_bias"] = {(t,): b for t, b in params.logit_bias.items()}
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        try:
+            return generate(
+                self.model,
+                self.tokenizer,
+                [prompt],
+                self.stop_ids,
+                params.sampling,
+                stop_strings=params.stop,
+                **kwargs,
+            )[0]
+        finally:
+            self.generations += 1
+            if streamer is not None:  # also after an error, so the consumer's loop always ends
+                streamer.on_finalized_text("", stream_end=True)
+
+    def _reserve(self) -> None:
+        if self._waiting >= self.limits.max_waiting:
+            raise RequestError(
+                503,
+                f"the server is busy: {self._waiting} generation requests are waiting; retry later",
+                code="server_busy",
+                type="server_error",
+            )
+
+    async def complete(self, prompt: list[int], params: GenerationParams) -> Generation:
+        """One whole answer; waits its turn for the model without blocking the event loop."""
+        self._reserve()
+        self._waiting += 1
+        try:
+            async with self._lock:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._executor, self._generate, prompt, params)
+        finally:
+            self._waiting -= 1
+
+    def check_capacity(self) -> None:
+        """Refuse (503) before a response starts when too many requests wait for the model."""
+        self._reserve()
+
+    async def stream(
+        self, prompt: list[int], params: GenerationParams, done: Callable[[Generation], None]
+    ) -> AsyncIterator[str]:
+        """The answer's text as it is generated; `done` receives the finished Generation."""
+        from transformers import AsyncTextIteratorStreamer
+
+        self._waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._waiting -= 1
+        loop = asyncio.get_running_loop()
+        cancel = threading.Event()
+        streamer = AsyncTextIteratorStreamer(
+            self.tokenizer, skip_prompt=True, skip_special_tokens=True
+        )
+        job = loop.run_in_executor(self._executor, self._generate, prompt, params, streamer, cancel)
+        job.add_done_callback(lambda _: self._lock.release())  # only once the model is free
+        text = TextFilter(params.stop)
+        try:
+            async for piece in streamer:
+                out = text.feed(piece)
+                if out:
+                    yield out
+                if text.stopped:
+                    cancel.set()
+                    break
+            result = await job
+            tail = text.finish()
+            if tail:
+                yield tail
+            done(result)
+        finally:
+            cancel.set()  # the client left (or a stop string was met): free the model early
+
+
+class TextFilter:
+    """Streamed text made identical to the whole answer: no leading or trailing whitespace,
+    cut before the first stop string. Text that might be the start of a stop string, and
+    whitespace that might be trailing, is held back until the next piece decides."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = stops
+        self.hold = max((len(s) for s in stops), default=1) - 1
+        self.buffer = ""
+        self.started = False
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        if self.stopped:
+            return ""
+        self.buffer += piece
+        if not self.started:
+            self.buffer = self.buffer.lstrip()
+            self.started = bool(self.buffer)
+        cuts = [self.buffer.find(s) for s in self.stops if s in self.buffer]
+        if cuts:
+            self.stopped = True
+            out, self.buffer = self.buffer[: min(cuts)].rstrip(), ""
+            return out
+        safe = len(self.buffer.rstrip())
+        safe = min(safe, len(self.buffer) - self.hold)
+        out, self.buffer = self.buffer[: max(safe, 0)], self.buffer[max(safe, 0) :]
+        return out
+
+    def finish(self) -> str:
+        if self.stopped:
+            return ""
+        out, self.buffer = self.buffer.rstrip(), ""
+        return out
