@@ -66,6 +66,7 @@ def serve(
             f"http://{shown}:{bound_port} (OpenAI base URL http://{shown}:{bound_port}/v1)"
             + ("" if api_key else "; no API key required"),
             highlight=False,
+            soft_wrap=True,  # the URL on one line, for people and scripts reading it
         )
         if not api_key and not _loopback(bound_host):
             console.print(

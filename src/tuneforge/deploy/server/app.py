@@ -314,7 +314,13 @@ def create_app(
             "model": service.name,
             "task": service.task,
             "uptime_s": round(time.time() - started, 1),
-            "generations": service.generations if service.generative else None,
+            "generation": {
+                "busy": service.busy,
+                "waiting": service.waiting,
+                "finished": service.generations,
+            }
+            if service.generative
+            else None,
             "classify": batcher.stats.as_dict() if batcher is not None else None,
         }
 

@@ -103,6 +103,15 @@ class ModelService:
     def labels(self) -> list[str] | None:
         return self.run.labels
 
+    @property
+    def busy(self) -> bool:
+        """A generation holds the model."""
+        return self._lock.locked()
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
@@ -226,20 +235,26 @@ class ModelService:
                 type="server_error",
             )
 
-    async def complete(self, prompt: list[int], params: GenerationParams) -> Generation:
-        """One whole answer; waits its turn for the model without blocking the event loop."""
-        self._reserve()
-        self._waiting += 1
-        try:
-            async with self._lock:
-                loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._executor, self._generate, prompt, params)
-        finally:
-            self._waiting -= 1
-
     def check_capacity(self) -> None:
         """Refuse (503) before a response starts when too many requests wait for the model."""
         self._reserve()
+
+    async def _start(self, *args) -> asyncio.Future:
+        """Waits for the model, then starts `_generate(*args)` in the generation thread. The lock
+        is released when that thread finishes, not when the caller stops waiting for it."""
+        self._waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._waiting -= 1
+        job = asyncio.get_running_loop().run_in_executor(self._executor, self._generate, *args)
+        job.add_done_callback(lambda _: self._lock.release())
+        return job
+
+    async def complete(self, prompt: list[int], params: GenerationParams) -> Generation:
+        """One whole answer; waits its turn for the model without blocking the event loop."""
+        self._reserve()
+        return await asyncio.shield(await self._start(prompt, params))
 
     async def stream(
         self, prompt: list[int], params: GenerationParams, done: Callable[[Generation], None]
@@ -247,18 +262,11 @@ class ModelService:
         """The answer's text as it is generated; `done` receives the finished Generation."""
         from transformers import AsyncTextIteratorStreamer
 
-        self._waiting += 1
-        try:
-            await self._lock.acquire()
-        finally:
-            self._waiting -= 1
-        loop = asyncio.get_running_loop()
         cancel = threading.Event()
         streamer = AsyncTextIteratorStreamer(
             self.tokenizer, skip_prompt=True, skip_special_tokens=True
         )
-        job = loop.run_in_executor(self._executor, self._generate, prompt, params, streamer, cancel)
-        job.add_done_callback(lambda _: self._lock.release())  # only once the model is free
+        job = await self._start(prompt, params, streamer, cancel)
         text = TextFilter(params.stop)
         try:
             async for piece in streamer:
