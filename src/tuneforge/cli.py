@@ -29,14 +29,19 @@ SetOption = Annotated[
 
 @app.command()
 def train(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    recipe: Annotated[Path | None, typer.Argument(help="Recipe YAML file.")] = None,
     set_: SetOption = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")
+    ] = None,
 ) -> None:
     """Fine-tune a base model as the recipe describes; prints base vs fine-tuned at the end."""
     from tuneforge.run import Run
     from tuneforge.training import train as run_training
 
-    run: Run = run_training(recipe, set_ or [])
+    if (recipe is None) == (resume is None):
+        raise TuneforgeError("train: give a recipe file, or --resume RUN (one of them)")
+    run: Run = run_training(recipe, set_ or [], resume=resume)
     print_summary(run)
 
 

@@ -98,6 +98,13 @@ class TrainingConfig(_Strict):
     eval_steps: int | None = Field(
         None, ge=1, description="Evaluate every N steps; default: at the end of every epoch."
     )
+    save_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Checkpoint (model, optimiser, scheduler, RNG, data position) every N steps so a killed "
+        "run can be resumed with `train --resume`; evaluation then runs every N steps too unless "
+        "eval_steps divides N. Default: a checkpoint at every evaluation.",
+    )
     logging_steps: int = Field(10, ge=1, description="Log the training loss every N steps.")
     group_by_length: bool = Field(
         True, description="Batch examples of similar length together: less padding, same data."

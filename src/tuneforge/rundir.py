@@ -67,6 +67,27 @@ class RunDir:
         run.set_status("running")
         return run
 
+    @classmethod
+    def reopen(cls, partial: Path) -> RunDir:
+        """An interrupted or failed run, to be resumed in place."""
+        from tuneforge.errors import TuneforgeError
+
+        partial = Path(partial)
+        if not partial.name.endswith(INCOMPLETE) and (partial.parent / f".{partial.name}{INCOMPLETE}").is_dir():
+            partial = partial.parent / f".{partial.name}{INCOMPLETE}"
+        if not partial.is_dir() or not partial.name.startswith(".") or not partial.name.endswith(INCOMPLETE):
+            raise TuneforgeError(
+                f"--resume: {partial} is not an unfinished run",
+                hint="pass the run's .<name>-<timestamp>.incomplete folder (or its final name)",
+            )
+        status = json.loads((partial / "status.json").read_text()) if (partial / "status.json").is_file() else {}
+        if status.get("status") == "running" and _alive(status.get("pid")):
+            raise TuneforgeError(f"--resume: {partial} is still running (pid {status['pid']})")
+        run = cls(partial.parent / partial.name[1 : -len(INCOMPLETE)])
+        run.started = status.get("started", run.started)
+        run.set_status("running", resumed=True)
+        return run
+
     def set_status(self, status: str, **extra: Any) -> None:
         write_json(
             self.path / "status.json",
@@ -83,6 +104,16 @@ class RunDir:
     def discard(self) -> None:
         """Remove everything (used when the run stopped on a user error before producing anything)."""
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
 
 
 def _fsync_dir(path: Path) -> None:

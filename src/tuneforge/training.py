@@ -6,6 +6,8 @@ and the run directory, so adding a task never touches it.
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -22,12 +24,26 @@ from tuneforge.rundir import RunDir, write_json, write_text
 from tuneforge.tasks import get_task, hook
 
 
-def train(recipe: Recipe | str | Path, overrides: list[str] | None = None):
-    """Fine-tune as the recipe says; returns the finished :class:`tuneforge.run.Run`."""
+class TrainingDiverged(TuneforgeError):
+    """The loss became NaN or infinite; the run folder (with its last good checkpoint) is kept."""
+
+
+def train(recipe: Recipe | str | Path | None = None, overrides: list[str] | None = None, *, resume: Path | None = None):
+    """Fine-tune as the recipe says; returns the finished :class:`tuneforge.run.Run`.
+
+    With `resume` (an interrupted run's folder), the run continues from its last checkpoint with
+    the recipe it was started with: same data order, optimiser, scheduler and RNG state.
+    """
     from tuneforge.run import Run
 
     recipe_dir = Path(".")
-    if not isinstance(recipe, Recipe):
+    if resume is not None:
+        reopened = RunDir.reopen(resume)
+        recipe = load_recipe(reopened.path / "recipe.yaml", overrides)
+        recipe_dir = Path(json.loads((reopened.path / "status.json").read_text()).get("recipe_dir", "."))
+    elif not isinstance(recipe, Recipe):
+        if recipe is None:
+            raise TuneforgeError("train: give a recipe file (or --resume RUN)")
         recipe_dir = Path(recipe).parent
         recipe = load_recipe(recipe, overrides)
     task = get_task(recipe.task)
@@ -45,23 +61,28 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None):
     prepared = task.prepare(recipe, tokenizer, recipe_dir)
     timings["load_and_prepare"] = time.perf_counter() - t0
 
-    run = RunDir.create(recipe.output_dir, recipe.name)
+    run = reopened if resume is not None else RunDir.create(recipe.output_dir, recipe.name)
+    run.set_status("running", recipe_dir=str(recipe_dir.resolve()))
     previous_handler = _sigterm_as_interrupt()
     console.print(f"Run directory: {run.final} (written as {run.path.name} until finished)")
     _record(recipe, run, status="running", created=time.time(), **lineage(recipe, source, prepared.splits.sources))
     try:
-        write_text(run.path / "recipe.yaml", _yaml(recipe))
+        if resume is None:
+            write_text(run.path / "recipe.yaml", _yaml(recipe))
         write_json(run.path / "data_check.json", data_report.to_dict())
         eval_splits = {"validation": prepared.splits.validation}
         if prepared.splits.test is not None:
             eval_splits["test"] = prepared.splits.test
 
         base: dict[str, Any] = {}
-        if recipe.baseline.enabled:
+        if (run.path / "base_metrics.json").is_file():  # resumed: the base model was scored already
+            base = json.loads((run.path / "base_metrics.json").read_text())
+        elif recipe.baseline.enabled:
             t = time.perf_counter()
             for split, rows in eval_splits.items():
                 base[split] = task.evaluate_base(source, tokenizer, rows, prepared.info, recipe, split)
             timings["base_eval"] = time.perf_counter() - t
+            write_json(run.path / "base_metrics.json", base)
 
         set_seed(recipe.training.seed)
         with status("Loading model"):
@@ -72,7 +93,13 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None):
 
         t = time.perf_counter()
         trainer, evaluations = _build_trainer(recipe, task, prepared, model, tokenizer, run.path, metric)
-        trainer.train()
+        trainer.train(resume_from_checkpoint=_last_checkpoint(run.path) if resume is not None else None)
+        if trainer.diverged:
+            raise TrainingDiverged(
+                f"training stopped: the loss became {trainer.diverged['loss']} at step {trainer.diverged['step']}",
+                hint=f"the last good checkpoint is kept in {run.path / 'checkpoints'}; lower training.learning_rate, "
+                "add warm-up (training.warmup_ratio) or check the data for broken examples",
+            )
         timings["train"] = time.perf_counter() - t
         model = trainer.model
         best = _best(trainer, metric)
@@ -120,7 +147,14 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None):
         _remove_checkpoints(run.path)
         final = run.finish()
         _record(recipe, run, status="finished", finished=time.time(), path=str(final), metrics=_summary(metrics))
+    except TrainingDiverged as e:
+        run.set_status("failed", error=e.message)
+        _record(recipe, run, status="failed", error=e.message)
+        raise
     except TuneforgeError:
+        if resume is not None:  # keep what the interrupted run already had
+            run.set_status("interrupted")
+            raise
         run.discard()
         _record(recipe, run, status="failed", error="user error before training finished")
         raise
@@ -179,6 +213,37 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _trainer_class():
+    """The Trainer with one change: length-grouped batches are drawn from a per-epoch seed.
+
+    transformers' LengthGroupedSampler draws from the global RNG, whose state at an epoch start
+    depends on everything before it (dropout...), so a resumed run would see a different batch
+    order. Seeding it from (data_seed + epoch) through `set_epoch`, which the Trainer calls every
+    epoch, makes the order a function of the epoch alone: exact resume, same data.
+    """
+    import torch
+    from transformers import Trainer
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class SeededEpochTrainer(Trainer):
+        def _get_train_sampler(self, train_dataset=None):
+            sampler = super()._get_train_sampler(train_dataset)
+            if isinstance(sampler, LengthGroupedSampler):
+                seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+                sampler.generator = torch.Generator().manual_seed(seed)
+                sampler.set_epoch = lambda epoch: sampler.generator.manual_seed(seed + int(epoch))
+            return sampler
+
+    return SeededEpochTrainer
+
+
+def _last_checkpoint(run_path: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = run_path / "checkpoints"
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
 def _sigterm_as_interrupt():
     """A polite kill (SIGTERM) marks the run interrupted, like Ctrl-C; SIGKILL leaves 'running'."""
     import signal
@@ -226,7 +291,10 @@ def _build_trainer(recipe: Recipe, task, prepared, model, tokenizer, run_path: P
     from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 
     tc = recipe.training
-    strategy = "steps" if tc.eval_steps else "epoch"
+    strategy = "steps" if tc.eval_steps or tc.save_steps else "epoch"
+    eval_steps = tc.eval_steps or tc.save_steps
+    if tc.save_steps and tc.save_steps % eval_steps:
+        eval_steps = tc.save_steps  # the best checkpoint must be among the saved ones
     args = TrainingArguments(
         output_dir=str(run_path / "checkpoints"),
         num_train_epochs=tc.epochs,
@@ -241,8 +309,8 @@ def _build_trainer(recipe: Recipe, task, prepared, model, tokenizer, run_path: P
         lr_scheduler_type=tc.lr_scheduler,
         eval_strategy=strategy,
         save_strategy=strategy,
-        eval_steps=tc.eval_steps,
-        save_steps=tc.eval_steps,
+        eval_steps=eval_steps,
+        save_steps=tc.save_steps or eval_steps,
         logging_steps=tc.logging_steps,
         save_total_limit=2,
         load_best_model_at_end=True,
@@ -256,9 +324,12 @@ def _build_trainer(recipe: Recipe, task, prepared, model, tokenizer, run_path: P
         dataloader_num_workers=0,
         remove_unused_columns=False,
         disable_tqdm=False,
+        logging_nan_inf_filter=False,  # a NaN loss must be seen (StopOnNonFiniteLoss), not averaged away
     )
-    evaluations: list[dict[str, Any]] = []
+    history_file = run_path / "evaluations.json"  # survives a kill, reloaded on resume
+    evaluations: list[dict[str, Any]] = json.loads(history_file.read_text()) if history_file.is_file() else []
     details: list[dict[str, Any]] = []
+    diverged: dict[str, Any] = {}
     overfitting: list[dict[str, Any]] = []  # at most one finding: where overfitting began
 
     class RecordEvaluations(TrainerCallback):
@@ -274,15 +345,27 @@ def _build_trainer(recipe: Recipe, task, prepared, model, tokenizer, run_path: P
             }
             if details:
                 entry["details"] = details[-1]
-            evaluations.append(entry)
+            evaluations[:] = [e for e in evaluations if e["step"] < entry["step"]] + [entry]
+            write_json(history_file, evaluations)
             if not overfitting:
                 found = detect_overfitting(evaluations, metric, patience=recipe.early_stopping.patience or 2)
                 if found is not None:
                     overfitting.append(asdict(found))
                     console.print(f"[yellow]warning:[/yellow] {found.message}")
 
+    class StopOnNonFiniteLoss(TrainerCallback):
+        """A NaN/inf loss ends training at once; later checkpoints would only hold garbage."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss):
+                diverged.update(step=state.global_step, loss=loss)
+                control.should_training_stop = True
+                control.should_save = False
+                control.should_evaluate = False
+
     # The task's callbacks come first: they may add metrics that the others read.
-    callbacks: list = [*hook(task, "trainer_callbacks")(prepared, tokenizer, recipe, run_path), RecordEvaluations()]
+    callbacks: list = [*hook(task, "trainer_callbacks")(prepared, tokenizer, recipe, run_path), RecordEvaluations(), StopOnNonFiniteLoss()]
     if recipe.early_stopping.patience:
         callbacks.append(
             EarlyStoppingCallback(
@@ -290,7 +373,7 @@ def _build_trainer(recipe: Recipe, task, prepared, model, tokenizer, run_path: P
                 early_stopping_threshold=recipe.early_stopping.threshold,
             )
         )
-    trainer = Trainer(
+    trainer = _trainer_class()(
         model=model,
         args=args,
         train_dataset=prepared.train,
@@ -301,6 +384,7 @@ def _build_trainer(recipe: Recipe, task, prepared, model, tokenizer, run_path: P
         callbacks=callbacks,
     )
     trainer.overfitting = overfitting
+    trainer.diverged = diverged
     return trainer, evaluations
 
 

@@ -1,0 +1,108 @@
+"""Exact resume: a run killed with SIGKILL mid-epoch and resumed ends like an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import assert_user_error, run_cli, sentiment_rows, write_csv
+
+
+def _recipe(tmp: Path, tiny_model: Path, out: Path) -> Path:
+    train = write_csv(tmp / "train.csv", sentiment_rows(64))
+    val = write_csv(tmp / "val.csv", sentiment_rows(8, offset=100))
+    recipe = tmp / f"r-{out.name}.yaml"
+    recipe.write_text(
+        f"name: resume\nbase_model: {tiny_model}\ntask: classification\n"
+        f"data: {{train: {train}, validation: {val}}}\nlora: {{r: 4, alpha: 8, dropout: 0.1}}\n"
+        "training: {epochs: 3, batch_size: 4, learning_rate: 1.0e-2, save_steps: 6, logging_steps: 2}\n"
+        f"baseline: {{enabled: false}}\noutput_dir: {out}\n"
+    )
+    return recipe
+
+
+def _finished(out: Path) -> Path:
+    [run] = [p for p in out.iterdir() if not p.name.startswith(".")]
+    return run
+
+
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_model):
+    reference = run_cli("train", _recipe(tmp_path, tiny_model, tmp_path / "ref"))
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    ref = _finished(tmp_path / "ref")
+
+    out = tmp_path / "killed"
+    recipe = _recipe(tmp_path, tiny_model, out)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuneforge.cli", "train", str(recipe)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy(),
+    )
+    deadline = time.time() + 240
+    partial = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list(out.glob(".resume-*.incomplete/checkpoints/checkpoint-18/trainer_state.json"))
+        if found:  # mid-epoch 2 (16 steps per epoch), with a complete checkpoint on disk
+            partial = found[0].parents[2]
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=30)
+    if partial is None:
+        pytest.skip("the run finished before it could be killed (machine too fast for this probe)")
+    assert not [p for p in out.iterdir() if not p.name.startswith(".")], "a killed run must not look finished"
+
+    resumed = run_cli("train", "--resume", partial)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run = _finished(out)
+    a, b = (json.loads((r / "metrics.json").read_text()) for r in (ref, run))
+    assert [e["step"] for e in b["evaluations"]] == [e["step"] for e in a["evaluations"]]
+    for ea, eb in zip(a["evaluations"], b["evaluations"], strict=True):
+        assert eb["loss"] == pytest.approx(ea["loss"], abs=1e-5)
+        assert eb["accuracy"] == ea["accuracy"]
+    wa = load_file(ref / "adapter" / "adapter_model.safetensors")
+    wb = load_file(run / "adapter" / "adapter_model.safetensors")
+    for key in wa:
+        assert (wa[key] - wb[key]).abs().max() < 1e-5, key
+
+
+def test_resume_refuses_a_finished_or_unknown_run(tmp_path, tiny_model):
+    assert_user_error(run_cli("train", "--resume", tmp_path), "not an unfinished run")
+    assert_user_error(run_cli("train"), "give a recipe file, or --resume")
+
+
+def test_nan_loss_stops_with_a_clear_message(tmp_path, tiny_model, monkeypatch):
+    """A loss that turns NaN at step 5 stops the run; the last good checkpoint stays."""
+    import transformers
+
+    from tuneforge import train
+    from tuneforge.training import TrainingDiverged
+
+    original = transformers.Trainer.compute_loss
+
+    def poisoned(self, model, inputs, *args, **kwargs):
+        result = original(self, model, inputs, *args, **kwargs)
+        if self.state.global_step < 4:
+            return result
+        if isinstance(result, tuple):
+            return (result[0] * float("nan"), *result[1:])
+        return result * float("nan")
+
+    monkeypatch.setattr(transformers.Trainer, "compute_loss", poisoned)
+    recipe = _recipe(tmp_path, tiny_model, tmp_path / "nan")
+    with pytest.raises(TrainingDiverged) as e:
+        train(recipe, ["training.save_steps=2", "training.logging_steps=1"])
+    assert "the loss became nan at step 5" in e.value.message
+    assert "lower training.learning_rate" in e.value.hint
+    [partial] = list((tmp_path / "nan").iterdir())
+    assert partial.name.endswith(".incomplete")
+    assert json.loads((partial / "status.json").read_text())["status"] == "failed"
+    checkpoints = sorted(p.name for p in (partial / "checkpoints").iterdir())
+    assert checkpoints and "checkpoint-4" in checkpoints and "checkpoint-6" not in checkpoints
