@@ -292,7 +292,6 @@ class TextFilter:
 
     def __init__(self, stops: list[str]) -> None:
         self.stops = stops
-        self.hold = max((len(s) for s in stops), default=1) - 1
         self.buffer = ""
         self.started = False
         self.stopped = False
@@ -309,10 +308,16 @@ class TextFilter:
             self.stopped = True
             out, self.buffer = self.buffer[: min(cuts)].rstrip(), ""
             return out
-        safe = len(self.buffer.rstrip())
-        safe = min(safe, len(self.buffer) - self.hold)
-        out, self.buffer = self.buffer[: max(safe, 0)], self.buffer[max(safe, 0) :]
+        safe = min(len(self.buffer.rstrip()), len(self.buffer) - self._stop_prefix())
+        out, self.buffer = self.buffer[:safe], self.buffer[safe:]
         return out
+
+    def _stop_prefix(self) -> int:
+        """Length of the longest end of the buffer that a stop string starts with."""
+        for n in range(min(len(self.buffer), max(map(len, self.stops), default=1) - 1), 0, -1):
+            if any(s.startswith(self.buffer[-n:]) for s in self.stops):
+                return n
+        return 0
 
     def finish(self) -> str:
         if self.stopped:
