@@ -85,14 +85,14 @@ name: tiny-sentiment
 base_model: {tiny_model}
 task: classification
 data:
-  train: {sentiment_files['train']}
-  validation: {sentiment_files['validation']}
-  test: {sentiment_files['test']}
+  train: {sentiment_files["train"]}
+  validation: {sentiment_files["validation"]}
+  test: {sentiment_files["test"]}
 method: lora
 lora: {{r: 4, alpha: 8, dropout: 0.0}}
 training: {{epochs: 2, batch_size: 8, learning_rate: 1.0e-2, logging_steps: 1, seed: 0}}
 early_stopping: {{metric: macro_f1, patience: 2}}
-output_dir: {tmp_path / 'runs'}
+output_dir: {tmp_path / "runs"}
 """,
     )
 

@@ -25,7 +25,11 @@ def check_recipe_data(recipe: Recipe, tokenizer, task, recipe_dir: Path = Path("
     for split, rows in splits.items():
         found = hook(task, "check_examples")(rows, recipe, split)
         texts = [e.text for e in found]
-        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+        lengths = (
+            [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+            if texts
+            else []
+        )
         examples[split] = [replace(e, n_tokens=n) for e, n in zip(found, lengths, strict=True)]
     cfg = recipe.data_checks
     return run_checks(
@@ -55,7 +59,10 @@ def refuse_on_errors(report: CheckReport) -> None:
     errors = report.errors
     if not errors:
         return
-    lines = [f"{f.split or 'data'}: {f.message}" + (f" (lines {_lines(f.lines)})" if f.lines else "") for f in errors]
+    lines = [
+        f"{f.split or 'data'}: {f.message}" + (f" (lines {_lines(f.lines)})" if f.lines else "")
+        for f in errors
+    ]
     checks = sorted({f.check for f in errors})
     raise TuneforgeError(
         "data check found " + f"{len(errors)} error(s):\n  " + "\n  ".join(lines),
@@ -75,7 +82,13 @@ def findings_table(report: CheckReport) -> Table:
         table.add_column(col)
     colour = {"error": "red", "warning": "yellow", "info": "cyan"}
     for f in report.findings:
-        table.add_row(f"[{colour.get(f.severity, 'white')}]{f.severity}[/]", f.check, f.split or "", f.message, _lines(f.lines))
+        table.add_row(
+            f"[{colour.get(f.severity, 'white')}]{f.severity}[/]",
+            f.check,
+            f.split or "",
+            f.message,
+            _lines(f.lines),
+        )
     if not report.findings:
         table.add_row("[green]ok[/]", "", "", "no findings", "")
     return table
@@ -91,7 +104,9 @@ def summary_table(report: CheckReport) -> Table:
             split,
             str(s["examples"]),
             ", ".join(f"{k}: {v}" for k, v in s.get("labels", {}).items()),
-            "/".join(str(tokens.get(k, "")) for k in ("min", "median", "p95", "max")) if tokens else "",
+            "/".join(str(tokens.get(k, "")) for k in ("min", "median", "p95", "max"))
+            if tokens
+            else "",
             str(tokens.get("over_max_length", "")),
         )
     return table

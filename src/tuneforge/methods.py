@@ -9,7 +9,11 @@ from tuneforge.errors import TuneforgeError
 
 
 def apply_method(
-    model: nn.Module, method: MethodName, lora: LoraConfig, freeze: FreezeConfig, peft_task_type: str
+    model: nn.Module,
+    method: MethodName,
+    lora: LoraConfig,
+    freeze: FreezeConfig,
+    peft_task_type: str,
 ) -> nn.Module:
     if method == "lora":
         return apply_lora(model, lora, peft_task_type)

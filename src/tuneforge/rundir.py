@@ -36,7 +36,9 @@ def ensure_dir(path: Path, what: str) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise TuneforgeError(f"{what}: {path} (or one of its parents) is a file, not a folder") from None
+        raise TuneforgeError(
+            f"{what}: {path} (or one of its parents) is a file, not a folder"
+        ) from None
     except PermissionError:
         raise TuneforgeError(f"{what}: no permission to create {path}") from None
 
@@ -73,14 +75,25 @@ class RunDir:
         from tuneforge.errors import TuneforgeError
 
         partial = Path(partial)
-        if not partial.name.endswith(INCOMPLETE) and (partial.parent / f".{partial.name}{INCOMPLETE}").is_dir():
+        if (
+            not partial.name.endswith(INCOMPLETE)
+            and (partial.parent / f".{partial.name}{INCOMPLETE}").is_dir()
+        ):
             partial = partial.parent / f".{partial.name}{INCOMPLETE}"
-        if not partial.is_dir() or not partial.name.startswith(".") or not partial.name.endswith(INCOMPLETE):
+        if (
+            not partial.is_dir()
+            or not partial.name.startswith(".")
+            or not partial.name.endswith(INCOMPLETE)
+        ):
             raise TuneforgeError(
                 f"--resume: {partial} is not an unfinished run",
                 hint="pass the run's .<name>-<timestamp>.incomplete folder (or its final name)",
             )
-        status = json.loads((partial / "status.json").read_text()) if (partial / "status.json").is_file() else {}
+        status = (
+            json.loads((partial / "status.json").read_text())
+            if (partial / "status.json").is_file()
+            else {}
+        )
         if status.get("status") == "running" and _alive(status.get("pid")):
             raise TuneforgeError(f"--resume: {partial} is still running (pid {status['pid']})")
         run = cls(partial.parent / partial.name[1 : -len(INCOMPLETE)])
@@ -91,7 +104,13 @@ class RunDir:
     def set_status(self, status: str, **extra: Any) -> None:
         write_json(
             self.path / "status.json",
-            {"status": status, "pid": os.getpid(), "started": self.started, "updated": time.time(), **extra},
+            {
+                "status": status,
+                "pid": os.getpid(),
+                "started": self.started,
+                "updated": time.time(),
+                **extra,
+            },
         )
 
     def finish(self) -> Path:

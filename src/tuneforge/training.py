@@ -28,7 +28,12 @@ class TrainingDiverged(TuneforgeError):
     """The loss became NaN or infinite; the run folder (with its last good checkpoint) is kept."""
 
 
-def train(recipe: Recipe | str | Path | None = None, overrides: list[str] | None = None, *, resume: Path | None = None):
+def train(
+    recipe: Recipe | str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    resume: Path | None = None,
+):
     """Fine-tune as the recipe says; returns the finished :class:`tuneforge.run.Run`.
 
     With `resume` (an interrupted run's folder), the run continues from its last checkpoint with
@@ -40,7 +45,9 @@ def train(recipe: Recipe | str | Path | None = None, overrides: list[str] | None
     if resume is not None:
         reopened = RunDir.reopen(resume)
         recipe = load_recipe(reopened.path / "recipe.yaml", overrides)
-        recipe_dir = Path(json.loads((reopened.path / "status.json").read_text()).get("recipe_dir", "."))
+        recipe_dir = Path(
+            json.loads((reopened.path / "status.json").read_text()).get("recipe_dir", ".")
+        )
     elif not isinstance(recipe, Recipe):
         if recipe is None:
             raise TuneforgeError("train: give a recipe file (or --resume RUN)")
@@ -65,7 +72,13 @@ def train(recipe: Recipe | str | Path | None = None, overrides: list[str] | None
     run.set_status("running", recipe_dir=str(recipe_dir.resolve()))
     previous_handler = _sigterm_as_interrupt()
     console.print(f"Run directory: {run.final} (written as {run.path.name} until finished)")
-    _record(recipe, run, status="running", created=time.time(), **lineage(recipe, source, prepared.splits.sources))
+    _record(
+        recipe,
+        run,
+        status="running",
+        created=time.time(),
+        **lineage(recipe, source, prepared.splits.sources),
+    )
     try:
         if resume is None:
             write_text(run.path / "recipe.yaml", _yaml(recipe))
@@ -80,20 +93,30 @@ def train(recipe: Recipe | str | Path | None = None, overrides: list[str] | None
         elif recipe.baseline.enabled:
             t = time.perf_counter()
             for split, rows in eval_splits.items():
-                base[split] = task.evaluate_base(source, tokenizer, rows, prepared.info, recipe, split)
+                base[split] = task.evaluate_base(
+                    source, tokenizer, rows, prepared.info, recipe, split
+                )
             timings["base_eval"] = time.perf_counter() - t
             write_json(run.path / "base_metrics.json", base)
 
         set_seed(recipe.training.seed)
         with status("Loading model"):
             model = task.build_model(source, prepared, recipe, tokenizer)
-            model = apply_method(model, recipe.method, recipe.lora, recipe.freeze, task.peft_task_type)
+            model = apply_method(
+                model, recipe.method, recipe.lora, recipe.freeze, task.peft_task_type
+            )
         trainable, total = count_parameters(model)
-        console.print(f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+        console.print(
+            f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
+        )
 
         t = time.perf_counter()
-        trainer, evaluations = _build_trainer(recipe, task, prepared, model, tokenizer, run.path, metric)
-        trainer.train(resume_from_checkpoint=_last_checkpoint(run.path) if resume is not None else None)
+        trainer, evaluations = _build_trainer(
+            recipe, task, prepared, model, tokenizer, run.path, metric
+        )
+        trainer.train(
+            resume_from_checkpoint=_last_checkpoint(run.path) if resume is not None else None
+        )
         if trainer.diverged:
             raise TrainingDiverged(
                 f"training stopped: the loss became {trainer.diverged['loss']} at step {trainer.diverged['step']}",
@@ -146,7 +169,14 @@ def train(recipe: Recipe | str | Path | None = None, overrides: list[str] | None
         write_report(run.path, run.final.name)
         _remove_checkpoints(run.path)
         final = run.finish()
-        _record(recipe, run, status="finished", finished=time.time(), path=str(final), metrics=_summary(metrics))
+        _record(
+            recipe,
+            run,
+            status="finished",
+            finished=time.time(),
+            path=str(final),
+            metrics=_summary(metrics),
+        )
     except TrainingDiverged as e:
         run.set_status("failed", error=e.message)
         _record(recipe, run, status="failed", error=e.message)
@@ -195,15 +225,23 @@ def _record(recipe: Recipe, run: RunDir, /, **fields: Any) -> None:
     from tuneforge import registry
 
     try:
-        registry.record_run(run.final.name, registry=recipe.registry, path=fields.pop("path", str(run.final)), **fields)
+        registry.record_run(
+            run.final.name,
+            registry=recipe.registry,
+            path=fields.pop("path", str(run.final)),
+            **fields,
+        )
     except Exception as e:  # sqlite locked, read-only home, ...
         console.print(f"[yellow]warning:[/yellow] could not record the run in the registry: {e}")
 
 
 def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
     """Headline figures for `runs list`: scalar metrics of base and tuned per split."""
+
     def scalars(d: dict[str, Any]) -> dict[str, float]:
-        return {k: v for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        return {
+            k: v for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
 
     return {
         "selection_metric": metrics["selection_metric"],
@@ -288,7 +326,7 @@ def selection_metric(recipe: Recipe, task) -> str:
 
 
 def _build_trainer(recipe: Recipe, task, prepared, model, tokenizer, run_path: Path, metric: str):
-    from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+    from transformers import EarlyStoppingCallback, TrainerCallback, TrainingArguments
 
     tc = recipe.training
     strategy = "steps" if tc.eval_steps or tc.save_steps else "epoch"
@@ -327,7 +365,9 @@ def _build_trainer(recipe: Recipe, task, prepared, model, tokenizer, run_path: P
         logging_nan_inf_filter=False,  # a NaN loss must be seen (StopOnNonFiniteLoss), not averaged away
     )
     history_file = run_path / "evaluations.json"  # survives a kill, reloaded on resume
-    evaluations: list[dict[str, Any]] = json.loads(history_file.read_text()) if history_file.is_file() else []
+    evaluations: list[dict[str, Any]] = (
+        json.loads(history_file.read_text()) if history_file.is_file() else []
+    )
     details: list[dict[str, Any]] = []
     diverged: dict[str, Any] = {}
     overfitting: list[dict[str, Any]] = []  # at most one finding: where overfitting began
@@ -348,7 +388,9 @@ def _build_trainer(recipe: Recipe, task, prepared, model, tokenizer, run_path: P
             evaluations[:] = [e for e in evaluations if e["step"] < entry["step"]] + [entry]
             write_json(history_file, evaluations)
             if not overfitting:
-                found = detect_overfitting(evaluations, metric, patience=recipe.early_stopping.patience or 2)
+                found = detect_overfitting(
+                    evaluations, metric, patience=recipe.early_stopping.patience or 2
+                )
                 if found is not None:
                     overfitting.append(asdict(found))
                     console.print(f"[yellow]warning:[/yellow] {found.message}")
@@ -365,7 +407,11 @@ def _build_trainer(recipe: Recipe, task, prepared, model, tokenizer, run_path: P
                 control.should_evaluate = False
 
     # The task's callbacks come first: they may add metrics that the others read.
-    callbacks: list = [*hook(task, "trainer_callbacks")(prepared, tokenizer, recipe, run_path), RecordEvaluations(), StopOnNonFiniteLoss()]
+    callbacks: list = [
+        *hook(task, "trainer_callbacks")(prepared, tokenizer, recipe, run_path),
+        RecordEvaluations(),
+        StopOnNonFiniteLoss(),
+    ]
     if recipe.early_stopping.patience:
         callbacks.append(
             EarlyStoppingCallback(
@@ -393,7 +439,12 @@ def _best(trainer, metric: str) -> dict[str, Any]:
     step = None
     if state.best_model_checkpoint:
         step = int(Path(state.best_model_checkpoint).name.rsplit("-", 1)[-1])
-    return {"metric": metric, "value": state.best_metric, "step": step, "global_steps": state.global_step}
+    return {
+        "metric": metric,
+        "value": state.best_metric,
+        "step": step,
+        "global_steps": state.global_step,
+    }
 
 
 def _save_model(model, method: str, run_path: Path) -> None:

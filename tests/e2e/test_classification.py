@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli, sentiment_rows, write_csv
 
 
@@ -32,12 +31,12 @@ def trained(tmp_path_factory, tiny_model):
 name: tiny-sentiment
 base_model: {tiny_model}
 task: classification
-data: {{train: {files['train']}, validation: {files['validation']}, test: {files['test']}}}
+data: {{train: {files["train"]}, validation: {files["validation"]}, test: {files["test"]}}}
 method: lora
 lora: {{r: 4, alpha: 8, dropout: 0.0}}
 training: {{epochs: 3, batch_size: 8, learning_rate: 1.0e-2, logging_steps: 1}}
 early_stopping: {{metric: macro_f1}}
-output_dir: {tmp / 'runs'}
+output_dir: {tmp / "runs"}
 """
     )
     proc = run_cli("train", recipe)
@@ -87,7 +86,9 @@ def test_adapter_is_plain_peft_format(trained, tiny_model, tiny_tokenizer):
     from tuneforge import load_run
     from tuneforge.models import load_sequence_classifier
 
-    base = load_sequence_classifier(tiny_model, ["negative", "positive"], tiny_tokenizer.pad_token_id)
+    base = load_sequence_classifier(
+        tiny_model, ["negative", "positive"], tiny_tokenizer.pad_token_id
+    )
     model = PeftModel.from_pretrained(base, trained["run"] / "adapter").eval()
     text = "great film, loved it"
     with torch.no_grad():
@@ -106,7 +107,9 @@ def test_predict_texts_and_file(trained, tmp_path):
     assert lines[0]["label"] in {"negative", "positive"}
     assert sum(lines[0]["probabilities"].values()) == pytest.approx(1.0)
 
-    inputs = write_csv(tmp_path / "in.csv", [{"id": i, "text": r["text"]} for i, r in enumerate(sentiment_rows(5))])
+    inputs = write_csv(
+        tmp_path / "in.csv", [{"id": i, "text": r["text"]} for i, r in enumerate(sentiment_rows(5))]
+    )
     out = tmp_path / "preds.jsonl"
     proc = run_cli("predict", run, "--input", inputs, "--output", out)
     assert proc.returncode == 0, proc.stderr
@@ -134,7 +137,9 @@ def test_eval_json_and_base(trained):
 
 @pytest.mark.parametrize(("method", "weights"), [("full", "model"), ("freeze", "model")])
 def test_full_and_freeze_save_safetensors(sentiment_recipe, tmp_path, method, weights):
-    proc = run_cli("train", sentiment_recipe, "--set", f"method={method}", "--set", "training.max_steps=3")
+    proc = run_cli(
+        "train", sentiment_recipe, "--set", f"method={method}", "--set", "training.max_steps=3"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = _only_run(tmp_path / "runs")
     assert (run / weights / "model.safetensors").is_file()
@@ -163,9 +168,16 @@ def test_stratified_validation_split(tmp_path, tiny_model):
 
 def test_early_stopping_ends_the_run(sentiment_recipe, tmp_path):
     proc = run_cli(
-        "train", sentiment_recipe,
-        "--set", "training.epochs=6", "--set", "training.learning_rate=1e-9",
-        "--set", "early_stopping.patience=1", "--set", "baseline.enabled=false",
+        "train",
+        sentiment_recipe,
+        "--set",
+        "training.epochs=6",
+        "--set",
+        "training.learning_rate=1e-9",
+        "--set",
+        "early_stopping.patience=1",
+        "--set",
+        "baseline.enabled=false",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((_only_run(tmp_path / "runs") / "metrics.json").read_text())
@@ -177,8 +189,14 @@ def test_same_seed_same_result(sentiment_recipe, tmp_path):
 
     from tuneforge import train
 
-    a = train(sentiment_recipe, ["training.max_steps=4", "baseline.enabled=false", f"output_dir={tmp_path / 'a'}"])
-    b = train(sentiment_recipe, ["training.max_steps=4", "baseline.enabled=false", f"output_dir={tmp_path / 'b'}"])
+    a = train(
+        sentiment_recipe,
+        ["training.max_steps=4", "baseline.enabled=false", f"output_dir={tmp_path / 'a'}"],
+    )
+    b = train(
+        sentiment_recipe,
+        ["training.max_steps=4", "baseline.enabled=false", f"output_dir={tmp_path / 'b'}"],
+    )
     assert a.metrics["evaluations"][-1]["loss"] == b.metrics["evaluations"][-1]["loss"]
     wa, wb = (load_file(r.path / "adapter" / "adapter_model.safetensors") for r in (a, b))
     assert wa.keys() == wb.keys()

@@ -6,7 +6,6 @@ import json
 import os
 
 import pytest
-
 from conftest import assert_user_error, run_cli
 
 
@@ -18,12 +17,16 @@ def registry(tmp_path, monkeypatch):
 
 
 def _train(recipe, *sets):
-    proc = run_cli("train", recipe, "--set", "baseline.enabled=false", *[a for s in sets for a in ("--set", s)])
+    proc = run_cli(
+        "train", recipe, "--set", "baseline.enabled=false", *[a for s in sets for a in ("--set", s)]
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc
 
 
-def test_runs_are_recorded_with_lineage_and_promotion_is_gated(registry, sentiment_recipe, sentiment_files):
+def test_runs_are_recorded_with_lineage_and_promotion_is_gated(
+    registry, sentiment_recipe, sentiment_files
+):
     from tuneforge import registry as reg
 
     _train(sentiment_recipe, "name=good", "training.epochs=3")
@@ -56,7 +59,9 @@ def test_runs_are_recorded_with_lineage_and_promotion_is_gated(registry, sentime
     assert_user_error(refused, "promotion refused", "macro_f1", "sentiment@1", "--force")
     assert reg.model_version("sentiment", "production", registry)["version"] == 1
 
-    lenient = run_cli("models", "promote", "sentiment", "3", "--stage", "production", "--tolerance", "1.0")
+    lenient = run_cli(
+        "models", "promote", "sentiment", "3", "--stage", "production", "--tolerance", "1.0"
+    )
     assert lenient.returncode == 0, lenient.stderr
     assert reg.model_version("sentiment", "production", registry)["version"] == 3
     forced = run_cli("models", "promote", "sentiment", "1", "--stage", "production", "--force")

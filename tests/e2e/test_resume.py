@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
-
 from conftest import assert_user_error, run_cli, sentiment_rows, write_csv
+from safetensors.torch import load_file
 
 
 def _recipe(tmp: Path, tiny_model: Path, out: Path) -> Path:
@@ -43,7 +42,9 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_model):
     recipe = _recipe(tmp_path, tiny_model, out)
     proc = subprocess.Popen(
         [sys.executable, "-m", "tuneforge.cli", "train", str(recipe)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=os.environ.copy(),
     )
     deadline = time.time() + 240
     partial = None
@@ -57,7 +58,9 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_model):
     proc.wait(timeout=30)
     if partial is None:
         pytest.skip("the run finished before it could be killed (machine too fast for this probe)")
-    assert not [p for p in out.iterdir() if not p.name.startswith(".")], "a killed run must not look finished"
+    assert not [p for p in out.iterdir() if not p.name.startswith(".")], (
+        "a killed run must not look finished"
+    )
 
     resumed = run_cli("train", "--resume", partial)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -7,17 +7,24 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import assert_user_error, run_cli, sentiment_rows, write_csv
 
 
 def _runs(output_dir: Path) -> list[Path]:
-    return [p for p in output_dir.iterdir() if not p.name.startswith(".")] if output_dir.exists() else []
+    return (
+        [p for p in output_dir.iterdir() if not p.name.startswith(".")]
+        if output_dir.exists()
+        else []
+    )
 
 
 def test_data_check_reports_and_train_refuses_leakage(tmp_path, tiny_model):
-    train = write_csv(tmp_path / "train.csv", sentiment_rows(20) + [sentiment_rows(1)[0]])  # one duplicate
-    leaked = sentiment_rows(6, offset=100) + sentiment_rows(2, offset=4)  # two train rows in validation
+    train = write_csv(
+        tmp_path / "train.csv", sentiment_rows(20) + [sentiment_rows(1)[0]]
+    )  # one duplicate
+    leaked = sentiment_rows(6, offset=100) + sentiment_rows(
+        2, offset=4
+    )  # two train rows in validation
     validation = write_csv(tmp_path / "validation.csv", leaked)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
@@ -33,11 +40,16 @@ def test_data_check_reports_and_train_refuses_leakage(tmp_path, tiny_model):
     assert_user_error(refused, "leakage", "--set data_checks.leakage=warning")
     assert _runs(tmp_path / "runs") == []
 
-    allowed = run_cli("train", recipe, "--set", "data_checks.leakage=warning", "--set", "baseline.enabled=false")
+    allowed = run_cli(
+        "train", recipe, "--set", "data_checks.leakage=warning", "--set", "baseline.enabled=false"
+    )
     assert allowed.returncode == 0, allowed.stderr[-2000:]
     [run] = _runs(tmp_path / "runs")
     findings = json.loads((run / "data_check.json").read_text())["findings"]
-    assert {(f["check"], f["severity"]) for f in findings} >= {("leakage", "warning"), ("duplicates", "warning")}
+    assert {(f["check"], f["severity"]) for f in findings} >= {
+        ("leakage", "warning"),
+        ("duplicates", "warning"),
+    }
     assert "## Data check" in (run / "report.md").read_text()
 
 
@@ -86,7 +98,14 @@ def test_report_has_every_plot_and_table(run_with_report):
     assert len(images) == 5  # base-vs-tuned, confusion matrix, loss, metric, token lengths
     for name in ("base_vs_tuned", "confusion_matrix", "loss", "metric", "lengths"):
         assert (run / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for heading in ("Base model vs fine-tuned", "Validation during training", "Data check", "Recipe (as resolved)", "Timings", "Environment"):
+    for heading in (
+        "Base model vs fine-tuned",
+        "Validation during training",
+        "Data check",
+        "Recipe (as resolved)",
+        "Timings",
+        "Environment",
+    ):
         assert heading in html, heading
     assert "<table>" in html
 
@@ -108,4 +127,6 @@ def test_bias_probe_is_saved_and_added_to_the_report(run_with_report, tmp_path):
     assert "Bias probe" in html and (run_with_report / "figures" / "bias.png").is_file()
 
     regenerated = run_cli("report", run_with_report)
-    assert regenerated.returncode == 0 and "Bias probe" in (run_with_report / "report.md").read_text()
+    assert (
+        regenerated.returncode == 0 and "Bias probe" in (run_with_report / "report.md").read_text()
+    )

@@ -36,7 +36,9 @@ def test_answers_a_short_greedy_prompt(source, tokenizer):
 
     model = load_causal_lm(source.path).eval()
     messages = [{"role": "user", "content": "What is the capital of France?"}]
-    enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    enc = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=20, do_sample=False)
     answer = tokenizer.decode(out[0][enc["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -46,8 +48,14 @@ def test_answers_a_short_greedy_prompt(source, tokenizer):
 def test_classification_forward_pass(source, tokenizer):
     from tuneforge.models import load_sequence_classifier
 
-    model = load_sequence_classifier(source.path, ["negative", "positive"], tokenizer.pad_token_id).eval()
-    batch = tokenizer(["A wonderful film.", "Two hours I will never get back, sadly."], padding=True, return_tensors="pt")
+    model = load_sequence_classifier(
+        source.path, ["negative", "positive"], tokenizer.pad_token_id
+    ).eval()
+    batch = tokenizer(
+        ["A wonderful film.", "Two hours I will never get back, sadly."],
+        padding=True,
+        return_tensors="pt",
+    )
     with torch.no_grad():
         logits = model(**batch).logits
     assert logits.shape == (2, 2)
@@ -63,7 +71,10 @@ def test_zero_shot_base_prefers_the_obvious_label(source, tokenizer):
     scores = zero_shot_scores(
         model,
         tokenizer,
-        ["I loved this film, it is wonderful and moving.", "This film was terrible, boring and a waste of time."],
+        [
+            "I loved this film, it is wonderful and moving.",
+            "This film was terrible, boring and a waste of time.",
+        ],
         ["positive", "negative"],
         "Is the sentiment of this movie review positive or negative? Answer with one word.",
     )

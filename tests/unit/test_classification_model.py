@@ -3,15 +3,17 @@
 import pytest
 import torch
 
-from tuneforge.methods import apply_method, count_parameters
 from tuneforge.config import FreezeConfig, LoraConfig
+from tuneforge.methods import apply_method, count_parameters
 from tuneforge.models import load_sequence_classifier
 
 
 @pytest.fixture(scope="module")
 def classifier(tiny_model, tiny_tokenizer):
     torch.manual_seed(0)
-    model = load_sequence_classifier(tiny_model, ["neg", "pos", "neutral"], tiny_tokenizer.pad_token_id)
+    model = load_sequence_classifier(
+        tiny_model, ["neg", "pos", "neutral"], tiny_tokenizer.pad_token_id
+    )
     return model.eval()
 
 
@@ -21,7 +23,10 @@ def _ids(tokenizer, text):
 
 @torch.no_grad()
 def test_right_and_left_padding_pool_the_last_real_token(classifier, tiny_tokenizer):
-    short, long = _ids(tiny_tokenizer, "great film"), _ids(tiny_tokenizer, "a dull, boring mess of a movie")
+    short, long = (
+        _ids(tiny_tokenizer, "great film"),
+        _ids(tiny_tokenizer, "a dull, boring mess of a movie"),
+    )
     alone = [classifier(input_ids=torch.tensor([ids])).logits[0] for ids in (short, long)]
     pad = tiny_tokenizer.pad_token_id
     width = len(long)
@@ -45,7 +50,9 @@ def test_pooled_logit_is_the_score_of_the_last_real_position(classifier, tiny_to
     ids = _ids(tiny_tokenizer, "wonderful acting")
     pad = tiny_tokenizer.pad_token_id
     batch = torch.tensor([ids + [pad, pad]])
-    hidden = classifier.model(input_ids=batch, attention_mask=(batch != pad).long()).last_hidden_state
+    hidden = classifier.model(
+        input_ids=batch, attention_mask=(batch != pad).long()
+    ).last_hidden_state
     expected = classifier.score(hidden[0, len(ids) - 1])
     got = classifier(input_ids=batch, attention_mask=(batch != pad).long()).logits[0]
     torch.testing.assert_close(got, expected)

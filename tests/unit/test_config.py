@@ -5,7 +5,11 @@ import pytest
 from tuneforge.config import Recipe, apply_override, load_recipe, validate_recipe
 from tuneforge.errors import TuneforgeError
 
-MINIMAL = {"name": "r", "task": "classification", "data": {"train": "t.csv", "validation_split": 0.2}}
+MINIMAL = {
+    "name": "r",
+    "task": "classification",
+    "data": {"train": "t.csv", "validation_split": 0.2},
+}
 
 
 def test_defaults_follow_the_design():
@@ -49,7 +53,9 @@ def test_bad_values_name_the_field(section, value, field):
 
 def test_validation_file_and_split_are_exclusive():
     with pytest.raises(TuneforgeError, match="either `validation`"):
-        validate_recipe({**MINIMAL, "data": {"train": "a", "validation": "b", "validation_split": 0.1}})
+        validate_recipe(
+            {**MINIMAL, "data": {"train": "a", "validation": "b", "validation_split": 0.1}}
+        )
 
 
 def test_errors_carry_yaml_line_numbers(tmp_path):

@@ -6,10 +6,12 @@ from tuneforge.data.check import Example, normalise, run_checks
 def ex(texts, labels=None, tokens=None):
     labels = labels or [None] * len(texts)
     tokens = tokens or [len(t.split()) for t in texts]
-    return [Example(t, i + 2, lab, n) for i, (t, lab, n) in enumerate(zip(texts, labels, tokens))]
+    return [Example(t, i + 2, lab, n) for i, (t, lab, n) in enumerate(zip(texts, labels, tokens, strict=True))]
 
 
-CLEAN_TRAIN = ex(["a good film", "a bad film", "loved the score", "hated the plot"], ["pos", "neg", "pos", "neg"])
+CLEAN_TRAIN = ex(
+    ["a good film", "a bad film", "loved the score", "hated the plot"], ["pos", "neg", "pos", "neg"]
+)
 CLEAN_VAL = ex(["fine acting", "dull ending"], ["pos", "neg"])
 
 
@@ -29,7 +31,13 @@ def test_leakage_is_an_error_with_line_numbers():
     val = ex(["A GOOD film!", "new text"], ["pos", "neg"])
     report = run_checks({"train": CLEAN_TRAIN, "validation": val}, max_length=16)
     [f] = report.findings
-    assert (f.check, f.severity, f.split, f.count, f.lines) == ("leakage", "error", "validation", 1, [2])
+    assert (f.check, f.severity, f.split, f.count, f.lines) == (
+        "leakage",
+        "error",
+        "validation",
+        1,
+        [2],
+    )
     assert report.errors == [f]
 
 
@@ -49,7 +57,9 @@ def test_imbalance_triggers_above_ratio_only():
 
 
 def test_empty_short_long_and_truncation():
-    train = ex(["", "ok", "normal text here", "normal text too", "x " * 40], tokens=[0, 1, 3, 3, 40])
+    train = ex(
+        ["", "ok", "normal text here", "normal text too", "x " * 40], tokens=[0, 1, 3, 3, 40]
+    )
     report = run_checks({"train": train}, max_length=10)
     by = {f.check: f for f in report.findings}
     assert by["empty_text"].lines == [2] and by["empty_text"].severity == "error"
@@ -60,14 +70,22 @@ def test_empty_short_long_and_truncation():
 
 def test_severity_overrides_and_off():
     val = ex(["a good film"], ["pos"])
-    report = run_checks({"train": CLEAN_TRAIN, "validation": val}, max_length=16, severity={"leakage": "warning"})
+    report = run_checks(
+        {"train": CLEAN_TRAIN, "validation": val}, max_length=16, severity={"leakage": "warning"}
+    )
     assert report.findings[0].severity == "warning" and report.errors == []
-    report = run_checks({"train": CLEAN_TRAIN, "validation": val}, max_length=16, severity={"leakage": "off"})
+    report = run_checks(
+        {"train": CLEAN_TRAIN, "validation": val}, max_length=16, severity={"leakage": "off"}
+    )
     assert report.findings == []
 
 
 def test_parse_errors_are_reported_with_lines():
-    report = run_checks({"train": CLEAN_TRAIN}, max_length=16, parse_errors={"train": [(7, "invalid JSON"), (9, "not an object")]})
+    report = run_checks(
+        {"train": CLEAN_TRAIN},
+        max_length=16,
+        parse_errors={"train": [(7, "invalid JSON"), (9, "not an object")]},
+    )
     [f] = report.findings
     assert (f.check, f.severity, f.lines) == ("parse_errors", "error", [7, 9])
 

@@ -8,7 +8,12 @@ def test_metrics_on_hand_made_predictions():
     m = classification_metrics([0, 0, 0, 1, 1, 2], [0, 0, 1, 1, 2, 2], ["a", "b", "c"])
     assert m["n"] == 6
     assert m["accuracy"] == pytest.approx(4 / 6)
-    assert m["per_class"]["a"] == {"precision": 1.0, "recall": pytest.approx(2 / 3), "f1": pytest.approx(0.8), "support": 3}
+    assert m["per_class"]["a"] == {
+        "precision": 1.0,
+        "recall": pytest.approx(2 / 3),
+        "f1": pytest.approx(0.8),
+        "support": 3,
+    }
     assert m["per_class"]["b"]["precision"] == pytest.approx(0.5)
     assert m["per_class"]["b"]["recall"] == pytest.approx(0.5)
     assert m["per_class"]["c"]["precision"] == pytest.approx(0.5)

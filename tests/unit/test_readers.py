@@ -36,7 +36,11 @@ def test_jsonl_json_parquet_and_saved_dataset_give_the_same_rows(tmp_path):
         ("d.xlsx", b"xx", "unknown format '.xlsx'"),
         ("bad.jsonl", b'{"text": "a"}\n{"text": \n', "line 2: invalid JSON"),
         ("list.jsonl", b'{"text": "a"}\n[1, 2]\n', "line 2: expected a JSON object"),
-        ("latin1.csv", "text,label\nok,a\ncaf\xe9,b\n".encode("latin-1"), "line 3: not valid UTF-8"),
+        (
+            "latin1.csv",
+            "text,label\nok,a\ncaf\xe9,b\n".encode("latin-1"),
+            "line 3: not valid UTF-8",
+        ),
         ("wide.csv", b"text,label\na,b,c\n", "line 2: 3 cells but the header has 2 columns"),
         ("header.csv", b"text,label\n", "has no rows"),
     ],
@@ -82,4 +86,6 @@ def test_stratified_split_is_seeded_and_keeps_balance():
 
 def test_stratified_split_refuses_single_example_classes():
     with pytest.raises(TuneforgeError, match=r"label\(s\) \['c'\] have a single example"):
-        stratified_split([{}] * 5, ["a", "a", "b", "b", "c"], 0.4, seed=0, what="data.validation_split")
+        stratified_split(
+            [{}] * 5, ["a", "a", "b", "b", "c"], 0.4, seed=0, what="data.validation_split"
+        )

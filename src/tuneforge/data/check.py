@@ -82,11 +82,19 @@ def run_checks(
 
     def add(check: str, message: str, split: str | None, lines: list[int]) -> None:
         if sev.get(check, "warning") != "off":
-            findings.append(Finding(check, sev.get(check, "warning"), message, split, len(lines), lines[:20]))
+            findings.append(
+                Finding(check, sev.get(check, "warning"), message, split, len(lines), lines[:20])
+            )
 
     for split, errors in (parse_errors or {}).items():
         if errors:
-            add("parse_errors", f"{len(errors)} row(s) could not be parsed: " + "; ".join(f"line {ln}: {msg}" for ln, msg in errors[:3]), split, [ln for ln, _ in errors])
+            add(
+                "parse_errors",
+                f"{len(errors)} row(s) could not be parsed: "
+                + "; ".join(f"line {ln}: {msg}" for ln, msg in errors[:3]),
+                split,
+                [ln for ln, _ in errors],
+            )
 
     summary: dict[str, Any] = {"splits": {}}
     for split, examples in splits.items():
@@ -117,22 +125,43 @@ def _split_summary(examples: list[Example], max_length: int) -> dict[str, Any]:
     return out
 
 
-def _check_split(split, examples, max_length, add, imbalance_ratio, short_chars, long_factor) -> None:
+def _check_split(
+    split, examples, max_length, add, imbalance_ratio, short_chars, long_factor
+) -> None:
     empty = [e.line for e in examples if not e.text.strip()]
     if empty:
         add("empty_text", f"{len(empty)} empty text(s)", split, empty)
     short = [e.line for e in examples if 0 < len(e.text.strip()) < short_chars]
     if short:
-        add("short_text", f"{len(short)} text(s) shorter than {short_chars} characters", split, short)
+        add(
+            "short_text",
+            f"{len(short)} text(s) shorter than {short_chars} characters",
+            split,
+            short,
+        )
     lengths = [e.n_tokens for e in examples if e.n_tokens is not None]
     if lengths:
         median = statistics.median(lengths)
-        long = [e.line for e in examples if e.n_tokens is not None and median and e.n_tokens > long_factor * median]
+        long = [
+            e.line
+            for e in examples
+            if e.n_tokens is not None and median and e.n_tokens > long_factor * median
+        ]
         if long:
-            add("long_text", f"{len(long)} text(s) longer than {long_factor:g}× the median length ({median:g} tokens)", split, long)
+            add(
+                "long_text",
+                f"{len(long)} text(s) longer than {long_factor:g}× the median length ({median:g} tokens)",
+                split,
+                long,
+            )
         cut = [e.line for e in examples if e.n_tokens is not None and e.n_tokens > max_length]
         if cut:
-            add("truncation", f"{len(cut)} example(s) longer than max_length={max_length} tokens will be truncated", split, cut)
+            add(
+                "truncation",
+                f"{len(cut)} example(s) longer than max_length={max_length} tokens will be truncated",
+                split,
+                cut,
+            )
 
     seen_exact: dict[str, int] = {}
     seen_norm: dict[str, int] = {}
@@ -149,13 +178,23 @@ def _check_split(split, examples, max_length, add, imbalance_ratio, short_chars,
     if exact:
         add("duplicates", f"{len(exact)} exact duplicate(s) of earlier rows", split, exact)
     if near:
-        add("duplicates", f"{len(near)} duplicate(s) after normalising case, accents and punctuation", split, near)
+        add(
+            "duplicates",
+            f"{len(near)} duplicate(s) after normalising case, accents and punctuation",
+            split,
+            near,
+        )
 
     labels = Counter(e.label for e in examples if e.label is not None)
     if len(labels) >= 2:
         (top, n_top), (low, n_low) = labels.most_common()[0], labels.most_common()[-1]
         if n_low == 0 or n_top / n_low > imbalance_ratio:
-            add("imbalance", f"label imbalance: '{top}' has {n_top} examples, '{low}' only {n_low} (ratio > {imbalance_ratio:g})", split, [])
+            add(
+                "imbalance",
+                f"label imbalance: '{top}' has {n_top} examples, '{low}' only {n_low} (ratio > {imbalance_ratio:g})",
+                split,
+                [],
+            )
 
 
 def _check_leakage(splits: dict[str, list[Example]], add) -> None:

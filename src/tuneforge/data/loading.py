@@ -59,8 +59,12 @@ def load_splits(
                 train, keys, cfg.validation_split, seed, what="data.validation_split"
             )
         else:
-            train, validation = plain_split(train, cfg.validation_split, seed, what="data.validation_split")
-        sources["validation"] = f"{cfg.train} (validation_split={cfg.validation_split}, seed={seed})"
+            train, validation = plain_split(
+                train, cfg.validation_split, seed, what="data.validation_split"
+            )
+        sources["validation"] = (
+            f"{cfg.train} (validation_split={cfg.validation_split}, seed={seed})"
+        )
     else:
         raise TuneforgeError(
             "data: no validation data",
@@ -95,6 +99,11 @@ def resolve_data_paths(cfg: DataConfig, base: Path) -> DataConfig:
     updates = {}
     for key in ("train", "validation", "test"):
         value = getattr(cfg, key)
-        if value is not None and not value.is_absolute() and not value.exists() and (base / value).exists():
+        if (
+            value is not None
+            and not value.is_absolute()
+            and not value.exists()
+            and (base / value).exists()
+        ):
             updates[key] = base / value
     return cfg.model_copy(update=updates)

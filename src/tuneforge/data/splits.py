@@ -28,7 +28,9 @@ def stratified_split(
             f"{len(counts)} labels)"
         )
     index = list(range(len(rows)))
-    train_idx, val_idx = train_test_split(index, test_size=n_val, random_state=seed, stratify=labels)
+    train_idx, val_idx = train_test_split(
+        index, test_size=n_val, random_state=seed, stratify=labels
+    )
     return [rows[i] for i in sorted(train_idx)], [rows[i] for i in sorted(val_idx)]
 
 
@@ -39,7 +41,9 @@ def plain_split(
     from sklearn.model_selection import train_test_split
 
     if len(rows) < 2:
-        raise TuneforgeError(f"{what}: need at least 2 rows to make a validation_split, got {len(rows)}")
+        raise TuneforgeError(
+            f"{what}: need at least 2 rows to make a validation_split, got {len(rows)}"
+        )
     index = list(range(len(rows)))
     n_val = max(1, round(len(rows) * fraction))
     train_idx, val_idx = train_test_split(index, test_size=n_val, random_state=seed)

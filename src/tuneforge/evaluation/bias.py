@@ -31,8 +31,12 @@ class ProbeSet:
 
 def load_probe_set(extra: Path | None = None) -> ProbeSet:
     """The shipped terms and templates, extended (not replaced) by a user's YAML file."""
-    shipped = yaml.safe_load(resources.files("tuneforge.evaluation.probes").joinpath("identity.yaml").read_text())
-    probe = ProbeSet({k: list(v) for k, v in shipped["categories"].items()}, list(shipped["templates"]))
+    shipped = yaml.safe_load(
+        resources.files("tuneforge.evaluation.probes").joinpath("identity.yaml").read_text()
+    )
+    probe = ProbeSet(
+        {k: list(v) for k, v in shipped["categories"].items()}, list(shipped["templates"])
+    )
     if extra is not None:
         _extend(probe, extra)
     return probe
@@ -48,13 +52,21 @@ def _extend(probe: ProbeSet, path: Path) -> None:
     if not isinstance(data, dict) or set(data) - {"categories", "templates"}:
         raise TuneforgeError(f"--bias-terms: {path}: expected keys `categories` and/or `templates`")
     for name, terms in (data.get("categories") or {}).items():
-        if not isinstance(terms, list) or len(terms) < 2 or not all(isinstance(t, str) for t in terms):
-            raise TuneforgeError(f"--bias-terms: {path}: categories.{name} must be a list of two or more terms")
+        if (
+            not isinstance(terms, list)
+            or len(terms) < 2
+            or not all(isinstance(t, str) for t in terms)
+        ):
+            raise TuneforgeError(
+                f"--bias-terms: {path}: categories.{name} must be a list of two or more terms"
+            )
         merged = probe.categories.setdefault(str(name), [])
         merged.extend(t for t in terms if t not in merged)
     for template in data.get("templates") or []:
         if not isinstance(template, str) or "{term}" not in template:
-            raise TuneforgeError(f"--bias-terms: {path}: every template needs a {{term}} placeholder: {template!r}")
+            raise TuneforgeError(
+                f"--bias-terms: {path}: every template needs a {{term}} placeholder: {template!r}"
+            )
         probe.templates.append(template)
 
 
@@ -63,7 +75,9 @@ def _fill(template: str, term: str) -> str:
     return text[0].upper() + text[1:] if text else text
 
 
-def run_probe(classify: Classifier, labels: Sequence[str], probe: ProbeSet, worst: int = 5) -> dict[str, Any]:
+def run_probe(
+    classify: Classifier, labels: Sequence[str], probe: ProbeSet, worst: int = 5
+) -> dict[str, Any]:
     """Flip rate per category, mean probability shift per term, and the worst templates."""
     texts: list[str] = []
     index: list[tuple[str, int, str]] = []  # (category, template number, term)
@@ -77,7 +91,11 @@ def run_probe(classify: Classifier, labels: Sequence[str], probe: ProbeSet, wors
     for i, (category, t, _) in enumerate(index):
         by_key.setdefault((category, t), []).append(i)
 
-    result: dict[str, Any] = {"labels": list(labels), "templates": len(probe.templates), "categories": {}}
+    result: dict[str, Any] = {
+        "labels": list(labels),
+        "templates": len(probe.templates),
+        "categories": {},
+    }
     for category, terms in probe.categories.items():
         flips = 0
         shifts: dict[str, list[float]] = {term: [] for term in terms}
@@ -98,7 +116,9 @@ def run_probe(classify: Classifier, labels: Sequence[str], probe: ProbeSet, wors
                     "spread": float(p[:, ref].max() - p[:, ref].min()),
                     "lowest": terms[int(p[:, ref].argmin())],
                     "highest": terms[int(p[:, ref].argmax())],
-                    "predictions": {term: labels[int(k)] for term, k in zip(terms, predicted, strict=True)},
+                    "predictions": {
+                        term: labels[int(k)] for term, k in zip(terms, predicted, strict=True)
+                    },
                 }
             )
         spreads.sort(key=lambda s: -s["spread"])

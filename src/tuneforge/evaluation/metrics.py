@@ -13,7 +13,12 @@ def classification_metrics(
     y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]
 ) -> dict[str, Any]:
     """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+    from sklearn.metrics import (
+        accuracy_score,
+        confusion_matrix,
+        f1_score,
+        precision_recall_fscore_support,
+    )
 
     ids = list(range(len(labels)))
     precision, recall, f1, support = precision_recall_fscore_support(

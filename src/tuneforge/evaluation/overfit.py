@@ -29,7 +29,12 @@ def detect_overfitting(
     streak = 0
     for k in range(1, len(evaluations)):
         prev, cur = evaluations[k - 1], evaluations[k]
-        if None in (prev.get(metric), cur.get(metric), prev.get("train_loss"), cur.get("train_loss")):
+        if None in (
+            prev.get(metric),
+            cur.get(metric),
+            prev.get("train_loss"),
+            cur.get("train_loss"),
+        ):
             streak = 0
             continue
         worse = cur[metric] > prev[metric] if lower_is_better else cur[metric] < prev[metric]

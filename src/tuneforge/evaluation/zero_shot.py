@@ -25,7 +25,9 @@ def build_prompt(tokenizer, instruction: str, text: str) -> tuple[str, bool]:
     """The prompt string and whether the chat template was used."""
     if getattr(tokenizer, "chat_template", None):
         messages = [{"role": "user", "content": f"{instruction}\n\nText: {text}"}]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), True
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        ), True
     return f"{instruction}\n\nText: {text}\nAnswer:", False
 
 

@@ -16,24 +16,41 @@ def write_figures(run_path: Path) -> dict[str, str]:
     evaluations = metrics.get("evaluations", [])
     overfit = metrics.get("overfitting") or {}
     images: dict[str, bytes | None] = {
-        "loss": plots.loss_curves(metrics.get("log_history", []), evaluations, overfit.get("began_step")),
-        "metric": plots.metric_curve(evaluations, metrics["selection_metric"], metrics["best"].get("step")),
+        "loss": plots.loss_curves(
+            metrics.get("log_history", []), evaluations, overfit.get("began_step")
+        ),
+        "metric": plots.metric_curve(
+            evaluations, metrics["selection_metric"], metrics["best"].get("step")
+        ),
     }
     split = "test" if "test" in metrics.get("tuned", {}) else "validation"
     tuned = metrics.get("tuned", {}).get(split, {})
     base = metrics.get("base", {}).get(split, {})
     if base:
         images["base_vs_tuned"] = plots.base_vs_tuned(
-            base, tuned, ["accuracy", "macro_f1", "exact_match", "first_line_exact_match", "rouge_l", "perplexity"]
+            base,
+            tuned,
+            [
+                "accuracy",
+                "macro_f1",
+                "exact_match",
+                "first_line_exact_match",
+                "rouge_l",
+                "perplexity",
+            ],
         )
     validation = metrics.get("tuned", {}).get("validation", {})
     if "confusion_matrix" in validation:
-        images["confusion_matrix"] = plots.confusion_matrix(validation["confusion_matrix"], validation["labels"])
+        images["confusion_matrix"] = plots.confusion_matrix(
+            validation["confusion_matrix"], validation["labels"]
+        )
     check = run_path / "data_check.json"
     if check.is_file():
         train = json.loads(check.read_text())["summary"]["splits"].get("train", {})
         if train.get("lengths"):
-            images["lengths"] = plots.length_histogram(train["lengths"], train["tokens"]["max_length"])
+            images["lengths"] = plots.length_histogram(
+                train["lengths"], train["tokens"]["max_length"]
+            )
     bias = run_path / "bias.json"
     if bias.is_file():
         images["bias"] = plots.bias_flip_rates(json.loads(bias.read_text()))

@@ -25,9 +25,11 @@ h1 { border-bottom: 2px solid #4C72B0; }
 
 def render_html(markdown_text: str, run_path: Path, title: str) -> str:
     body = markdown.markdown(markdown_text, extensions=["tables", "fenced_code"])
-    body = re.sub(r'src="(figures/[\w.-]+\.png)"', lambda m: f'src="{_data_uri(run_path / m.group(1))}"', body)
+    body = re.sub(
+        r'src="(figures/[\w.-]+\.png)"', lambda m: f'src="{_data_uri(run_path / m.group(1))}"', body
+    )
     return (
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n"
     )
 

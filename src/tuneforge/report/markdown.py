@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.evaluation.metrics import error_reduction, relative_drop
-from tuneforge.rundir import write_text
 
 SUMMARY_METRICS = (
     "accuracy",
@@ -24,8 +23,22 @@ SUMMARY_METRICS = (
     "loss",
     "perplexity",
 )
-RATES = {"accuracy", "macro_f1", "exact_match", "first_line_exact_match"}  # shown with error reduction
-TRAINING_COLUMNS = ("perplexity", "accuracy", "macro_f1", "exact_match", "first_line_exact_match", "rouge_l", "chrf", "bleu")
+RATES = {
+    "accuracy",
+    "macro_f1",
+    "exact_match",
+    "first_line_exact_match",
+}  # shown with error reduction
+TRAINING_COLUMNS = (
+    "perplexity",
+    "accuracy",
+    "macro_f1",
+    "exact_match",
+    "first_line_exact_match",
+    "rouge_l",
+    "chrf",
+    "bleu",
+)
 COUNT_KEYS = (
     "examples",
     "truncated",
@@ -47,7 +60,9 @@ def summary_rows(base: dict[str, Any], tuned: dict[str, Any]) -> list[tuple[str,
             continue
         b = base.get(m)
         t = tuned[m]
-        rows.append((m, "—" if b is None else _num(m, b), _num(m, t), "" if b is None else _change(m, b, t)))
+        rows.append(
+            (m, "—" if b is None else _num(m, b), _num(m, t), "" if b is None else _change(m, b, t))
+        )
     return rows
 
 
@@ -77,7 +92,9 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(out)
 
 
-def render_report(run_path: Path, title: str | None = None, figures: dict[str, str] | None = None) -> str:
+def render_report(
+    run_path: Path, title: str | None = None, figures: dict[str, str] | None = None
+) -> str:
     """The report text; `figures` maps figure name -> relative path of its PNG."""
     figures = figures or {}
     meta = json.loads((run_path / "run.json").read_text())
@@ -107,7 +124,13 @@ def render_report(run_path: Path, title: str | None = None, figures: dict[str, s
     for split, tuned in metrics["tuned"].items():
         base = metrics.get("base", {}).get(split, {})
         lines += [f"### {split} (n={tuned.get('n')})", ""]
-        lines += [_table(["metric", "base", "fine-tuned", "change"], [list(r) for r in summary_rows(base, tuned)]), ""]
+        lines += [
+            _table(
+                ["metric", "base", "fine-tuned", "change"],
+                [list(r) for r in summary_rows(base, tuned)],
+            ),
+            "",
+        ]
         if "per_class" in tuned:
             rows = [
                 [
@@ -120,10 +143,16 @@ def render_report(run_path: Path, title: str | None = None, figures: dict[str, s
                 ]
                 for label, pc in tuned["per_class"].items()
             ]
-            lines += [_table(["class", "base P", "base R", "tuned P", "tuned R", "support"], rows), ""]
+            lines += [
+                _table(["class", "base P", "base R", "tuned P", "tuned R", "support"], rows),
+                "",
+            ]
             labels = tuned["labels"]
             cm = [[labels[i], *row] for i, row in enumerate(tuned["confusion_matrix"])]
-            lines += ["Confusion matrix of the fine-tuned model (rows: true, columns: predicted):", ""]
+            lines += [
+                "Confusion matrix of the fine-tuned model (rows: true, columns: predicted):",
+                "",
+            ]
             lines += [_table(["true \\ predicted", *labels], cm), ""]
 
     lines += _figure(figures, "base_vs_tuned", "Base model vs fine-tuned")
@@ -138,14 +167,20 @@ def render_report(run_path: Path, title: str | None = None, figures: dict[str, s
             "",
         ]
     else:
-        lines += ["No overfitting detected (validation never worsened while training improved for "
-                  "consecutive evaluations).", ""]
+        lines += [
+            "No overfitting detected (validation never worsened while training improved for "
+            "consecutive evaluations).",
+            "",
+        ]
     lines += _figure(figures, "loss", "Training and validation loss")
-    lines += _figure(figures, "metric", f"Validation {metrics['selection_metric']} (best checkpoint marked)")
+    lines += _figure(
+        figures, "metric", f"Validation {metrics['selection_metric']} (best checkpoint marked)"
+    )
     evaluations = metrics["evaluations"]
     columns = [m for m in TRAINING_COLUMNS if any(e.get(m) is not None for e in evaluations)]
     rows = [
-        [e["step"], e["epoch"], _fmt(e.get("train_loss")), _fmt(e.get("loss"))] + [_fmt(e.get(m)) for m in columns]
+        [e["step"], e["epoch"], _fmt(e.get("train_loss")), _fmt(e.get("loss"))]
+        + [_fmt(e.get(m)) for m in columns]
         for e in evaluations
     ]
     lines += [_table(["step", "epoch", "train loss", "val loss", *columns], rows), ""]
@@ -155,21 +190,40 @@ def render_report(run_path: Path, title: str | None = None, figures: dict[str, s
         lines.append(f"- {split}: `{src}`")
     if "counts" in info:
         labels = info["labels"]
-        rows = [[split, *[c.get(lab, 0) for lab in labels], sum(c.values())] for split, c in info["counts"].items()]
+        rows = [
+            [split, *[c.get(lab, 0) for lab in labels], sum(c.values())]
+            for split, c in info["counts"].items()
+        ]
         lines += ["", _table(["split", *labels, "total"], rows)]
     if "truncated" in info and "counts" in info:
-        lines += ["", "Examples truncated to max_length: " + ", ".join(f"{k} {v}" for k, v in info["truncated"].items())]
+        lines += [
+            "",
+            "Examples truncated to max_length: "
+            + ", ".join(f"{k} {v}" for k, v in info["truncated"].items()),
+        ]
     counted = [k for k in COUNT_KEYS if isinstance(info.get(k), dict) and "counts" not in info]
     if counted:
         splits = list(dict.fromkeys(split for k in counted for split in info[k]))
-        rows = [[k.replace("_", " "), *[info[k].get(split, "") for split in splits]] for k in counted]
+        rows = [
+            [k.replace("_", " "), *[info[k].get(split, "") for split in splits]] for k in counted
+        ]
         lines += ["", _table(["", *splits], rows)]
     lines += _figure(figures, "lengths", "Token lengths of the training examples")
     lines += _data_check_section(run_path)
     lines += _bias_section(run_path, figures)
-    lines += ["## Recipe (as resolved)", "", "```yaml", (run_path / "recipe.yaml").read_text().rstrip(), "```", ""]
+    lines += [
+        "## Recipe (as resolved)",
+        "",
+        "```yaml",
+        (run_path / "recipe.yaml").read_text().rstrip(),
+        "```",
+        "",
+    ]
     lines += ["", "## Timings (seconds)", ""]
-    lines += [_table(["phase", "seconds"], [[k, v] for k, v in meta.get("timings", {}).items()]), ""]
+    lines += [
+        _table(["phase", "seconds"], [[k, v] for k, v in meta.get("timings", {}).items()]),
+        "",
+    ]
     lines += ["## Environment", ""]
     lines += [_table(["", ""], [[k, v] for k, v in meta.get("environment", {}).items()]), ""]
     return "\n".join(lines)
@@ -183,12 +237,22 @@ def _samples_section(metrics: dict[str, Any], n: int = 3) -> list[str]:
     base = metrics.get("base", {}).get("validation", {}).get("samples") or []
     lines = ["## Sample generations (validation, greedy)", ""]
     for i, sample in enumerate(tuned[:n]):
-        lines += [f"**Example {i + 1}.** Prompt:", "", _quote(sample["prompt"], 400), "", "Reference:", ""]
+        lines += [
+            f"**Example {i + 1}.** Prompt:",
+            "",
+            _quote(sample["prompt"], 400),
+            "",
+            "Reference:",
+            "",
+        ]
         lines += [_quote(sample["reference"]), ""]
         if i < len(base):
             lines += ["Base model:", "", _quote(base[i]["prediction"] or "(empty)"), ""]
         lines += ["Fine-tuned:", "", _quote(sample["prediction"] or "(empty)"), ""]
-    lines += ["All samples of every evaluation: `samples/step-N.jsonl`; final ones in `metrics.json`.", ""]
+    lines += [
+        "All samples of every evaluation: `samples/step-N.jsonl`; final ones in `metrics.json`.",
+        "",
+    ]
     return lines
 
 
@@ -205,16 +269,36 @@ def _data_check_section(run_path: Path) -> list[str]:
     rows = []
     for split, s in check["summary"]["splits"].items():
         tokens = s.get("tokens", {})
-        rows.append([split, s["examples"], tokens.get("median", ""), tokens.get("max", ""), tokens.get("over_max_length", "")])
-    lines += [_table(["split", "examples", "median tokens", "max tokens", "over max_length"], rows), ""]
+        rows.append(
+            [
+                split,
+                s["examples"],
+                tokens.get("median", ""),
+                tokens.get("max", ""),
+                tokens.get("over_max_length", ""),
+            ]
+        )
+    lines += [
+        _table(["split", "examples", "median tokens", "max tokens", "over max_length"], rows),
+        "",
+    ]
     if check["findings"]:
         rows = [
-            [f["severity"], f["check"], f["split"] or "", f["message"], ", ".join(map(str, f["lines"][:10]))]
+            [
+                f["severity"],
+                f["check"],
+                f["split"] or "",
+                f["message"],
+                ", ".join(map(str, f["lines"][:10])),
+            ]
             for f in check["findings"]
         ]
         lines += [_table(["severity", "check", "split", "finding", "lines"], rows), ""]
     else:
-        lines += ["No findings: no leakage, duplicates, imbalance, empty or truncated examples.", ""]
+        lines += [
+            "No findings: no leakage, duplicates, imbalance, empty or truncated examples.",
+            "",
+        ]
     return lines
 
 
@@ -243,17 +327,27 @@ def _bias_section(run_path: Path, figures: dict[str, str]) -> list[str]:
                 _fmt(tuned["max_abs_shift"]),
             ]
         )
-    lines += [_table(["category", "base flip rate", "tuned flip rate", "base max shift", "tuned max shift"], rows), ""]
+    lines += [
+        _table(
+            ["category", "base flip rate", "tuned flip rate", "base max shift", "tuned max shift"],
+            rows,
+        ),
+        "",
+    ]
     lines += _figure(figures, "bias", "Label flip rate under identity swaps")
     worst = sorted(
-        ((c, w) for c, r in bias["tuned"]["categories"].items() for w in r["worst"][:1]), key=lambda cw: -cw[1]["spread"]
+        ((c, w) for c, r in bias["tuned"]["categories"].items() for w in r["worst"][:1]),
+        key=lambda cw: -cw[1]["spread"],
     )[:5]
     if worst:
         lines += ["Worst templates for the fine-tuned model:", ""]
         lines += [
             _table(
                 ["category", "template", "probability spread", "lowest", "highest"],
-                [[c, w["template"], f"{w['spread']:.3f}", w["lowest"], w["highest"]] for c, w in worst],
+                [
+                    [c, w["template"], f"{w['spread']:.3f}", w["lowest"], w["highest"]]
+                    for c, w in worst
+                ],
             ),
             "",
         ]

@@ -32,7 +32,9 @@ def label_of(row: Row, field: str) -> str:
     return str(value).strip()
 
 
-def check_rows(rows: list[Row], path: Path, what: str, text_field: str, label_field: str | None) -> None:
+def check_rows(
+    rows: list[Row], path: Path, what: str, text_field: str, label_field: str | None
+) -> None:
     """Every row needs a non-empty text (and a label, when labelled)."""
     require_column(rows, text_field, path, what)
     if label_field is not None:
@@ -49,7 +51,9 @@ def check_rows(rows: list[Row], path: Path, what: str, text_field: str, label_fi
                 hint="remove the row or fill in its text",
             )
         if label_field is not None and (row[label_field] is None or not label_of(row, label_field)):
-            raise TuneforgeError(f"{what}: {row_where(path, row)}: empty label in column '{label_field}'")
+            raise TuneforgeError(
+                f"{what}: {row_where(path, row)}: empty label in column '{label_field}'"
+            )
 
 
 class ClassificationTask:
@@ -93,7 +97,11 @@ class ClassificationTask:
         validation = self._tokenize(splits.validation, tokenizer, recipe, info, "validation")
         info["counts"] = {
             split: {lab: sum(label_of(r, label_f) == lab for r in rows) for lab in labels}
-            for split, rows in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))
+            for split, rows in (
+                ("train", splits.train),
+                ("validation", splits.validation),
+                ("test", splits.test),
+            )
             if rows is not None
         }
         return Prepared(splits, train, validation, info)
@@ -139,7 +147,11 @@ class ClassificationTask:
         labels = prepared.info["labels"]
 
         def compute(eval_pred) -> dict[str, float]:
-            logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+            logits = (
+                eval_pred.predictions[0]
+                if isinstance(eval_pred.predictions, tuple)
+                else eval_pred.predictions
+            )
             preds = np.asarray(logits).argmax(-1)
             full = classification_metrics(eval_pred.label_ids, preds, labels)
             history.append(full)
@@ -149,7 +161,9 @@ class ClassificationTask:
 
     # ---------------------------------------------------------------- evaluation
 
-    def evaluate_base(self, source, tokenizer, rows, info, recipe: Recipe, split: str) -> dict[str, Any]:
+    def evaluate_base(
+        self, source, tokenizer, rows, info, recipe: Recipe, split: str
+    ) -> dict[str, Any]:
         model = load_causal_lm(source.path, trust_remote_code=recipe.trust_remote_code)
         words = [(recipe.baseline.label_words or {}).get(lab, lab) for lab in info["labels"]]
         scores = zero_shot_scores(
@@ -164,7 +178,9 @@ class ClassificationTask:
         return self._score(softmax(scores), rows, info)
 
     def evaluate(self, model, tokenizer, rows, info, recipe: Recipe, split: str) -> dict[str, Any]:
-        probs = self._probabilities(model, tokenizer, [r[info["text_field"]] for r in rows], recipe, split)
+        probs = self._probabilities(
+            model, tokenizer, [r[info["text_field"]] for r in rows], recipe, split
+        )
         return self._score(probs, rows, info)
 
     def _score(self, probs: np.ndarray, rows: list[Row], info: dict) -> dict[str, Any]:
@@ -176,7 +192,9 @@ class ClassificationTask:
         return metrics
 
     @torch.no_grad()
-    def _probabilities(self, model, tokenizer, texts: list[str], recipe: Recipe, split: str = "") -> np.ndarray:
+    def _probabilities(
+        self, model, tokenizer, texts: list[str], recipe: Recipe, split: str = ""
+    ) -> np.ndarray:
         model.eval()
         batch_size = recipe.training.eval_batch_size or recipe.training.batch_size
         max_length = recipe.training.max_length
@@ -191,7 +209,9 @@ class ClassificationTask:
                 padding_side="right",
                 return_tensors="pt",
             )
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
             out[idx] = torch.softmax(logits.float(), dim=-1).numpy()
         return out
 
@@ -199,24 +219,44 @@ class ClassificationTask:
         probs = self._probabilities(model, tokenizer, texts, recipe)
         labels = info["labels"]
         return [
-            {"label": labels[int(p.argmax())], "probabilities": {lab: float(p[i]) for i, lab in enumerate(labels)}}
+            {
+                "label": labels[int(p.argmax())],
+                "probabilities": {lab: float(p[i]) for i, lab in enumerate(labels)},
+            }
             for p in probs
         ]
 
-    def bias_probe(self, model, source, tokenizer, info: dict, recipe: Recipe, extra_terms: Path | None = None):
+    def bias_probe(
+        self, model, source, tokenizer, info: dict, recipe: Recipe, extra_terms: Path | None = None
+    ):
         """Counterfactual identity swaps, scored for the tuned model and the zero-shot base."""
         from tuneforge.evaluation.bias import load_probe_set, run_probe
 
         probe = load_probe_set(extra_terms)
         labels = info["labels"]
-        result = {"tuned": run_probe(lambda texts: self._probabilities(model, tokenizer, texts, recipe, "bias probe"), labels, probe)}
+        result = {
+            "tuned": run_probe(
+                lambda texts: self._probabilities(model, tokenizer, texts, recipe, "bias probe"),
+                labels,
+                probe,
+            )
+        }
         if recipe.baseline.enabled:
             base_lm = load_causal_lm(source.path, trust_remote_code=recipe.trust_remote_code)
             words = [(recipe.baseline.label_words or {}).get(lab, lab) for lab in labels]
             instruction = recipe.baseline.instruction or DEFAULT_INSTRUCTION
 
             def base(texts):
-                return softmax(zero_shot_scores(base_lm, tokenizer, texts, words, instruction, description="Bias probe, base"))
+                return softmax(
+                    zero_shot_scores(
+                        base_lm,
+                        tokenizer,
+                        texts,
+                        words,
+                        instruction,
+                        description="Bias probe, base",
+                    )
+                )
 
             result["base"] = run_probe(base, labels, probe)
         return result
@@ -256,16 +296,24 @@ class ClassificationTask:
 
     # ---------------------------------------------------------------- loading a run
 
-    def load_tuned(self, run_dir: Path, source: ModelSource, info: dict, method: str, tokenizer, recipe: Recipe):
+    def load_tuned(
+        self, run_dir: Path, source: ModelSource, info: dict, method: str, tokenizer, recipe: Recipe
+    ):
         if method == "lora":
             from peft import PeftModel
 
             base = load_sequence_classifier(
-                source.path, info["labels"], tokenizer.pad_token_id, trust_remote_code=recipe.trust_remote_code
+                source.path,
+                info["labels"],
+                tokenizer.pad_token_id,
+                trust_remote_code=recipe.trust_remote_code,
             )
             return PeftModel.from_pretrained(base, run_dir / "adapter")
         return load_sequence_classifier(
-            run_dir / "model", info["labels"], tokenizer.pad_token_id, trust_remote_code=recipe.trust_remote_code
+            run_dir / "model",
+            info["labels"],
+            tokenizer.pad_token_id,
+            trust_remote_code=recipe.trust_remote_code,
         )
 
 
