@@ -745,3 +745,71 @@ def test_serve_refuses_a_missing_run_and_a_taken_port(tmp_path, runs):
         missing, busy = finished(missing), finished(busy)  # both at once: half the wait
     assert_user_error(missing, "run directory not found")
     assert_user_error(busy, f"cannot listen on 127.0.0.1:{port}", "--port")
+
+
+# --------------------------------------------------------------------------------------------------
+# A pretrain run, served in-process (create_app + uvicorn in a thread)
+
+
+@pytest.fixture(scope="module")
+def pretrain(tmp_path_factory, tiny_model):
+    import uvicorn
+
+    import tuneforge
+    from tuneforge.deploy.serve import bind, create_app
+
+    tmp = tmp_path_factory.mktemp("serve-pretrain")
+    sentence = "the quick brown fox jumps over the lazy dog and the film was wonderful"
+    for split, first, n in (("train", 0, 6), ("validation", 100, 2)):
+        docs = [{"text": f"Note {k}: {sentence[k % 7 :]}"} for k in range(first, first + n)]
+        _jsonl(tmp / f"{split}.jsonl", docs)
+    (tmp / "pretrain.yaml").write_text(
+        f"""
+name: serve-pretrain
+base_model: {tiny_model}
+task: pretrain
+data: {{train: {tmp / "train.jsonl"}, validation: {tmp / "validation.jsonl"}}}
+lora: {{r: 4, alpha: 8, dropout: 0.0}}
+training: {{batch_size: 4, learning_rate: 2.0e-2, max_length: 32}}
+output_dir: {tmp / "runs"}
+"""
+    )
+    run = tuneforge.train(tmp / "pretrain.yaml", ["training.max_steps=2"])
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(create_app(run, name="notes-lm"), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "in-process server did not start"
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        yield {"url": url, "run": run}
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        sock.close()
+
+
+def test_a_pretrain_run_continues_plain_text_and_stops_at_eos(pretrain):
+    run = pretrain["run"]
+    client = openai.OpenAI(base_url=f"{pretrain['url']}/v1", api_key="unused", max_retries=0)
+    assert [m.id for m in client.models.list().data] == ["notes-lm"]
+    prompt = "The quick brown"
+    reply = client.completions.create(model="notes-lm", prompt=prompt, temperature=0, max_tokens=8)
+    assert reply.choices[0].text == run.generate(prompt, max_new_tokens=8)
+    plain = run.tokenizer(prompt, add_special_tokens=False)["input_ids"]  # no chat template
+    assert reply.usage.prompt_tokens == len(plain)
+    eos = {str(run.tokenizer.eos_token_id): 100}
+    ended = client.completions.create(model="notes-lm", prompt=prompt, max_tokens=8, logit_bias=eos)
+    assert ended.choices[0].finish_reason == "stop" and ended.usage.completion_tokens == 0
+    chat = client.chat.completions.create(
+        model="notes-lm", messages=ALERT, temperature=0, max_tokens=6
+    )
+    assert chat.choices[0].message.content == run.chat(ALERT, max_new_tokens=6)
+    r = httpx.post(f"{pretrain['url']}/v1/classify", json={"input": "x"})
+    assert r.status_code == 400 and "pretrain run" in r.json()["error"]["message"]
+    r = httpx.post(f"{pretrain['url']}/v1/completions", json={"model": "notes-lm", "prompt": ""})
+    assert r.status_code == 400
+    _assert_error_shape(r.json(), param="prompt", code="invalid_value")

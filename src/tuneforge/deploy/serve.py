@@ -53,6 +53,8 @@ def serve(
     /v1/classify for classification runs, /health and /v1/models for all."""
     import uvicorn
 
+    if api_key is not None and not api_key.strip():
+        raise TuneforgeError("--api-key is empty", hint="give a key, or leave the option out")
     loaded = run if isinstance(run, Run) else Run.load(run)
     sock = bind(host, port)
     try:

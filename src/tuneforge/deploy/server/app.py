@@ -27,7 +27,13 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tuneforge.deploy.server.batcher import BatcherBusy, BatcherClosed, MicroBatcher
-from tuneforge.deploy.server.engine import Limits, ModelService, RequestError
+from tuneforge.deploy.server.engine import (
+    GenerationParams,
+    Limits,
+    ModelService,
+    Prompt,
+    RequestError,
+)
 from tuneforge.deploy.server.schemas import (
     ChatCompletionRequest,
     ClassifyRequest,
@@ -282,25 +288,21 @@ def create_app(
                 code="unsupported_task",
             )
 
-    async def prepare(body: _Sampling, prompt_of, arg) -> tuple[list[int], Any]:
+    async def prepare(body: _Sampling, prompt_of, arg) -> tuple[Prompt, GenerationParams]:
         check_model(body.model)
-        prompt = await asyncio.to_thread(prompt_of, arg)
+        prompt = await asyncio.to_thread(prompt_of, arg)  # tokenising is off the event loop
         params = service.params(
-            len(prompt),
-            body.requested_tokens,
-            body.temperature,
-            body.top_p,
-            body.stop,
-            body.seed,
+            prompt, body.requested_tokens, body.temperature, body.top_p, body.stop, body.seed,
             body.logit_bias,
-        )
+        )  # fmt: skip
         return prompt, params
 
-    def usage(prompt: list[int], gen: Generation) -> dict[str, int]:
+    def usage(prompt: Prompt, gen: Generation) -> dict[str, int]:
+        n = len(prompt.ids)
         return {
-            "prompt_tokens": len(prompt),
+            "prompt_tokens": n,
             "completion_tokens": gen.n_tokens,
-            "total_tokens": len(prompt) + gen.n_tokens,
+            "total_tokens": n + gen.n_tokens,
         }
 
     def finish_reason(gen: Generation) -> str:

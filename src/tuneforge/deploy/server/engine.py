@@ -57,6 +57,15 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Prompt:
+    """Token ids to continue, the ids that end the answer, and the request field they came from."""
+
+    ids: list[int]
+    stop_ids: list[int]
+    param: str  # messages | prompt
+
+
+@dataclass(frozen=True)
 class GenerationParams:
     max_tokens: int
     temperature: float
@@ -89,8 +98,11 @@ class ModelService:
         info = run.meta["info"]
         if self.generative:
             eot = info["end_of_turn"] if "end_of_turn" in info else end_of_turn(self.tokenizer)
-            self.stop_ids = stop_token_ids(self.tokenizer, eot)
+            self.chat_stop_ids = stop_token_ids(self.tokenizer, eot)
             self.chat_prompts = "chat" in info  # sft: a completion prompt is one user turn
+            eos = self.tokenizer.eos_token_id
+            plain = [eos] if eos is not None else self.chat_stop_ids
+            self.text_stop_ids = self.chat_stop_ids if self.chat_prompts else plain
         self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 4096)
         self.max_prompt_tokens = min(limits.max_prompt_tokens or self.context, self.context - 1)
         self.vocab = len(self.tokenizer)
@@ -117,23 +129,26 @@ class ModelService:
 
     # ---------------------------------------------------------------- prompts
 
-    def chat_prompt(self, messages: list[Message]) -> list[int]:
-        """Token ids of a chat ending in the assistant header, with the run's system prompt."""
+    def chat_prompt(self, messages: list[Message]) -> Prompt:
+        """A chat ending in the assistant header, with the run's system prompt (as `Run.chat`);
+        the answer ends at EOS or the template's end-of-turn token."""
         system = self.run.recipe.sft.system_prompt
         if system and not any(m["role"] == "system" for m in messages):
             messages = [{"role": "system", "content": system}, *messages]
-        return encode_prompt(self.tokenizer, messages)
+        return Prompt(encode_prompt(self.tokenizer, messages), self.chat_stop_ids, "messages")
 
-    def completion_prompt(self, text: str) -> list[int]:
-        """An sft run answers the text as one user turn (like `tuneforge generate`); a pretrain run
-        continues it as plain text, as its corpus was trained."""
+    def completion_prompt(self, text: str) -> Prompt:
+        """As `Run.generate`: an sft run answers the text as one user turn; a pretrain run
+        continues it as plain text, as its corpus was trained, until EOS."""
         if self.chat_prompts:
-            return self.chat_prompt([{"role": "user", "content": text}])
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = self.chat_prompt([{"role": "user", "content": text}]).ids
+        else:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return Prompt(ids, self.text_stop_ids, "prompt")
 
     def params(
         self,
-        n_prompt: int,
+        prompt: Prompt,
         requested: int | None,
         temperature: float,
         top_p: float,
@@ -142,14 +157,15 @@ class ModelService:
         logit_bias: dict[str, float] | None,
     ) -> GenerationParams:
         """Checks a request's numbers against the limits and the context window."""
+        n_prompt = len(prompt.ids)
         if n_prompt == 0:
-            raise RequestError(400, "the prompt is empty", param="messages", code="invalid_value")
+            raise RequestError(400, "the prompt is empty", param=prompt.param, code="invalid_value")
         if n_prompt > self.max_prompt_tokens:
             raise RequestError(
                 400,
                 f"the prompt is {n_prompt} tokens; this server accepts at most "
                 f"{self.max_prompt_tokens}. Shorten the prompt or the conversation.",
-                param="messages",
+                param=prompt.param,
                 code="context_length_exceeded",
             )
         if requested is not None and requested > self.limits.max_tokens:
@@ -188,7 +204,7 @@ class ModelService:
 
     def _generate(
         self,
-        prompt: list[int],
+        prompt: Prompt,
         params: GenerationParams,
         streamer=None,
         cancel: threading.Event | None = None,
@@ -215,8 +231,8 @@ class ModelService:
             return generate(
                 self.model,
                 self.tokenizer,
-                [prompt],
-                self.stop_ids,
+                [prompt.ids],
+                prompt.stop_ids,
                 params.sampling,
                 stop_strings=params.stop,
                 **kwargs,
@@ -251,13 +267,13 @@ class ModelService:
         job.add_done_callback(lambda _: self._lock.release())
         return job
 
-    async def complete(self, prompt: list[int], params: GenerationParams) -> Generation:
+    async def complete(self, prompt: Prompt, params: GenerationParams) -> Generation:
         """One whole answer; waits its turn for the model without blocking the event loop."""
         self._reserve()
         return await asyncio.shield(await self._start(prompt, params))
 
     async def stream(
-        self, prompt: list[int], params: GenerationParams, done: Callable[[Generation], None]
+        self, prompt: Prompt, params: GenerationParams, done: Callable[[Generation], None]
     ) -> AsyncIterator[str]:
         """The answer's text as it is generated; `done` receives the finished Generation."""
         from transformers import AsyncTextIteratorStreamer
