@@ -299,6 +299,16 @@ def test_chat_answers_exactly_as_the_run_does(client, servers, loaded):
         model=servers["sft"].name, messages=own, temperature=0, max_tokens=2
     )
     assert reply.usage.prompt_tokens == len(encode_prompt(run.tokenizer, own))
+    # content as text parts, and OpenAI's "developer" role, render as text and "system"
+    parts = [
+        {"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "user", "content": [{"type": "text", "text": "alert 7: the quick "},
+                                     {"type": "text", "text": "brown fox malware"}]},
+    ]  # fmt: skip
+    reply = client.chat.completions.create(
+        model=servers["sft"].name, messages=parts, temperature=0, max_tokens=2
+    )
+    assert reply.usage.prompt_tokens == len(encode_prompt(run.tokenizer, own))
 
 
 def test_temperature_top_p_and_seed_sample_as_the_run_does(client, servers, loaded):
@@ -756,7 +766,7 @@ def pretrain(tmp_path_factory, tiny_model):
     import uvicorn
 
     import tuneforge
-    from tuneforge.deploy.serve import bind, create_app
+    from tuneforge.deploy.serve import Limits, bind, create_app
 
     tmp = tmp_path_factory.mktemp("serve-pretrain")
     sentence = "the quick brown fox jumps over the lazy dog and the film was wonderful"
@@ -776,7 +786,8 @@ output_dir: {tmp / "runs"}
     )
     run = tuneforge.train(tmp / "pretrain.yaml", ["training.max_steps=2"])
     sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(create_app(run, name="notes-lm"), log_level="warning"))
+    app = create_app(run, name="notes-lm", limits=Limits(max_waiting=1))  # one may wait
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -813,3 +824,24 @@ def test_a_pretrain_run_continues_plain_text_and_stops_at_eos(pretrain):
     r = httpx.post(f"{pretrain['url']}/v1/completions", json={"model": "notes-lm", "prompt": ""})
     assert r.status_code == 400
     _assert_error_shape(r.json(), param="prompt", code="invalid_value")
+
+
+def test_requests_past_the_waiting_limit_get_503_and_the_rest_are_served(pretrain):
+    """One generation runs, one waits (max_waiting=1): more at once are refused, not queued."""
+    run = pretrain["run"]
+    body = {"model": "notes-lm", "prompt": "The quick", "max_tokens": 200, "temperature": 0,
+            "logit_bias": {str(run.tokenizer.eos_token_id): -100}}  # fmt: skip
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=pretrain["url"], timeout=120) as c:
+            return await asyncio.gather(*[c.post("/v1/completions", json=body) for _ in range(6)])
+
+    replies = asyncio.run(burst())
+    statuses = [r.status_code for r in replies]
+    assert statuses.count(200) >= 2 and 503 in statuses, statuses
+    for r in replies:
+        if r.status_code == 503:
+            _assert_error_shape(r.json(), type="server_error", code="server_busy")
+        else:
+            assert r.json()["usage"]["completion_tokens"] == 200
+    assert httpx.get(f"{pretrain['url']}/health").json()["generation"]["busy"] is False

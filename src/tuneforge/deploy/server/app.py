@@ -71,7 +71,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None, s
     """One readable message from pydantic's errors, the parameter it names, and a code."""
     body = exc.body
     by_param: dict[str | None, list[str]] = {}
-    code = "invalid_value"
+    codes: list[str] = []
     for err in exc.errors():
         kind = err.get("type", "")
         if kind == "json_invalid":
@@ -92,15 +92,15 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None, s
         param = _param(body, loc, missing=kind == "missing")
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         if kind == "missing":
-            code, msg = "missing_required_parameter", "this parameter is required"
-        elif kind.endswith("_type") and code == "invalid_value":
-            code = "invalid_type"
+            codes.append("missing_required_parameter")
+            msg = "this parameter is required"
+        else:
+            codes.append("invalid_type" if kind.endswith("_type") else "invalid_value")
         by_param.setdefault(param, [])
         if msg not in by_param[param]:
             by_param[param].append(msg)
     parts = [f"{p or 'body'}: {' or '.join(msgs)}" for p, msgs in list(by_param.items())[:3]]
-    first = next(iter(by_param), None)
-    return "; ".join(parts), first, code
+    return "; ".join(parts), next(iter(by_param), None), codes[0]  # param and code: 1st error
 
 
 def _param(body: Any, loc: list, *, missing: bool) -> str | None:
