@@ -100,20 +100,7 @@ class SftTask(CausalLMTask):
         )
         if splits.test is not None:
             self._count(encode_rows(splits.test, tokenizer, info), info, "test")
-        for split, n in info["dropped"].items():
-            if n:
-                console.print(
-                    f"[yellow]warning[/yellow]: {n} of {info['examples'][split]} {split} "
-                    f"examples left out (longer than training.max_length="
-                    f"{recipe.training.max_length}, sft.overlong={recipe.sft.overlong})"
-                )
-        for split, n in info["truncated"].items():
-            if n:
-                console.print(
-                    f"[yellow]warning[/yellow]: {n} of {info['examples'][split]} {split} "
-                    "examples truncated "
-                    f"to training.max_length={recipe.training.max_length}"
-                )
+        _warn_counts(info, recipe)
         if len(validation) == 0:
             raise TuneforgeError(
                 f"data.validation: {splits.sources['validation']}: no example fits in "
@@ -311,6 +298,28 @@ class SftTask(CausalLMTask):
             ]
             previews.append(Preview(row_where(cfg.train, row), pieces, note))
         return previews
+
+
+def _warn_counts(info: dict, recipe: Recipe) -> None:
+    """Say how many examples did not fit in max_length (also stored in run.json and the report)."""
+    limit = f"training.max_length={recipe.training.max_length}"
+    why = (
+        f"longer than {limit}"
+        if recipe.sft.overlong == "drop"
+        else f"no assistant token left within {limit}"
+    )
+    for split, n in info["dropped"].items():
+        if n:
+            console.print(
+                f"[yellow]warning[/yellow]: {n} of {info['examples'][split]} {split} examples "
+                f"left out ({why})"
+            )
+    for split, n in info["truncated"].items():
+        if n:
+            console.print(
+                f"[yellow]warning[/yellow]: {n} of {info['examples'][split]} {split} examples "
+                f"truncated to {limit}"
+            )
 
 
 def _encode(tokenizer, messages: list[dict], info: dict, where: str = "") -> Encoded:

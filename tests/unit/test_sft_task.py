@@ -1,0 +1,89 @@
+"""The sft task's data preparation: formats, column names, over-long counts, recipe checks."""
+
+import csv
+import json
+
+import pytest
+
+from tuneforge.config import validate_recipe
+from tuneforge.errors import TuneforgeError
+from tuneforge.tasks.sft import SftTask
+
+
+def _recipe(tiny_model, train, validation, **extra):
+    raw = {
+        "name": "r",
+        "task": "sft",
+        "base_model": str(tiny_model),
+        "data": {"train": str(train), "validation": str(validation)},
+    }
+    for key, value in extra.items():
+        raw.setdefault(key, {}).update(value)
+    return validate_recipe(raw)
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_overlong_examples_are_counted_and_stored(tmp_path, tiny_model, tiny_tokenizer):
+    short = {"prompt": "the film", "completion": "great"}
+    long_answer = {"prompt": "the film", "completion": "the quick brown fox " * 20}
+    long_prompt = {"prompt": "the quick brown fox " * 20, "completion": "great"}
+    data = _jsonl(tmp_path / "d.jsonl", [short, long_answer, long_prompt])
+    recipe = _recipe(tiny_model, data, data, training={"max_length": 80})
+    prepared = SftTask().prepare(recipe, tiny_tokenizer)
+    info = prepared.info
+    assert info["chat"]["format"] == "prompt_completion"
+    assert info["examples"]["train"] == 3
+    assert info["truncated"]["train"] == 1  # the long answer, cut
+    assert info["dropped"]["train"] == 1  # the long prompt: no answer token left
+    assert len(prepared.train) == 2 and all(len(ids) <= 80 for ids in prepared.train["input_ids"])
+    recipe = _recipe(tiny_model, data, data, training={"max_length": 80}, sft={"overlong": "drop"})
+    prepared = SftTask().prepare(recipe, tiny_tokenizer)
+    assert prepared.info["dropped"]["train"] == 2 and len(prepared.train) == 1
+
+
+def test_alpaca_csv_with_renamed_columns(tmp_path, tiny_model, tiny_tokenizer):
+    path = tmp_path / "d.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["task", "context", "answer"])
+        writer.writeheader()
+        writer.writerow({"task": "Summarise.", "context": "the film", "answer": "great"})
+        writer.writerow({"task": "Classify.", "context": "", "answer": "negative"})
+    recipe = _recipe(
+        tiny_model,
+        path,
+        path,
+        data={"instruction_field": "task", "input_field": "context", "output_field": "answer"},
+    )
+    prepared = SftTask().prepare(recipe, tiny_tokenizer)
+    assert prepared.info["chat"]["format"] == "alpaca"
+    assert len(prepared.train) == 2
+
+
+def test_unknown_columns_and_missing_fields(tmp_path, tiny_model, tiny_tokenizer):
+    data = _jsonl(tmp_path / "d.jsonl", [{"question": "q", "answer": "a"}])
+    with pytest.raises(TuneforgeError, match=r"cannot tell the sft data format from the columns"):
+        SftTask().prepare(_recipe(tiny_model, data, data), tiny_tokenizer)
+    good = _jsonl(tmp_path / "g.jsonl", [{"prompt": "q", "completion": "a"}])
+    bad = _jsonl(tmp_path / "v.jsonl", [{"prompt": "q", "completion": "a"}, {"prompt": "q"}])
+    with pytest.raises(TuneforgeError) as e:
+        SftTask().prepare(_recipe(tiny_model, good, bad), tiny_tokenizer)
+    assert f"data.validation: {bad} line 2: missing field 'completion'" in str(e.value)
+
+
+def test_selecting_on_a_generation_metric_needs_generation_examples(
+    tmp_path, tiny_model, tiny_tokenizer
+):
+    data = _jsonl(tmp_path / "d.jsonl", [{"prompt": "q", "completion": "a"}])
+    recipe = _recipe(
+        tiny_model,
+        data,
+        data,
+        early_stopping={"metric": "rouge_l"},
+        sft={"generation_examples": 0},
+    )
+    with pytest.raises(TuneforgeError, match="needs generated answers"):
+        SftTask().prepare(recipe, tiny_tokenizer)
