@@ -12,11 +12,13 @@ model. A merged or F32 export that does not match is refused; F16/Q8_0 differenc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,7 +83,11 @@ def export_run(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        details, verification = EXPORTERS[fmt](run, staging, quant=quant, verify=verify)
+        phases = Phases()
+        details, verification = EXPORTERS[fmt](
+            run, staging, quant=quant, verify=verify, phases=phases
+        )
+        details["seconds_by_step"] = phases.seconds
         files = {p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file()}
         record = _record(run, fmt, files, details, verification, time.perf_counter() - t0)
         _write_card(staging, record, run)
@@ -199,19 +205,18 @@ def _export_adapter(run, folder: Path, **_: Any) -> tuple[dict[str, Any], None]:
 
 
 def _export_merged(
-    run, folder: Path, *, verify: bool, **_: Any
+    run, folder: Path, *, verify: bool, phases: Phases, **_: Any
 ) -> tuple[dict[str, Any], dict | None]:
-    probe = _probe_ids(run)
-    reference = _fingerprint(_tuned_model(run), probe, run.meta["task"]) if verify else None
-    model = merged_model(run)
-    with status("Saving merged safetensors"):
+    reference = _reference(run, phases) if verify else None
+    model = merged_model(run, phases)
+    with phases("save", "Saving merged safetensors"):
         model.config.pad_token_id = run.tokenizer.pad_token_id
         model.save_pretrained(folder, safe_serialization=True)
         run.tokenizer.save_pretrained(folder)
     del model
     verification = None
     if verify:
-        with status("Checking the export (loading it back with transformers)"):
+        with phases("check", "Checking the export (loading it back with transformers)"):
             reloaded = _load_merged(folder, run.meta["task"])
             verification = _compare(
                 reference, reloaded, "transformers from_pretrained(folder)", run.meta["task"]
@@ -221,24 +226,24 @@ def _export_merged(
 
 
 def _export_gguf(
-    run, folder: Path, *, quant: str, verify: bool
+    run, folder: Path, *, quant: str, verify: bool, phases: Phases
 ) -> tuple[dict[str, Any], dict | None]:
     from tuneforge.deploy.gguf import source_gguf_fields, write_gguf
 
-    probe = _probe_ids(run)
-    reference = _fingerprint(_tuned_model(run), probe, run.meta["task"]) if verify else None
-    model = merged_model(run)
+    reference = _reference(run, phases) if verify else None
+    model = merged_model(run, phases)
     name = f"{_slug(run.meta['name'])}-{quant.upper()}.gguf"
     eot = run.meta["info"].get("end_of_turn")
     source = source_gguf_fields(run.source.path)
-    with status(f"Writing {name}"):
+    meta = run.meta
+    with phases("write", f"Writing {name}"):
         summary = write_gguf(
             model,
             run.tokenizer,
             folder / name,
             quant=quant,
-            name=run.meta["name"],
-            description=f"{run.meta['base_model']} fine-tuned with tuneforge ({run.meta['task']}, {run.meta['method']})",
+            name=meta["name"],
+            description=f"{meta['base_model']} fine-tuned with tuneforge ({meta['task']}, {meta['method']})",
             pre=source.get("pre"),
             eot=eot,
             license=source.get("license"),
@@ -259,11 +264,10 @@ def _export_gguf(
     }
     verification = None
     if verify:
+        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        with status(f"Checking the export (loading {name} back with transformers' GGUF loader)"):
-            import torch
-
+        with phases("check", f"Checking the export (loading {name} back with transformers)"):
             reloaded = AutoModelForCausalLM.from_pretrained(
                 folder, gguf_file=name, dtype=torch.float32
             ).eval()
@@ -271,9 +275,10 @@ def _export_gguf(
                 reference,
                 reloaded,
                 "transformers from_pretrained(folder, gguf_file=...)",
-                run.meta["task"],
+                meta["task"],
             )
             del reloaded
+        with phases("check_tokenizer", "Checking the GGUF tokenizer"):
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
             verification.update(_compare_tokenizers(run.tokenizer, tokenizer))
         if quant == "f32":
@@ -282,8 +287,8 @@ def _export_gguf(
             from tuneforge.progress import console
 
             console.print(
-                "[yellow]warning[/yellow]: transformers' GGUF tokenizer splits the probe text differently "
-                "from the run's tokenizer (see export.json)"
+                "[yellow]warning[/yellow]: transformers' GGUF tokenizer splits the probe texts "
+                "differently from the run's tokenizer (see export.json)"
             )
     return details, verification
 
@@ -295,17 +300,40 @@ EXPORTERS = {"adapter": _export_adapter, "merged": _export_merged, "gguf": _expo
 # Models
 
 
-def _tuned_model(run):
-    with status(f"Loading the fine-tuned model of {run.path.name}"):
+class Phases:
+    """Seconds per step of an export: shown as progress, kept in export.json."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, key: str, message: str) -> Iterator[None]:
+        t = time.perf_counter()
+        with status(message):
+            yield
+        self.seconds[key] = round(self.seconds.get(key, 0.0) + time.perf_counter() - t, 1)
+
+
+def _tuned_model(run, phases: Phases):
+    if "model" in run.__dict__:  # already loaded (cached_property)
+        return run.model
+    with phases("load", f"Loading the fine-tuned model of {run.path.name}"):
         return run.model
 
 
-def merged_model(run):
+def _reference(run, phases: Phases) -> dict[str, Any]:
+    model = _tuned_model(run, phases)
+    with phases("reference", "Recording the fine-tuned model's logits and greedy output"):
+        return _fingerprint(model, _probe_ids(run), run.meta["task"])
+
+
+def merged_model(run, phases: Phases | None = None):
     """The fine-tuned model as a plain transformers model: LoRA merged into the base weights."""
-    model = _tuned_model(run)
+    phases = phases or Phases()
+    model = _tuned_model(run, phases)
     if run.meta["method"] != "lora":
         return model
-    with status("Merging LoRA into the base weights"):
+    with phases("merge", "Merging LoRA into the base weights"):
         merged = model.merge_and_unload()
     run.__dict__.pop("model", None)  # the cached PEFT wrapper is gone: merging replaced its layers
     return merged.eval()
@@ -337,12 +365,16 @@ def _probe_ids(run):
 
 
 def _greedy(model, ids, n: int):
+    """`ids` plus `n` greedy tokens (with the KV cache: one token per step after the prompt)."""
     import torch
 
+    out = model(input_ids=ids, use_cache=True)
     seq = ids
-    for _ in range(n):
-        nxt = model(input_ids=seq).logits[:, -1].argmax(-1, keepdim=True)
+    for step in range(n):
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
         seq = torch.cat([seq, nxt], dim=1)
+        if step < n - 1:
+            out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
     return seq
 
 

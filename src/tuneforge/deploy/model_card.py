@@ -12,7 +12,19 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.models import EMBEDDED
-from tuneforge.report import summary_rows
+
+# Headline metrics, in the order the card shows them; lower is better for the last two.
+CARD_METRICS = (
+    "accuracy",
+    "macro_f1",
+    "exact_match",
+    "first_line_exact_match",
+    "rouge_l",
+    "chrf",
+    "bleu",
+    "loss",
+    "perplexity",
+)
 
 TASK_USE = {
     "classification": "assigning one of the labels {labels} to a short text like those in the training data",
@@ -157,7 +169,8 @@ def _model_rows(
         )
     training = recipe.get("training", {})
     if training:
-        keys = ("epochs", "max_steps", "learning_rate", "batch_size", "max_length", "seed")
+        keys = ("max_steps" if training.get("max_steps") else "epochs",)
+        keys += ("learning_rate", "batch_size", "max_length", "seed")
         rows.append(
             [
                 "training",
@@ -217,9 +230,11 @@ def _data_section(entries: list[dict[str, Any]], info: dict[str, Any]) -> list[s
         "",
         _table(["split", "source", "size (rows)", "size (bytes)", "sha256 (at export time)"], rows),
         "",
-        "A folder's hash is the sha256 of its sorted `relative path NUL file sha256` lines.",
-        "",
-    ]
+    ] + (
+        ["A folder's hash is the sha256 of its sorted `relative path NUL file sha256` lines.", ""]
+        if any("files" in e for e in entries)
+        else []
+    )
 
 
 def _metrics_section(metrics: dict[str, Any]) -> list[str]:
@@ -229,7 +244,7 @@ def _metrics_section(metrics: dict[str, Any]) -> list[str]:
     lines = ["## Evaluation: base model vs fine-tuned", ""]
     for split, values in tuned.items():
         base = (metrics.get("base") or {}).get(split, {})
-        rows = summary_rows(base, values)
+        rows = metric_rows(base, values)
         if not rows:
             continue
         lines += [
@@ -247,6 +262,21 @@ def _metrics_section(metrics: dict[str, Any]) -> list[str]:
     if not metrics.get("base"):
         lines += ["The base model was not scored for this run (baseline disabled).", ""]
     return lines
+
+
+def metric_rows(base: dict[str, Any], tuned: dict[str, Any]) -> list[list[str]]:
+    """(metric, base, fine-tuned, change) for the headline metrics the tuned scores include."""
+    rows = []
+    for metric in CARD_METRICS:
+        t = tuned.get(metric)
+        if not isinstance(t, int | float):
+            continue
+        b = base.get(metric)
+        if isinstance(b, int | float):
+            rows.append([metric, f"{b:.4g}", f"{t:.4g}", f"{t - b:+.4g}"])
+        else:
+            rows.append([metric, "—", f"{t:.4g}", ""])
+    return rows
 
 
 def _verification_section(export: dict[str, Any]) -> list[str]:
