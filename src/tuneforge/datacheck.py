@@ -39,6 +39,7 @@ def check_recipe_data(recipe: Recipe, tokenizer, task, recipe_dir: Path = Path("
         parse_errors=parse_errors,
         imbalance_ratio=cfg.imbalance_ratio,
         short_chars=cfg.short_chars,
+        truncates=getattr(task, "truncates", True),
     )
 
 

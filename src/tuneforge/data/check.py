@@ -75,6 +75,7 @@ def run_checks(
     imbalance_ratio: float = 3.0,
     short_chars: int = 3,
     long_factor: float = 4.0,
+    truncates: bool = True,
 ) -> CheckReport:
     """All checks over all splits. `parse_errors`: split -> [(line, message)]."""
     sev = {**DEFAULT_SEVERITY, **(severity or {})}
@@ -99,7 +100,15 @@ def run_checks(
     summary: dict[str, Any] = {"splits": {}}
     for split, examples in splits.items():
         summary["splits"][split] = _split_summary(examples, max_length)
-        _check_split(split, examples, max_length, add, imbalance_ratio, short_chars, long_factor)
+        _check_split(
+            split,
+            examples,
+            max_length if truncates else None,
+            add,
+            imbalance_ratio,
+            short_chars,
+            long_factor,
+        )
     _check_leakage(splits, add)
     return CheckReport(findings, summary)
 
@@ -154,7 +163,11 @@ def _check_split(
                 split,
                 long,
             )
-        cut = [e.line for e in examples if e.n_tokens is not None and e.n_tokens > max_length]
+        cut = [
+            e.line
+            for e in examples
+            if max_length is not None and e.n_tokens is not None and e.n_tokens > max_length
+        ]
         if cut:
             add(
                 "truncation",

@@ -26,7 +26,37 @@ class PretrainTask(CausalLMTask):
     name = "pretrain"
     metric_names = ("loss", "perplexity")
 
+    truncates = False  # documents are packed into blocks: longer than max_length is normal
+
     # ---------------------------------------------------------------- data
+
+    def check_splits(self, recipe: Recipe, recipe_dir: Path):
+        """Documents per split for `data check`, held out by document exactly as `prepare` does."""
+        cfg = resolve_data_paths(recipe.data, recipe_dir)
+        out = {"train": read_documents(cfg.train, cfg.text_field, what="data.train").rows}
+        if cfg.validation is not None:
+            out["validation"] = read_documents(
+                cfg.validation, cfg.text_field, what="data.validation"
+            ).rows
+        elif cfg.validation_split is not None:
+            out["train"], out["validation"] = plain_split(
+                out["train"],
+                cfg.validation_split,
+                recipe.training.seed,
+                what="data.validation_split",
+            )
+        if cfg.test is not None:
+            out["test"] = read_documents(cfg.test, cfg.text_field, what="data.test").rows
+        return out, {}
+
+    def check_examples(self, rows: list[dict], recipe: Recipe, split: str) -> list:
+        from tuneforge.data.check import Example
+
+        # rows from a folder are whole files: number them by document (files in sorted order)
+        return [
+            Example(r["text"], i + 1 if r.get("_source") else r.get("_line", i + 1))
+            for i, r in enumerate(rows)
+        ]
 
     def prepare(self, recipe: Recipe, tokenizer, recipe_dir: Path = Path(".")) -> Prepared:
         cfg = resolve_data_paths(recipe.data, recipe_dir)

@@ -149,6 +149,21 @@ class SftTask(CausalLMTask):
             sum(x != -100 for x in e.labels) for e in kept
         )
 
+    def check_examples(self, rows: list[Row], recipe: Recipe, split: str) -> list:
+        """Each conversation as 'role: content' lines, so duplicates and leakage are found on the
+        chat's words; a malformed row fails here with the same message `train` would give."""
+        from tuneforge.data.check import Example
+
+        if not rows:
+            return []
+        fields = chat_fields(recipe, rows, f"data.{split}")
+        out = []
+        for i, row in enumerate(rows):
+            messages = conversation(row, fields, f"data.{split}: line {row.get('_line', i + 1)}")
+            text = "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+            out.append(Example(text, row.get("_line", i + 1)))
+        return out
+
     def collator(self, tokenizer):
         return padding_collator(tokenizer)
 
