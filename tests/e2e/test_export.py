@@ -501,3 +501,6 @@ def test_output_must_be_a_folder_and_not_the_run(sft_run, tmp_path):
         export_run(sft_run, "adapter", sft_run, force=True)
     with pytest.raises(TuneforgeError, match="would overwrite the run directory"):
         export_run(sft_run, "adapter", sft_run.parent, force=True)
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(TuneforgeError, match="cannot write there"):
+        export_run(sft_run, "adapter", tmp_path / "a-file" / "out")

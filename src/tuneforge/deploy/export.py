@@ -78,10 +78,13 @@ def export_run(
     _check_output(output, run.path, force)
     _check_compatible(run, fmt)
 
-    output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.parent / f".{output.name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+    except OSError as e:
+        raise TuneforgeError(f"--output {output}: cannot write there ({e.strerror})") from None
     try:
         phases = Phases()
         details, verification = EXPORTERS[fmt](
