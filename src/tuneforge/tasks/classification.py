@@ -126,6 +126,8 @@ class ClassificationTask:
         lengths = ds["n_tokens"]
         info.setdefault("truncated", {})[split] = int(sum(n > max_length for n in lengths))
         info.setdefault("tokens", {})[split] = int(sum(min(n, max_length) for n in lengths))
+        if split != "train":  # evaluated in order: sorted by length, batches carry little padding
+            ds = ds.sort("n_tokens")
         return ds.remove_columns("n_tokens")
 
     # ---------------------------------------------------------------- model
