@@ -64,8 +64,10 @@ def train(
     source = resolve_base_model(recipe.base_model, trust_remote_code=recipe.trust_remote_code)
     with status(f"Loading tokenizer of {recipe.base_model}"):
         tokenizer = load_tokenizer(source.path, trust_remote_code=recipe.trust_remote_code)
-    data_report = check_data(recipe, tokenizer, task, recipe_dir)
+    # The task's own strict reading first: a missing column or an empty text gets its precise
+    # message (file, line, field); then the data check's findings (leakage, duplicates, ...).
     prepared = task.prepare(recipe, tokenizer, recipe_dir)
+    data_report = check_data(recipe, tokenizer, task, recipe_dir)
     timings["load_and_prepare"] = time.perf_counter() - t0
 
     run = reopened if resume is not None else RunDir.create(recipe.output_dir, recipe.name)

@@ -273,6 +273,10 @@ class ClassificationTask:
         from tuneforge.data.check import Example
 
         text_f, label_f = recipe.data.text_field, recipe.data.label_field
+        if rows:
+            path = getattr(recipe.data, split, None) or recipe.data.train
+            require_column(rows, text_f, path, f"data.{split}")
+            require_column(rows, label_f, path, f"data.{split}")
         return [
             Example(
                 r.get(text_f) if isinstance(r.get(text_f), str) else "",
