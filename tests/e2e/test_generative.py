@@ -215,11 +215,13 @@ def pretrain(tmp_path_factory, tiny_model):
         "Security alert: failed login from 203.0.113.7 for user admin.",
         "The film was wonderful, moving and beautifully acted.",
     ]
-    for split, n in (("train", 6), ("validation", 2)):
+    # validation documents are 5 sentences long, train ones 4: held out, not copies (the data
+    # check would rightly refuse copies as leakage)
+    for split, n, length in (("train", 6, 4), ("validation", 2, 5)):
         (tmp / split).mkdir()
         for i in range(n):
             (tmp / split / f"doc{i}.txt").write_text(
-                " ".join(sentences[(i + k) % 3] for k in range(4))
+                " ".join(sentences[(i + k) % 3] for k in range(length))
             )
     recipe = tmp / "pretrain.yaml"
     recipe.write_text(
