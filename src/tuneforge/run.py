@@ -9,9 +9,9 @@ from typing import Any
 
 from tuneforge.config import Recipe, validate_recipe
 from tuneforge.errors import TuneforgeError
+from tuneforge.generation import Sampling
 from tuneforge.models import ModelSource, load_tokenizer, resolve_base_model
 from tuneforge.rundir import INCOMPLETE
-from tuneforge.generation import Sampling
 from tuneforge.tasks import get_task, hook
 
 

@@ -87,3 +87,40 @@ def test_selecting_on_a_generation_metric_needs_generation_examples(
     )
     with pytest.raises(TuneforgeError, match="needs generated answers"):
         SftTask().prepare(recipe, tiny_tokenizer)
+
+
+def test_answer_logits_collator_gives_the_full_loss_from_fewer_logits(tiny_model, tiny_tokenizer):
+    """Logits only where a label follows: same loss (and token count) as the full output layer."""
+    import torch
+
+    from tuneforge.data.chat import encode_chat
+    from tuneforge.evaluation.language_model import (
+        AnswerLogitsCollator,
+        accepts_logits_to_keep,
+        padding_collator,
+    )
+    from tuneforge.models import load_causal_lm
+
+    torch.set_num_threads(1)
+    chats = [
+        [
+            {"role": "user", "content": "the quick brown fox " * (i + 1)},
+            {"role": "assistant", "content": "lazy dog " * (3 - i)},
+        ]
+        for i in range(3)
+    ]
+    features = []
+    for chat in chats:
+        enc = encode_chat(tiny_tokenizer, chat, max_length=256, eot="<|im_end|>")
+        features.append({"input_ids": enc.input_ids, "labels": enc.labels})
+    model = load_causal_lm(tiny_model).eval()
+    assert accepts_logits_to_keep(model)
+    full_batch = padding_collator(tiny_tokenizer)(features)
+    sparse_batch = AnswerLogitsCollator(tiny_tokenizer)(features)
+    with torch.no_grad():
+        full = model(**full_batch)
+        sparse = model(**sparse_batch)
+    assert sparse.logits.shape[1] == len(sparse_batch["logits_to_keep"]) < full.logits.shape[1]
+    torch.testing.assert_close(sparse.loss, full.loss)
+    n_full = (full_batch["labels"][:, 1:] != -100).sum()
+    assert (sparse_batch["shift_labels"] != -100).sum() == n_full

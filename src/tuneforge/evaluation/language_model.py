@@ -27,6 +27,36 @@ def padding_collator(tokenizer):
     return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
 
 
+class AnswerLogitsCollator:
+    """Pads like `padding_collator`, and asks the model for logits only where a label follows.
+
+    The output layer turns every position into a vocabulary-sized row (49k floats per token for
+    SmolLM2), and with the loss on assistant answers most rows are thrown away. The batch gets
+    `logits_to_keep` (the positions whose next token is labelled in any row) and the matching
+    `shift_labels`; transformers' causal-LM loss and the Trainer's token count both accept them, so
+    the loss is the same, computed with a fraction of the output layer's time and memory.
+    """
+
+    def __init__(self, tokenizer):
+        self.pad = padding_collator(tokenizer)
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = self.pad(features)
+        targets = batch["labels"][:, 1:]
+        keep = (targets != -100).any(dim=0).nonzero().squeeze(-1)
+        batch["logits_to_keep"] = keep
+        batch["shift_labels"] = targets[:, keep].contiguous()
+        return batch
+
+
+def accepts_logits_to_keep(model) -> bool:
+    """Whether the (PEFT-unwrapped) model's forward takes `logits_to_keep` (all recent HF LMs)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(type(base).forward).parameters
+
+
 @torch.no_grad()
 def lm_loss(
     model, collate, features: list[dict[str, list[int]]], batch_size: int, description: str
@@ -44,7 +74,8 @@ def lm_loss(
         for idx in batches if len(batches) <= 1 else track(batches, description):
             batch = collate([{k: features[i][k] for k in ("input_ids", "labels")} for i in idx])
             batch = {k: v.to(device) for k, v in batch.items()}
-            n = int((batch["labels"][:, 1:] != -100).sum())  # the model shifts labels by one
+            # the model shifts labels by one (or the collator did, into shift_labels)
+            n = int((batch.get("shift_labels", batch["labels"][:, 1:]) != -100).sum())
             if n == 0:
                 continue
             out = model(**batch)

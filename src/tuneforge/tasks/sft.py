@@ -31,7 +31,13 @@ from tuneforge.data.chat import (
 from tuneforge.data.loading import load_splits, resolve_data_paths
 from tuneforge.data.readers import Row, read_records, row_where
 from tuneforge.errors import TuneforgeError
-from tuneforge.evaluation.language_model import GenerationCallback, lm_loss, padding_collator
+from tuneforge.evaluation.language_model import (
+    AnswerLogitsCollator,
+    GenerationCallback,
+    accepts_logits_to_keep,
+    lm_loss,
+    padding_collator,
+)
 from tuneforge.evaluation.text_metrics import GENERATION_METRICS, generation_metrics
 from tuneforge.generation import Sampling, generate
 from tuneforge.progress import console
@@ -164,7 +170,14 @@ class SftTask(CausalLMTask):
             out.append(Example(text, row.get("_line", i + 1)))
         return out
 
+    def build_model(self, source, prepared: Prepared, recipe: Recipe, tokenizer=None):
+        model = super().build_model(source, prepared, recipe, tokenizer)
+        self._answer_logits = accepts_logits_to_keep(model)
+        return model
+
     def collator(self, tokenizer):
+        if getattr(self, "_answer_logits", False):
+            return AnswerLogitsCollator(tokenizer)
         return padding_collator(tokenizer)
 
     def read_eval_rows(self, path: Path, info: dict) -> list[Row]:
@@ -194,13 +207,24 @@ class SftTask(CausalLMTask):
         batch_size = recipe.training.eval_batch_size or recipe.training.batch_size
         result: dict[str, Any] = {"n": len(rows), "n_scored": len(features)}
         result.update(
-            lm_loss(model, padding_collator(tokenizer), features, batch_size, f"Loss on {split}")
+            lm_loss(
+                model,
+                self._loss_collator(model, tokenizer),
+                features,
+                batch_size,
+                f"Loss on {split}",
+            )
         )
         if recipe.sft.generation_examples:
             scores, samples = self._generation(model, tokenizer, rows, info, recipe, split)
             result.update(scores)
             result["samples"] = samples
         return result
+
+    def _loss_collator(self, model, tokenizer):
+        if accepts_logits_to_keep(model):
+            return AnswerLogitsCollator(tokenizer)
+        return padding_collator(tokenizer)
 
     def _generation(
         self,
