@@ -172,7 +172,9 @@ class SftTask(CausalLMTask):
 
     def build_model(self, source, prepared: Prepared, recipe: Recipe, tokenizer=None):
         model = super().build_model(source, prepared, recipe, tokenizer)
-        self._answer_logits = accepts_logits_to_keep(model)
+        # The Trainer's label smoother takes the labels away from the model and needs every
+        # position's logits, so logits are trimmed only without label smoothing.
+        self._answer_logits = accepts_logits_to_keep(model) and not recipe.training.label_smoothing
         return model
 
     def collator(self, tokenizer):
