@@ -12,6 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from tuneforge.deploy.limits import Limits
 from tuneforge.errors import TuneforgeError
 from tuneforge.progress import console, out
 
@@ -189,6 +190,10 @@ def export(
         out.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
+SERVE_LIMITS = Limits()
+LIMITS_PANEL = "Request limits"
+
+
 @app.command()
 def serve(
     run: Annotated[Path, typer.Argument(help="Run directory.")],
@@ -209,11 +214,52 @@ def serve(
     name: Annotated[
         str | None, typer.Option("--name", help="Model id for clients (default: the run's folder).")
     ] = None,
+    max_body_bytes: Annotated[
+        int, typer.Option(min=1, help="Largest request body in bytes (413 past it).", rich_help_panel=LIMITS_PANEL)
+    ] = SERVE_LIMITS.max_body_bytes,
+    max_texts: Annotated[
+        int, typer.Option(min=1, help="Texts in one /v1/classify call.", rich_help_panel=LIMITS_PANEL)
+    ] = SERVE_LIMITS.max_texts,
+    max_prompt_tokens: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Longest prompt in tokens, chat template included.",
+            show_default="the model's context",
+            rich_help_panel=LIMITS_PANEL,
+        ),
+    ] = SERVE_LIMITS.max_prompt_tokens,
+    max_tokens: Annotated[
+        int, typer.Option(min=1, help="Largest max_tokens a request may ask for.", rich_help_panel=LIMITS_PANEL)
+    ] = SERVE_LIMITS.max_tokens,
+    default_max_tokens: Annotated[
+        int,
+        typer.Option(min=1, help="Tokens generated when a request gives no max_tokens.", rich_help_panel=LIMITS_PANEL),
+    ] = SERVE_LIMITS.default_max_tokens,
+    max_waiting: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Generation requests that may wait for the model (one generates at a time); 503 past it.",
+            rich_help_panel=LIMITS_PANEL,
+        ),
+    ] = SERVE_LIMITS.max_waiting,
 ) -> None:
     """Serve a run over an OpenAI-compatible HTTP API (chat, completions; /v1/classify)."""
+    from dataclasses import replace
+
     from tuneforge.deploy.serve import serve as serve_run
 
-    serve_run(run, host=host, port=port, api_key=api_key, name=name)
+    limits = replace(
+        SERVE_LIMITS,
+        max_body_bytes=max_body_bytes,
+        max_texts=max_texts,
+        max_prompt_tokens=max_prompt_tokens,
+        max_tokens=max_tokens,
+        default_max_tokens=default_max_tokens,
+        max_waiting=max_waiting,
+    )
+    serve_run(run, host=host, port=port, api_key=api_key, name=name, limits=limits)
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Look at training data before spending compute.")

@@ -757,6 +757,68 @@ def test_serve_refuses_a_missing_run_and_a_taken_port(tmp_path, runs):
     assert_user_error(busy, f"cannot listen on 127.0.0.1:{port}", "--port")
 
 
+def test_limits_set_on_the_command_line_refuse_with_openai_errors(tmp_path, runs, visible):
+    """Lowered --max-* flags: a request past each one gets its 4xx in OpenAI's shape, a request
+    within them is answered, and the server stays up."""
+    sft = Server(
+        runs["sft"], tmp_path / "sft.log",
+        "--max-tokens", "4", "--max-prompt-tokens", "40", "--max-body-bytes", "3000",
+    )  # fmt: skip
+    cls = Server(runs["cls"], tmp_path / "cls.log", "--max-texts", "2")
+    try:
+        sft.wait_ready({})
+        cls.wait_ready({})
+        with httpx.Client(base_url=sft.url, timeout=120) as http:
+            chat = {"model": sft.name, "messages": USER, "logit_bias": visible}
+            r = http.post(CHAT, json={**chat, "max_tokens": 5})
+            assert r.status_code == 400, r.text
+            _assert_error_shape(r.json(), param="max_tokens", code="invalid_value")
+            assert "at most 4" in r.json()["error"]["message"]
+            # no max_tokens: the default (256) is capped by --max-tokens
+            r = http.post(CHAT, json=chat)
+            assert r.status_code == 200, r.text
+            assert r.json()["usage"]["completion_tokens"] == 4
+            long = [{"role": "user", "content": "fox " * 60}]
+            r = http.post(CHAT, json={**chat, "messages": long, "logit_bias": {}})
+            assert r.status_code == 400, r.text
+            _assert_error_shape(r.json(), param="messages", code="context_length_exceeded")
+            assert "at most 40" in r.json()["error"]["message"]
+            r = http.post(
+                CHAT, json={**chat, "messages": [{"role": "user", "content": "x" * 3000}]}
+            )
+            assert r.status_code == 413, r.text
+            _assert_error_shape(r.json(), code="request_too_large")
+            assert "3000 bytes" in r.json()["error"]["message"]
+            _healthy(http)
+        with httpx.Client(base_url=cls.url, timeout=120) as http:
+            r = http.post(CLASSIFY, json={"input": ["good", "bad", "fine"]})
+            assert r.status_code == 400, r.text
+            _assert_error_shape(r.json(), param="input", code="too_many_inputs")
+            assert "at most 2" in r.json()["error"]["message"]
+            r = http.post(CLASSIFY, json={"input": ["good", "bad"]})
+            assert r.status_code == 200, r.text
+            assert [d["index"] for d in r.json()["data"]] == [0, 1]
+            _healthy(http)
+    finally:
+        sft.stop()
+        cls.stop()
+
+
+def test_serve_help_shows_the_limits_and_their_defaults():
+    from typer.testing import CliRunner
+
+    from tuneforge.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[1]: line for line in result.output.splitlines() if "--max-" in line}
+    assert "[default: 1000000]" in lines["--max-body-bytes"]
+    assert "[default: 64]" in lines["--max-texts"]
+    assert "[default: 2048]" in lines["--max-tokens"]
+    assert "[default: 64]" in lines["--max-waiting"]
+    assert "the model's context" in lines["--max-prompt-tokens"]
+
+
 # --------------------------------------------------------------------------------------------------
 # A pretrain run, served in-process (create_app + uvicorn in a thread)
 

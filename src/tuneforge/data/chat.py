@@ -127,11 +127,10 @@ def conversation(
         if extra and extra.strip():
             user = f"{user}\n\n{extra}"
         answer = _text(row, fields.output, where) if need_answer else None
-    messages = [{"role": "system", "content": fields.system_prompt}] if fields.system_prompt else []
-    messages.append({"role": "user", "content": user})
+    messages = [{"role": "user", "content": user}]
     if answer is not None:
         messages.append({"role": "assistant", "content": answer})
-    return messages
+    return with_system_prompt(messages, fields.system_prompt)
 
 
 def _text(row: dict[str, Any], field: str, where: str) -> str:
@@ -193,6 +192,18 @@ def prompt_and_reference(messages: list[Message]) -> tuple[list[Message], str]:
     """The chat up to the last assistant turn (the prompt) and that turn's text (the reference)."""
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
     return messages[:last], messages[last]["content"]
+
+
+def with_system_prompt(messages: list[Message], system: str | None) -> list[Message]:
+    """The chat with the run's system prompt first, unless it carries its own system message.
+
+    The one place the recipe's `sft.system_prompt` enters a chat: training examples
+    (prompt/completion, Alpaca), `generate`, `chat`, `predict` and the server all call it, so a
+    model is prompted at inference exactly as it was trained.
+    """
+    if not system or any(m["role"] == "system" for m in messages):
+        return list(messages)
+    return [{"role": "system", "content": system}, *messages]
 
 
 def without_answer(messages: list[Message]) -> list[Message]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.config import Recipe
-from tuneforge.data.chat import encode_prompt, end_of_turn, stop_token_ids
+from tuneforge.data.chat import encode_prompt, end_of_turn, stop_token_ids, with_system_prompt
 from tuneforge.evaluation.language_model import PerplexityCallback
 from tuneforge.generation import Generation, Sampling, generate
 from tuneforge.models import ModelSource, load_causal_lm
@@ -62,9 +62,7 @@ class CausalLMTask(TaskDefaults):
     ) -> Generation:
         """The next assistant turn of a conversation, rendered with the model's chat template."""
         eot = info["end_of_turn"] if "end_of_turn" in info else end_of_turn(tokenizer)
-        if recipe.sft.system_prompt and not any(m["role"] == "system" for m in messages):
-            messages = [{"role": "system", "content": recipe.sft.system_prompt}, *messages]
-        prompt = encode_prompt(tokenizer, messages)
+        prompt = encode_prompt(tokenizer, with_system_prompt(messages, recipe.sft.system_prompt))
         return generate(model, tokenizer, [prompt], stop_token_ids(tokenizer, eot), sampling)[0]
 
     def predict(

@@ -26,6 +26,7 @@ from tuneforge.data.chat import (
     prompt_and_reference,
     stop_token_ids,
     trained_segments,
+    with_system_prompt,
     without_answer,
 )
 from tuneforge.data.loading import load_splits, resolve_data_paths
@@ -283,13 +284,8 @@ class SftTask(CausalLMTask):
         )
 
     def _as_chat(self, prompt, recipe: Recipe) -> list[dict]:
-        if isinstance(prompt, str):
-            messages = [{"role": "user", "content": prompt}]
-        else:
-            messages = list(prompt)
-        if recipe.sft.system_prompt and not any(m["role"] == "system" for m in messages):
-            messages = [{"role": "system", "content": recipe.sft.system_prompt}, *messages]
-        return messages
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        return with_system_prompt(messages, recipe.sft.system_prompt)
 
     def inputs_from_rows(self, rows: list[Row], path: Path, info: dict) -> list:
         """Chats to answer: in the run's data format, else the format the file's columns show."""

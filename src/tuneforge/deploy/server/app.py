@@ -26,10 +26,10 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tuneforge.deploy.limits import Limits
 from tuneforge.deploy.server.batcher import BatcherBusy, BatcherClosed, MicroBatcher
 from tuneforge.deploy.server.engine import (
     GenerationParams,
-    Limits,
     ModelService,
     Prompt,
     RequestError,

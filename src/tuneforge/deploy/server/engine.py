@@ -15,7 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuneforge.data.chat import Message, encode_prompt, end_of_turn, stop_token_ids
+from tuneforge.data.chat import (
+    Message,
+    encode_prompt,
+    end_of_turn,
+    stop_token_ids,
+    with_system_prompt,
+)
+from tuneforge.deploy.limits import Limits
 from tuneforge.generation import Generation, Sampling, generate
 from tuneforge.run import Run
 
@@ -40,20 +47,6 @@ class RequestError(Exception):
             code,
             type,
         )
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one request may ask for; past these a request gets a 4xx, never the server's memory."""
-
-    max_body_bytes: int = 1_000_000
-    max_texts: int = 64  # texts per /v1/classify call
-    max_prompt_tokens: int | None = None  # default: the model's context length
-    max_tokens: int = 2048  # upper bound for a request's max_tokens
-    default_max_tokens: int = 256  # when a request gives none (capped by the context left)
-    max_waiting: int = 64  # generation requests queued for the model before 503
-    max_batch: int | None = None  # classify texts per forward pass (default: the run's batch)
-    batch_wait: float = 0.005  # seconds the batcher waits for more classify requests
 
 
 @dataclass(frozen=True)
@@ -132,9 +125,7 @@ class ModelService:
     def chat_prompt(self, messages: list[Message]) -> Prompt:
         """A chat ending in the assistant header, with the run's system prompt (as `Run.chat`);
         the answer ends at EOS or the template's end-of-turn token."""
-        system = self.run.recipe.sft.system_prompt
-        if system and not any(m["role"] == "system" for m in messages):
-            messages = [{"role": "system", "content": system}, *messages]
+        messages = with_system_prompt(messages, self.run.recipe.sft.system_prompt)
         return Prompt(encode_prompt(self.tokenizer, messages), self.chat_stop_ids, "messages")
 
     def completion_prompt(self, text: str) -> Prompt:
@@ -195,9 +186,8 @@ class ModelService:
                     code="invalid_value",
                 )
             bias[token] = value
-        max_tokens = (
-            requested if requested is not None else min(self.limits.default_max_tokens, room)
-        )
+        default = min(self.limits.default_max_tokens, self.limits.max_tokens, room)
+        max_tokens = requested if requested is not None else default
         return GenerationParams(max_tokens, temperature, top_p, stop, seed, bias)
 
     # ---------------------------------------------------------------- generation

@@ -1,0 +1,34 @@
+"""What one request to `tuneforge serve` may ask for.
+
+Kept apart from the server (no FastAPI or torch import) so the CLI can show these defaults in
+`tuneforge serve --help` without loading the server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Past these a request gets a 4xx (or a 503 when the queue is full), never the server's
+    memory or time."""
+
+    max_body_bytes: int = 1_000_000
+    """Largest request body, in bytes (413 past it)."""
+    max_texts: int = 64
+    """Texts in one /v1/classify call (400 past it)."""
+    max_prompt_tokens: int | None = None
+    """Longest prompt in tokens, after the chat template; None: the model's context length."""
+    max_tokens: int = 2048
+    """Largest `max_tokens` a request may ask for (400 past it)."""
+    default_max_tokens: int = 256
+    """Tokens generated when a request gives no `max_tokens` (capped by `max_tokens` and by the
+    context left after the prompt)."""
+    max_waiting: int = 64
+    """Generation requests that may wait for the model (it answers one at a time); 503 past it."""
+    max_batch: int | None = None
+    """Classify texts the micro-batcher gathers into one call (a single request's texts are never
+    split); None: the run's evaluation batch size, so one call is one forward pass."""
+    batch_wait: float = 0.005
+    """Seconds the classify micro-batcher waits for more requests to share a forward pass."""
