@@ -26,6 +26,23 @@ app = typer.Typer(
 SetOption = Annotated[
     list[str] | None, typer.Option("--set", help="Override a recipe field: --set training.epochs=1")
 ]
+AllowPickle = Annotated[
+    bool,
+    typer.Option(
+        "--allow-pickle",
+        help="Load pickle weights (*.bin, *.pt, *.pth, *.ckpt) when there are no safetensors; "
+        "unpickling can run code: only for files you trust.",
+    ),
+]
+
+
+def _allow_pickle(run: Path | None, allowed: bool) -> None:
+    """Opt in to pickle weights for this command; a run's own adapter/model folders are checked."""
+    from tuneforge import safety
+
+    safety.allow_pickle(allowed)
+    if run is not None and run.is_dir():
+        safety.check_run(run)
 
 
 @app.command()
@@ -35,6 +52,7 @@ def train(
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")
     ] = None,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Fine-tune a base model as the recipe describes; prints base vs fine-tuned at the end."""
     from tuneforge.run import Run
@@ -42,7 +60,8 @@ def train(
 
     if (recipe is None) == (resume is None):
         raise TuneforgeError("train: give a recipe file, or --resume RUN (one of them)")
-    run: Run = run_training(recipe, set_ or [], resume=resume)
+    overrides = [*(set_ or []), *(["allow_pickle=true"] if allow_pickle else [])]
+    run: Run = run_training(recipe, overrides, resume=resume)
     print_summary(run)
 
 
@@ -53,10 +72,12 @@ def predict(
     input: Annotated[Path | None, typer.Option("--input", "-i", help="CSV/JSONL/Parquet file of inputs.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write predictions as JSONL.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Predict with a fine-tuned run: texts on the command line or a whole file."""
     from tuneforge.deploy.predict import predict_file, predict_texts
 
+    _allow_pickle(run, allow_pickle)
     if bool(texts) == bool(input):
         raise TuneforgeError("predict: give texts on the command line or --input FILE (one of them)")
     if input is not None:
@@ -88,10 +109,12 @@ def eval_(
     bias_terms: Annotated[
         Path | None, typer.Option("--bias-terms", help="YAML with extra categories/templates for --bias.")
     ] = None,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Metrics of a run on a labelled file (base model too with --base); --bias probes identity swaps."""
     from tuneforge.run import Run
 
+    _allow_pickle(run, allow_pickle)
     if data is None and not bias:
         raise TuneforgeError("eval: give --data FILE (and/or --bias)")
     loaded = Run.load(run)
@@ -181,10 +204,12 @@ def export(
     no_verify: Annotated[
         bool, typer.Option("--no-verify", help="Skip loading the export back to compare it with the run.")
     ] = False,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Export a run: its LoRA adapter, merged safetensors, or GGUF for llama.cpp/Ollama; with a model card."""
     from tuneforge.deploy.export import describe, export_run
 
+    _allow_pickle(run, allow_pickle)
     result = export_run(run, format, output, quant=quant, force=force, verify=not no_verify)
     for line in describe(result):
         out.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -214,6 +239,7 @@ def serve(
     name: Annotated[
         str | None, typer.Option("--name", help="Model id for clients (default: the run's folder).")
     ] = None,
+    allow_pickle: AllowPickle = False,
     max_body_bytes: Annotated[
         int, typer.Option(min=1, help="Largest request body in bytes (413 past it).", rich_help_panel=LIMITS_PANEL)
     ] = SERVE_LIMITS.max_body_bytes,
@@ -246,6 +272,7 @@ def serve(
     ] = SERVE_LIMITS.max_waiting,
 ) -> None:
     """Serve a run over an OpenAI-compatible HTTP API (chat, completions; /v1/classify)."""
+    _allow_pickle(run, allow_pickle)
     from dataclasses import replace
 
     from tuneforge.deploy.serve import serve as serve_run

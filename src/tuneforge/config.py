@@ -109,6 +109,19 @@ class TrainingConfig(_Strict):
     group_by_length: bool = Field(
         True, description="Batch examples of similar length together: less padding, same data."
     )
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list,
+        description="Experiment trackers fed by the Trainer's own integrations: tensorboard (event "
+        "files in <run>/tensorboard) and/or mlflow (configured by MLFLOW_TRACKING_URI, "
+        "MLFLOW_EXPERIMENT_NAME). The tracker's run name is the tuneforge run id. Default: none.",
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_tracker_or_none(cls, v: Any) -> Any:
+        if v is None or v == "none":
+            return []
+        return [v] if isinstance(v, str) else v
 
 
 class EarlyStoppingConfig(_Strict):
@@ -219,6 +232,12 @@ class Recipe(_Strict):
         None, description="Run registry (SQLite); default $TUNEFORGE_REGISTRY or ~/.cache/tuneforge."
     )
     trust_remote_code: bool = Field(False, description="Allow model code from the model folder.")
+    allow_pickle: bool = Field(
+        False,
+        description="Load pickle weights (pytorch_model.bin, *.pt, *.pth, *.ckpt) when a model "
+        "folder or checkpoint has no safetensors: unpickling can run code, so only for files you "
+        "trust (same as `train --allow-pickle`).",
+    )
 
     @field_validator("base_model")
     @classmethod

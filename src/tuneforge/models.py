@@ -121,11 +121,10 @@ def _hub_snapshot(repo_id: str) -> Path:
 
 
 def _check_safe_weights(path: Path) -> None:
-    if not any(path.glob("*.safetensors")) and any(path.glob("*.bin")):
-        raise TuneforgeError(
-            f"base_model: {path} only has pickle weights (*.bin); tuneforge loads safetensors or GGUF",
-            hint="convert the weights to safetensors (model.save_pretrained(..., safe_serialization=True))",
-        )
+    """Pickle-only weights are refused unless --allow-pickle (see tuneforge.safety)."""
+    from tuneforge.safety import check_weights
+
+    check_weights(path, "base_model")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -221,9 +220,15 @@ def load_causal_lm(path: Path | str, *, trust_remote_code: bool = False):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from tuneforge.safety import use_safetensors
+
+    safetensors = use_safetensors(path, "model")
     with _quiet_transformers():
         return AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch.float32, trust_remote_code=trust_remote_code, use_safetensors=True
+            path,
+            dtype=torch.float32,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=safetensors,
         )
 
 
@@ -234,6 +239,9 @@ def load_sequence_classifier(
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    from tuneforge.safety import use_safetensors
+
+    safetensors = use_safetensors(path, "model")
     with _quiet_transformers():
         model = AutoModelForSequenceClassification.from_pretrained(
             path,
@@ -243,7 +251,7 @@ def load_sequence_classifier(
             pad_token_id=pad_token_id,
             dtype=torch.float32,
             trust_remote_code=trust_remote_code,
-            use_safetensors=True,
+            use_safetensors=safetensors,
         )
     model.config.pad_token_id = pad_token_id
     return model

@@ -44,8 +44,12 @@ def ensure_dir(path: Path, what: str) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
+    """Write text atomically and durably (temporary name, fsync, rename), like :func:`write_json`."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     tmp.replace(path)
 
 
@@ -114,8 +118,10 @@ class RunDir:
         )
 
     def finish(self) -> Path:
+        from tuneforge.checkpointing import fsync_tree
+
         self.set_status("finished", seconds=round(time.time() - self.started, 1))
-        _fsync_dir(self.path)
+        fsync_tree(self.path)  # every file on disk before the rename makes the run look finished
         self.path.rename(self.final)
         _fsync_dir(self.final.parent)
         return self.final

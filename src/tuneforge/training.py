@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from tuneforge import checkpointing, safety, tracking
 from tuneforge.config import Recipe, load_recipe
 from tuneforge.errors import TuneforgeError, did_you_mean
 from tuneforge.evaluation.metrics import LOWER_IS_BETTER
@@ -20,7 +21,7 @@ from tuneforge.evaluation.overfit import detect_overfitting
 from tuneforge.methods import apply_method, count_parameters
 from tuneforge.models import load_tokenizer, resolve_base_model
 from tuneforge.progress import console, status
-from tuneforge.rundir import RunDir, write_json, write_text
+from tuneforge.rundir import INCOMPLETE, RunDir, write_json, write_text
 from tuneforge.tasks import get_task, hook
 
 
@@ -39,6 +40,11 @@ def train(
     With `resume` (an interrupted run's folder), the run continues from its last checkpoint with
     the recipe it was started with: same data order, optimiser, scheduler and RNG state.
     """
+    with safety.pickle_scope():  # a recipe's allow_pickle holds for this run only
+        return _train(recipe, overrides, resume=resume)
+
+
+def _train(recipe, overrides, *, resume):
     from tuneforge.run import Run
 
     recipe_dir = Path(".")
@@ -53,6 +59,8 @@ def train(
             raise TuneforgeError("train: give a recipe file (or --resume RUN)")
         recipe_dir = Path(recipe).parent
         recipe = load_recipe(recipe, overrides)
+    safety.allow_pickle(recipe.allow_pickle)
+    tracking.check_available(recipe.training.report_to)
     task = get_task(recipe.task)
     metric = selection_metric(recipe, task)
 
@@ -116,9 +124,14 @@ def train(
         trainer, evaluations = _build_trainer(
             recipe, task, prepared, model, tokenizer, run.path, metric
         )
-        trainer.train(
-            resume_from_checkpoint=_last_checkpoint(run.path) if resume is not None else None
+        checkpoint = _last_checkpoint(run.path) if resume is not None else None
+        checkpointing.ensure_space(
+            run.path,
+            checkpointing.checkpoint_bytes(model) + checkpointing.weights_bytes(model),
+            "training (one checkpoint and the final model)",
+            resume_hint=run.path,
         )
+        trainer.train(resume_from_checkpoint=checkpoint)
         if trainer.diverged:
             raise TrainingDiverged(
                 f"training stopped: the loss became {trainer.diverged['loss']} at step {trainer.diverged['step']}",
@@ -179,7 +192,7 @@ def train(
             path=str(final),
             metrics=_summary(metrics),
         )
-    except TrainingDiverged as e:
+    except (TrainingDiverged, checkpointing.NotEnoughDiskSpace) as e:
         run.set_status("failed", error=e.message)
         _record(recipe, run, status="failed", error=e.message)
         raise
@@ -265,7 +278,7 @@ def _trainer_class():
     from transformers import Trainer
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    class SeededEpochTrainer(Trainer):
+    class SeededEpochTrainer(checkpointing.AtomicCheckpoints, Trainer):
         def _get_train_sampler(self, train_dataset=None):
             sampler = super()._get_train_sampler(train_dataset)
             if isinstance(sampler, LengthGroupedSampler):
@@ -278,10 +291,15 @@ def _trainer_class():
 
 
 def _last_checkpoint(run_path: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
+    """The newest complete checkpoint; a half-written one (a kill during a save) is removed."""
     folder = run_path / "checkpoints"
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    for stale in checkpointing.remove_staging(folder):
+        console.print(f"Removed a half-written checkpoint: {stale.name}")
+    last = checkpointing.last_good_checkpoint(folder)
+    if last is None:
+        return None
+    safety.check_weights(last, "checkpoint")
+    return str(last)
 
 
 def _sigterm_as_interrupt():
@@ -359,7 +377,8 @@ def _build_trainer(recipe: Recipe, task, prepared, model, tokenizer, run_path: P
         seed=tc.seed,
         data_seed=tc.seed,
         train_sampling_strategy="group_by_length" if tc.group_by_length else "random",
-        report_to="none",
+        report_to=tracking.report_to_argument(tc.report_to),
+        run_name=run_path.name.removeprefix(".").removesuffix(INCOMPLETE),  # the run id
         use_cpu=True,
         dataloader_num_workers=0,
         remove_unused_columns=False,
@@ -433,6 +452,8 @@ def _build_trainer(recipe: Recipe, task, prepared, model, tokenizer, run_path: P
     )
     trainer.overfitting = overfitting
     trainer.diverged = diverged
+    trainer.resume_hint = run_path
+    tracking.place_logs(trainer, run_path)
     return trainer, evaluations
 
 
