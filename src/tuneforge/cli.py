@@ -421,6 +421,7 @@ def runs_list(registry: RegistryOption = None) -> None:
 def runs_show(run: Annotated[str, typer.Argument(help="Run id (or prefix) or directory.")], registry: RegistryOption = None) -> None:
     """A run's lineage: base weights, data hashes, versions, commit, metrics, parent chain."""
     from tuneforge import registry as reg
+    from tuneforge.lineage import chain_text as lineage_text
 
     chain = reg.lineage_chain(run, registry)
     record = chain[0]
@@ -430,6 +431,8 @@ def runs_show(run: Annotated[str, typer.Argument(help="Run id (or prefix) or dir
     info["versions"] = record.json("versions")
     info["metrics"] = record.json("metrics")
     info["lineage"] = [r.id for r in chain]
+    info["parent"] = record.row.get("parent")
+    info["chain"] = lineage_text(chain)  # run -> parent -> ... -> base model
     out.print_json(json.dumps(info, default=str))
 
 
@@ -556,6 +559,10 @@ def print_summary(run) -> None:
     metrics = run.metrics
     for split, tuned in metrics["tuned"].items():
         _print_comparison(f"{run.path.name}: {split}", metrics.get("base", {}).get(split, {}), tuned)
+    if metrics.get("forgetting"):  # continued runs: the parent's validation set before and after
+        from tuneforge.evaluation.forgetting import describe
+
+        out.print(describe(metrics["forgetting"]), highlight=False)
     console.print(f"Report: {run.path / 'report.html'} (and report.md)")
 
 

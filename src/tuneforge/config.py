@@ -215,7 +215,9 @@ class Recipe(_Strict):
     )
     base_model: str = Field(
         "smollm2-135m",
-        description="Embedded name, a local Hugging Face folder, a .gguf file or a hub id.",
+        description="Embedded name, a local Hugging Face folder, a .gguf file or a hub id; or an "
+        "earlier fine-tuned version to continue training on new data: `run:<run id or folder>` or "
+        "`model:<name>@<stage or version>` (e.g. model:sentiment@production, model:sentiment@3).",
     )
     task: TaskName = Field(description="classification | sft | pretrain")
     data: DataConfig
@@ -227,6 +229,14 @@ class Recipe(_Strict):
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     data_checks: DataChecksConfig = Field(default_factory=DataChecksConfig)
     sft: SftConfig = Field(default_factory=SftConfig)
+    replay: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Continued runs only: mix this many of the parent run's training examples, as "
+        "a fraction of the new training set's size (seeded sample), into the training data, so "
+        "the model keeps seeing what it learned before and forgets less. 0: new data only.",
+    )
     output_dir: Path = Field(Path("runs"), description="Where run directories are created.")
     registry: Path | None = Field(
         None, description="Run registry (SQLite); default $TUNEFORGE_REGISTRY or ~/.cache/tuneforge."
@@ -245,6 +255,18 @@ class Recipe(_Strict):
         if not v.strip():
             raise ValueError("must not be empty")
         return v.strip()
+
+    @field_validator("replay")
+    @classmethod
+    def _replay_needs_parent(cls, v: float, info) -> float:
+        base = info.data.get("base_model", "")
+        if v > 0 and not str(base).startswith(("run:", "model:")):
+            raise ValueError(
+                f"replay mixes in the training data of the run being continued, but base_model "
+                f"{base!r} is not an earlier run; set base_model to run:<run id> or "
+                "model:<name>@<stage>, or remove replay"
+            )
+        return v
 
     def to_yaml_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

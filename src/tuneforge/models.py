@@ -59,6 +59,10 @@ def models_cache() -> Path:
 
 def resolve_base_model(spec: str, *, trust_remote_code: bool = False) -> ModelSource:
     """Turn a recipe's `base_model` into a local folder, converting and caching GGUF once."""
+    if spec.startswith(("run:", "model:")):  # an earlier fine-tuned version (continued training)
+        from tuneforge.lineage import resolve
+
+        return resolve(spec).source
     if spec in EMBEDDED:
         return ModelSource(spec, _embedded_folder(spec), "embedded")
     path = Path(spec).expanduser()

@@ -113,7 +113,12 @@ def data_lineage(sources: dict[str, str | Path]) -> dict[str, dict[str, Any]]:
     for split, src in sources.items():
         path = Path(str(src))
         if path.exists():
-            out[split] = {"path": str(path), "sha256": sha256_path(path)}
+            # the absolute path too: a continued run finds its parent's files from any folder
+            out[split] = {
+                "path": str(path),
+                "resolved": str(path.resolve()),
+                "sha256": sha256_path(path),
+            }
         else:  # e.g. "train.csv (validation_split=0.1, seed=0)"
             out[split] = {"path": str(src)}
     return out

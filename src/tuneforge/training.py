@@ -18,9 +18,12 @@ from tuneforge.config import Recipe, load_recipe
 from tuneforge.errors import TuneforgeError, did_you_mean
 from tuneforge.evaluation.metrics import LOWER_IS_BETTER
 from tuneforge.evaluation.overfit import detect_overfitting
+from tuneforge.lineage import continue_from, start_model
+from tuneforge.lineage import pin as pin_parent
 from tuneforge.methods import apply_method, count_parameters
 from tuneforge.models import load_tokenizer, resolve_base_model
 from tuneforge.progress import console, status
+from tuneforge.registry import data_lineage as registry_data_lineage
 from tuneforge.rundir import INCOMPLETE, RunDir, write_json, write_text
 from tuneforge.tasks import get_task, hook
 
@@ -69,13 +72,24 @@ def _train(recipe, overrides, *, resume):
     set_seed(recipe.training.seed)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    source = resolve_base_model(recipe.base_model, trust_remote_code=recipe.trust_remote_code)
+    parent = _parent(recipe)  # continued training: base_model names an earlier run
+    if parent is not None:
+        recipe = pin_parent(recipe, parent)
+    source = (
+        parent.source
+        if parent is not None
+        else resolve_base_model(recipe.base_model, trust_remote_code=recipe.trust_remote_code)
+    )
     with status(f"Loading tokenizer of {recipe.base_model}"):
         tokenizer = load_tokenizer(source.path, trust_remote_code=recipe.trust_remote_code)
     # The task's own strict reading first: a missing column or an empty text gets its precise
     # message (file, line, field); then the data check's findings (leakage, duplicates, ...).
     prepared = task.prepare(recipe, tokenizer, recipe_dir)
     data_report = check_data(recipe, tokenizer, task, recipe_dir)
+    continued = None
+    if parent is not None:
+        continued = continue_from(parent, task, recipe, tokenizer, prepared, recipe_dir)
+        prepared = continued.prepared
     timings["load_and_prepare"] = time.perf_counter() - t0
 
     run = reopened if resume is not None else RunDir.create(recipe.output_dir, recipe.name)
@@ -87,7 +101,10 @@ def _train(recipe, overrides, *, resume):
         run,
         status="running",
         created=time.time(),
-        **lineage(recipe, source, prepared.splits.sources),
+        **{
+            **lineage(recipe, source, prepared.splits.sources),
+            **({"base_model": parent.spec, "parent": parent.run_id} if parent is not None else {}),
+        },
     )
     try:
         if resume is None:
@@ -112,13 +129,20 @@ def _train(recipe, overrides, *, resume):
         set_seed(recipe.training.seed)
         with status("Loading model"):
             model = task.build_model(source, prepared, recipe, tokenizer)
-            model = apply_method(
-                model, recipe.method, recipe.lora, recipe.freeze, task.peft_task_type
-            )
+            if parent is not None:  # the parent's weights: its adapter keeps training, or its model
+                model = start_model(parent, model, recipe, task.peft_task_type)
+            else:
+                model = apply_method(
+                    model, recipe.method, recipe.lora, recipe.freeze, task.peft_task_type
+                )
         trainable, total = count_parameters(model)
         console.print(
             f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
         )
+
+        forgetting_before = None
+        if continued is not None:  # the parent version itself, on the parent's validation set
+            forgetting_before = continued.measure(task, model, tokenizer, "before")
 
         t = time.perf_counter()
         trainer, evaluations = _build_trainer(
@@ -150,6 +174,10 @@ def _train(recipe, overrides, *, resume):
             split: task.evaluate(model, tokenizer, rows, prepared.info, recipe, split)
             for split, rows in eval_splits.items()
         }
+        forgetting = None
+        if continued is not None:
+            after = continued.measure(task, model, tokenizer, "after")
+            forgetting = continued.forgetting(metric, forgetting_before, after)
         timings["final_eval"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
 
@@ -162,6 +190,7 @@ def _train(recipe, overrides, *, resume):
             "base": base,
             "tuned": tuned,
             "overfitting": trainer.overfitting[0] if trainer.overfitting else None,
+            **({"forgetting": forgetting} if forgetting is not None else {}),
         }
         write_json(run.path / "metrics.json", metrics)
         write_json(
@@ -170,9 +199,11 @@ def _train(recipe, overrides, *, resume):
                 "name": recipe.name,
                 "task": task.name,
                 "method": recipe.method,
-                "base_model": recipe.base_model,
+                "base_model": parent.spec if parent is not None else recipe.base_model,
                 "base_model_path": str(source.path),
                 "data_sources": prepared.splits.sources,
+                "data": registry_data_lineage(prepared.splits.sources),
+                **({"parent": continued.record()} if continued is not None else {}),
                 "info": prepared.info,
                 "parameters": {"trainable": trainable, "total": total},
                 "timings": {k: round(v, 1) for k, v in timings.items()},
@@ -216,6 +247,17 @@ def _train(recipe, overrides, *, resume):
         _restore_sigterm(previous_handler)
     console.print(f"[green]Finished[/green]: {final}")
     return Run.load(final)
+
+
+def _parent(recipe: Recipe):
+    """The earlier run a `run:`/`model:` base_model names (None for a plain base model)."""
+    from tuneforge.lineage import check_task, is_reference, resolve
+
+    if not is_reference(recipe.base_model):
+        return None
+    parent = resolve(recipe.base_model, recipe.registry)
+    check_task(parent, recipe.task)
+    return parent
 
 
 def lineage(recipe: Recipe, source, sources: dict[str, str]) -> dict[str, Any]:

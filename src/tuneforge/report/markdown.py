@@ -157,6 +157,7 @@ def render_report(
 
     lines += _figure(figures, "base_vs_tuned", "Base model vs fine-tuned")
     lines += _figure(figures, "confusion_matrix", "Confusion matrix (fine-tuned, validation)")
+    lines += _forgetting_section(metrics, meta)
     lines += _samples_section(metrics)
     lines += ["## Validation during training", ""]
     overfit = metrics.get("overfitting")
@@ -227,6 +228,51 @@ def render_report(
     lines += ["## Environment", ""]
     lines += [_table(["", ""], [[k, v] for k, v in meta.get("environment", {}).items()]), ""]
     return "\n".join(lines)
+
+
+def _forgetting_section(metrics: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+    """Continued runs: the parent's validation set before (the parent version) and after."""
+    parent = meta.get("parent")
+    f = metrics.get("forgetting")
+    if not parent and not f:
+        return []
+    lines = ["## Continued training and forgetting check", ""]
+    if parent:
+        version = f" = {parent['model']}" if parent.get("model") else ""
+        lines.append(
+            f"Continued from run `{parent['run_id']}` (`{parent['spec']}`{version}, "
+            f"method {parent['method']})."
+        )
+        replay = parent.get("replay")
+        if replay:
+            lines.append(
+                f"Replay {replay['fraction']:g}: {replay['rows']} of the parent's "
+                f"{replay['parent_train_rows']} training examples (`{replay['from_file']}`) mixed "
+                f"into the {replay['new_train_rows']} new ones"
+                + (
+                    f"; {replay['left_out_as_leakage']} left out as equal to a new validation/test example"
+                    if replay["left_out_as_leakage"]
+                    else ""
+                )
+                + "."
+            )
+        lines.append("")
+    if f and f.get("skipped"):
+        lines += [f"Forgetting check skipped: {f['skipped']}.", ""]
+    elif f:
+        verdict = "**worse**" if f["worse"] else "not worse"
+        lines += [
+            f"The parent's validation set (`{f['data']}`, n={f['n']}) scored with the starting model "
+            f"(the parent version, before training) and the new model: `{f['metric']}` "
+            f"{f['before']:.4f} -> {f['after']:.4f} ({f['change']:+.4f}, {verdict}).",
+            "",
+            _table(
+                ["metric", "before (parent)", "after (this run)", "change"],
+                [list(r) for r in summary_rows(f["before_metrics"], f["after_metrics"])],
+            ),
+            "",
+        ]
+    return lines
 
 
 def _samples_section(metrics: dict[str, Any], n: int = 3) -> list[str]:
