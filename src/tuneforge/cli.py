@@ -61,8 +61,34 @@ def train(
     if (recipe is None) == (resume is None):
         raise TuneforgeError("train: give a recipe file, or --resume RUN (one of them)")
     overrides = [*(set_ or []), *(["allow_pickle=true"] if allow_pickle else [])]
-    run: Run = run_training(recipe, overrides, resume=resume)
-    print_summary(run)
+    run: Run | None = run_training(recipe, overrides, resume=resume)
+    if run is not None:  # None on ranks other than 0 of a distributed run: rank 0 reports
+        print_summary(run)
+
+
+@app.command()
+def plan(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    set_: SetOption = None,
+    auto_batch_size: Annotated[
+        bool, typer.Option("--auto-batch-size", help="Pick the largest batch size that fits the budget (by the estimate).")
+    ] = False,
+    memory_budget: Annotated[
+        float | None, typer.Option("--memory-budget", min=0.01, help="Memory budget in GB (default: available RAM).")
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, max=50, help="Training steps timed (after 1 warm-up).")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Before training: parameters, data size, estimated peak memory, measured time per epoch, fit."""
+    from tuneforge.planning import describe
+    from tuneforge.planning import plan as make_plan
+
+    result = make_plan(recipe, set_ or [], auto_batch_size=auto_batch_size, memory_budget_gb=memory_budget, steps=steps)
+    if as_json:
+        print(json.dumps(result.to_dict(), default=str))
+        return
+    for line in describe(result):
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -542,7 +568,12 @@ def data_check(
 ) -> None:
     """Check a recipe's data: counts, balance, duplicates, leakage, lengths, unparseable rows."""
     from tuneforge.config import load_recipe
-    from tuneforge.datacheck import check_recipe_data, findings_table, refuse_on_errors, summary_table
+    from tuneforge.datacheck import (
+        check_recipe_data,
+        findings_table,
+        refuse_on_errors,
+        summary_table,
+    )
     from tuneforge.models import load_tokenizer, resolve_base_model
     from tuneforge.tasks import get_task
 

@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tuneforge.errors import TuneforgeError, did_you_mean
 
@@ -70,6 +78,11 @@ class LoraConfig(_Strict):
     target_modules: str | list[str] = Field(
         "all-linear", description="`all-linear` or a list of module names, e.g. [q_proj, v_proj]."
     )
+    quantize_base: Literal["4bit"] | None = Field(
+        None,
+        description="QLoRA: load the frozen base in 4-bit NF4 (bitsandbytes) and train fp32 adapters "
+        "on it; needs a CUDA GPU and `pip install bitsandbytes`. `method: qlora` is a shorthand.",
+    )
 
 
 class FreezeConfig(_Strict):
@@ -85,7 +98,23 @@ class TrainingConfig(_Strict):
     max_steps: int | None = Field(None, ge=1, description="Stop after this many steps (overrides epochs).")
     learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate.")
     batch_size: int = Field(16, ge=1, description="Examples per device per step.")
-    gradient_accumulation_steps: int = Field(1, ge=1, description="Steps accumulated per update.")
+    gradient_accumulation_steps: int = Field(
+        1,
+        ge=1,
+        validation_alias=AliasChoices("gradient_accumulation_steps", "grad_accum"),
+        description="Micro-batches whose gradients are summed per optimiser update (alias "
+        "`grad_accum`); global batch = batch_size x this x number of processes.",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Keep only each layer's input and recompute the rest in the backward pass: "
+        "much less activation memory for about a third more compute (`tuneforge plan` shows both).",
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="fp32, or bf16/fp16 mixed precision (autocast, fp32 master weights); bf16/fp16 "
+        "need a CUDA GPU: CPUs without native bf16 run it about 36x slower than fp32.",
+    )
     eval_batch_size: int | None = Field(None, ge=1, description="Batch size for evaluation.")
     max_length: int = Field(256, ge=8, description="Longer inputs are truncated to this many tokens.")
     seed: int = Field(0, description="Seed for the head initialisation, shuffling and dropout.")
@@ -221,7 +250,7 @@ class Recipe(_Strict):
     )
     task: TaskName = Field(description="classification | sft | pretrain")
     data: DataConfig
-    method: MethodName = Field("lora", description="lora | full | freeze")
+    method: MethodName = Field("lora", description="lora | full | freeze (qlora: lora with lora.quantize_base: 4bit)")
     lora: LoraConfig = Field(default_factory=LoraConfig)
     freeze: FreezeConfig = Field(default_factory=FreezeConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
@@ -248,6 +277,15 @@ class Recipe(_Strict):
         "folder or checkpoint has no safetensors: unpickling can run code, so only for files you "
         "trust (same as `train --allow-pickle`).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _qlora_shorthand(cls, data: Any) -> Any:
+        """`method: qlora` is LoRA on a 4-bit base: stored as method lora + lora.quantize_base."""
+        if isinstance(data, dict) and data.get("method") == "qlora":
+            lora = data.get("lora") if isinstance(data.get("lora"), dict) else {}
+            data = {**data, "method": "lora", "lora": {**lora, "quantize_base": "4bit"}}
+        return data
 
     @field_validator("base_model")
     @classmethod

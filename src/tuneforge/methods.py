@@ -86,3 +86,103 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
         if p.requires_grad:
             trainable += p.numel()
     return trainable, total
+
+
+def enable_gradient_checkpointing(model: nn.Module, method: MethodName) -> None:
+    """Recompute each layer in backward instead of keeping its activations.
+
+    With LoRA the embeddings are frozen, so the first checkpointed layer's input would not
+    require grad and (with reentrant checkpointing) no gradient would reach the adapters;
+    `enable_input_require_grads` makes the embedding output require grad, as PEFT recommends.
+    """
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if method == "lora" and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
+    if getattr(model, "config", None) is not None:
+        model.config.use_cache = False  # a KV cache is useless in training and clashes with it
+
+
+def require_cuda_for(recipe) -> None:
+    """bf16/fp16 and a 4-bit base need a CUDA GPU (and bitsandbytes): one clear error otherwise."""
+    import importlib.util
+
+    import torch
+
+    tc = recipe.training
+    if tc.precision != "fp32" and not torch.cuda.is_available():
+        raise TuneforgeError(
+            f"training.precision: {tc.precision} needs a CUDA GPU and none is available",
+            hint="use training.precision: fp32 on a CPU: without native bf16/fp16 arithmetic "
+            "(AVX512-BF16/AMX) mixed precision is emulated, measured about 36x slower than fp32",
+        )
+    if recipe.lora.quantize_base:
+        if recipe.method != "lora":
+            raise TuneforgeError(
+                f"lora.quantize_base: a 4-bit base is for LoRA (QLoRA), not method: {recipe.method}",
+                hint="set method: lora (or method: qlora), or remove lora.quantize_base",
+            )
+        if not torch.cuda.is_available():
+            raise TuneforgeError(
+                "lora.quantize_base: 4bit (QLoRA) needs a CUDA GPU and none is available",
+                hint="bitsandbytes 4-bit kernels run on CUDA; on a CPU use method: lora without "
+                "quantize_base (the 135M default model fits easily in fp32)",
+            )
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise TuneforgeError(
+                "lora.quantize_base: 4bit (QLoRA) needs the bitsandbytes package",
+                hint="pip install bitsandbytes",
+            )
+
+
+def quantization_config(lora: LoraConfig):
+    """The transformers BitsAndBytesConfig for a 4-bit NF4 base (QLoRA), or None."""
+    if not lora.quantize_base:
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute,
+    )
+
+
+def load_quantized_base(source_path, recipe, peft_task_type: str, labels=None, pad_token_id=None):
+    """The base model with 4-bit NF4 linear layers on this process's GPU, ready for LoRA (QLoRA).
+
+    The same heads as the fp32 loaders (models.load_causal_lm / load_sequence_classifier), loaded
+    through transformers' bitsandbytes integration, then PEFT's `prepare_model_for_kbit_training`
+    (fp32 norms and head, input grads for checkpointing). Only reached on CUDA (require_cuda_for).
+    """
+    import os
+
+    import torch
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    kwargs = {
+        "quantization_config": quantization_config(recipe.lora),
+        "device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))},
+        "dtype": torch.float32,
+        "trust_remote_code": recipe.trust_remote_code,
+        "use_safetensors": True,
+    }
+    if peft_task_type == "SEQ_CLS":
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source_path,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+            pad_token_id=pad_token_id,
+            **kwargs,
+        )
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source_path, **kwargs)
+        if pad_token_id is not None:
+            model.config.pad_token_id = pad_token_id
+    return prepare_model_for_kbit_training(
+        model, use_gradient_checkpointing=recipe.training.gradient_checkpointing
+    )

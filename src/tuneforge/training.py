@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tuneforge import checkpointing, safety, tracking
+from tuneforge import checkpointing, distributed, safety, tracking
 from tuneforge.config import Recipe, load_recipe
 from tuneforge.errors import TuneforgeError, did_you_mean
 from tuneforge.evaluation.metrics import LOWER_IS_BETTER
@@ -50,6 +50,9 @@ def train(
 def _train(recipe, overrides, *, resume):
     from tuneforge.run import Run
 
+    distributed.init()  # no-op in a single process
+    if not distributed.is_main():
+        return _train_worker(recipe, overrides, resume=resume)
     recipe_dir = Path(".")
     if resume is not None:
         reopened = RunDir.reopen(resume)
@@ -64,6 +67,7 @@ def _train(recipe, overrides, *, resume):
         recipe = load_recipe(recipe, overrides)
     safety.allow_pickle(recipe.allow_pickle)
     tracking.check_available(recipe.training.report_to)
+    check_device_options(recipe)
     task = get_task(recipe.task)
     metric = selection_metric(recipe, task)
 
@@ -92,7 +96,12 @@ def _train(recipe, overrides, *, resume):
         prepared = continued.prepared
     timings["load_and_prepare"] = time.perf_counter() - t0
 
-    run = reopened if resume is not None else RunDir.create(recipe.output_dir, recipe.name)
+    try:
+        run = reopened if resume is not None else RunDir.create(recipe.output_dir, recipe.name)
+    except TuneforgeError as e:
+        distributed.share(e)  # the other ranks stop too instead of waiting for a run directory
+        raise
+    distributed.share(str(run.path))
     run.set_status("running", recipe_dir=str(recipe_dir.resolve()))
     previous_handler = _sigterm_as_interrupt()
     console.print(f"Run directory: {run.final} (written as {run.path.name} until finished)")
@@ -128,13 +137,7 @@ def _train(recipe, overrides, *, resume):
 
         set_seed(recipe.training.seed)
         with status("Loading model"):
-            model = task.build_model(source, prepared, recipe, tokenizer)
-            if parent is not None:  # the parent's weights: its adapter keeps training, or its model
-                model = start_model(parent, model, recipe, task.peft_task_type)
-            else:
-                model = apply_method(
-                    model, recipe.method, recipe.lora, recipe.freeze, task.peft_task_type
-                )
+            model = build_model(task, source, prepared, recipe, tokenizer, parent)
         trainable, total = count_parameters(model)
         console.print(
             f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
@@ -156,6 +159,7 @@ def _train(recipe, overrides, *, resume):
             resume_hint=run.path,
         )
         trainer.train(resume_from_checkpoint=checkpoint)
+        distributed.barrier()  # the other ranks have loaded the best checkpoint before it goes
         if trainer.diverged:
             raise TrainingDiverged(
                 f"training stopped: the loss became {trainer.diverged['loss']} at step {trainer.diverged['step']}",
@@ -247,6 +251,82 @@ def _train(recipe, overrides, *, resume):
         _restore_sigterm(previous_handler)
     console.print(f"[green]Finished[/green]: {final}")
     return Run.load(final)
+
+
+def _train_worker(recipe, overrides, *, resume) -> None:
+    """Ranks 1..N-1 under torchrun/accelerate: the same data, model and Trainer as rank 0, no files.
+
+    Mirrors `_train` up to `trainer.train` (keep the two in step): rank 0 alone creates the run
+    directory (shared here), scores the base model, evaluates, saves and reports.
+    """
+    recipe_dir = Path(".")
+    if resume is not None:
+        partial = Path(resume)
+        if not partial.name.endswith(INCOMPLETE):
+            partial = partial.parent / f".{partial.name}{INCOMPLETE}"
+        recipe = load_recipe(partial / "recipe.yaml", overrides)
+        recipe_dir = Path(json.loads((partial / "status.json").read_text()).get("recipe_dir", "."))
+    elif not isinstance(recipe, Recipe):
+        recipe_dir = Path(recipe).parent
+        recipe = load_recipe(recipe, overrides)
+    safety.allow_pickle(recipe.allow_pickle)
+    check_device_options(recipe)
+    task = get_task(recipe.task)
+    metric = selection_metric(recipe, task)
+
+    from transformers import set_seed
+
+    set_seed(recipe.training.seed)
+    parent = _parent(recipe)
+    if parent is not None:
+        recipe = pin_parent(recipe, parent)
+    source = (
+        parent.source
+        if parent is not None
+        else resolve_base_model(recipe.base_model, trust_remote_code=recipe.trust_remote_code)
+    )
+    tokenizer = load_tokenizer(source.path, trust_remote_code=recipe.trust_remote_code)
+    prepared = task.prepare(recipe, tokenizer, recipe_dir)
+    check_data(recipe, tokenizer, task, recipe_dir)  # same verdict as rank 0's
+    if parent is not None:
+        prepared = continue_from(parent, task, recipe, tokenizer, prepared, recipe_dir).prepared
+    run_path = Path(distributed.share())
+    set_seed(recipe.training.seed)
+    model = build_model(task, source, prepared, recipe, tokenizer, parent)
+    trainer, _ = _build_trainer(recipe, task, prepared, model, tokenizer, run_path, metric)
+    checkpoint = None
+    if resume is not None:
+        last = checkpointing.last_good_checkpoint(run_path / "checkpoints")
+        checkpoint = str(last) if last is not None else None
+    trainer.train(resume_from_checkpoint=checkpoint)
+    distributed.barrier()
+
+
+def build_model(task, source, prepared, recipe: Recipe, tokenizer, parent=None):
+    """The task's model with the method applied (or the parent run's weights), ready to train."""
+    from tuneforge.methods import enable_gradient_checkpointing, load_quantized_base
+
+    if recipe.lora.quantize_base and parent is None:
+        labels = prepared.info.get("labels")
+        model = load_quantized_base(
+            source.path, recipe, task.peft_task_type, labels, tokenizer.pad_token_id
+        )
+    else:
+        model = task.build_model(source, prepared, recipe, tokenizer)
+    if parent is not None:  # the parent's weights: its adapter keeps training, or its model
+        model = start_model(parent, model, recipe, task.peft_task_type)
+    else:
+        model = apply_method(model, recipe.method, recipe.lora, recipe.freeze, task.peft_task_type)
+    if recipe.training.gradient_checkpointing:
+        enable_gradient_checkpointing(model, recipe.method)
+    return model
+
+
+def check_device_options(recipe: Recipe) -> None:
+    """Mixed precision and QLoRA need CUDA: refuse before any data is read (clear, exit 2)."""
+    from tuneforge.methods import require_cuda_for
+
+    require_cuda_for(recipe)
 
 
 def _parent(recipe: Recipe):
@@ -421,7 +501,11 @@ def _build_trainer(recipe: Recipe, task, prepared, model, tokenizer, run_path: P
         train_sampling_strategy="group_by_length" if tc.group_by_length else "random",
         report_to=tracking.report_to_argument(tc.report_to),
         run_name=run_path.name.removeprefix(".").removesuffix(INCOMPLETE),  # the run id
-        use_cpu=True,
+        use_cpu=not _cuda(),
+        gradient_checkpointing=False,  # enabled on the model by build_model (LoRA needs more)
+        bf16=tc.precision == "bf16",
+        fp16=tc.precision == "fp16",
+        ddp_find_unused_parameters=False,  # every trainable parameter gets a gradient each step
         dataloader_num_workers=0,
         remove_unused_columns=False,
         disable_tqdm=False,
@@ -449,7 +533,8 @@ def _build_trainer(recipe: Recipe, task, prepared, model, tokenizer, run_path: P
             if details:
                 entry["details"] = details[-1]
             evaluations[:] = [e for e in evaluations if e["step"] < entry["step"]] + [entry]
-            write_json(history_file, evaluations)
+            if state.is_world_process_zero:
+                write_json(history_file, evaluations)
             if not overfitting:
                 found = detect_overfitting(
                     evaluations, metric, patience=recipe.early_stopping.patience or 2
@@ -492,11 +577,23 @@ def _build_trainer(recipe: Recipe, task, prepared, model, tokenizer, run_path: P
         compute_metrics=task.trainer_metrics(prepared, details),
         callbacks=callbacks,
     )
+    if task.peft_task_type == "SEQ_CLS":
+        # One label per example: the loss is a per-example mean, and PEFT's classification
+        # wrapper drops `num_items_in_batch`. Left True, the Trainer would believe the loss was
+        # normalised by the (wrongly counted: labels[..., 1:]) global item count and multiply it by
+        # the number of processes (DDP) and not divide by gradient accumulation.
+        trainer.model_accepts_loss_kwargs = False
     trainer.overfitting = overfitting
     trainer.diverged = diverged
     trainer.resume_hint = run_path
     tracking.place_logs(trainer, run_path)
     return trainer, evaluations
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _best(trainer, metric: str) -> dict[str, Any]:

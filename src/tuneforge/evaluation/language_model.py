@@ -114,7 +114,8 @@ class GenerationCallback(TrainerCallback):
             return
         scores, samples = self.measure(model)
         metrics.update({f"eval_{k}": v for k, v in scores.items()})
-        write_samples(self.samples_dir / f"step-{state.global_step}.jsonl", samples)
+        if state.is_world_process_zero:  # one writer under torchrun
+            write_samples(self.samples_dir / f"step-{state.global_step}.jsonl", samples)
 
 
 def write_samples(path: Path, samples: list[dict]) -> None:

@@ -1,0 +1,86 @@
+"""Several processes, one run: what `train` needs under `torchrun` / `accelerate launch`.
+
+The training itself is the transformers Trainer's DDP (through accelerate); this module only
+answers "which process am I", lets rank 0 tell the others what it decided (the run directory), and
+keeps the other ranks silent. Who does what:
+
+- every rank: read the recipe, tokenise the data, run the data check (same inputs, same verdict:
+  a refusal stops every rank, no one waits), build the model and train;
+- rank 0 only: the run directory, status, registry, base-model evaluation, final evaluation,
+  saved model and report. The other ranks wait for it in their next collective call, which is why
+  the process group gets a long timeout (``TUNEFORGE_DIST_TIMEOUT`` seconds, default 6 h) instead
+  of torch's 30 minutes; after training they return at once.
+
+A single process (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``) never touches torch.distributed.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+DEFAULT_TIMEOUT_S = 6 * 3600
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init() -> None:
+    """Join the process group early (rank 0 must share the run directory before training).
+
+    gloo on CPU, nccl on CUDA, as accelerate would pick; the Trainer then finds the group
+    initialised and uses it. Non-zero ranks stop printing (one console, rank 0's).
+    """
+    if world_size() <= 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    if not is_main():
+        from tuneforge.progress import console, out
+
+        console.quiet = True
+        out.quiet = True
+        os.environ["TUNEFORGE_QUIET"] = "1"  # no progress bars either
+    if dist.is_initialized():
+        return
+    timeout = timedelta(seconds=float(os.environ.get("TUNEFORGE_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl", timeout=timeout)
+    else:
+        dist.init_process_group("gloo", timeout=timeout)
+
+
+def share(value: Any = None) -> Any:
+    """Rank 0's `value` on every rank (the others pass anything); identity in a single process.
+
+    An exception object shared by rank 0 is raised on the other ranks too, so a rank-0-only
+    failure (say, an unwritable output_dir) stops everyone instead of leaving them waiting.
+    """
+    if world_size() <= 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    if isinstance(box[0], BaseException) and not is_main():
+        raise box[0]
+    return box[0]
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        import torch.distributed as dist
+
+        dist.barrier()

@@ -1,0 +1,749 @@
+"""`tuneforge plan`: what a recipe will cost before any training starts.
+
+Parameters come from the real architecture with the recipe's method applied (built on the meta
+device: exact counts, no weights read). The dataset is the task's own tokenisation (`prepare`), so
+examples and tokens are what training will see. Memory is an estimate, broken into the parts a
+user can act on: weights, gradients, AdamW state and activations. The activation formula counts
+what autograd keeps for a Llama-style decoder (measured tensor by tensor with
+`saved_tensors_hooks`, see :func:`saved_activation_bytes`), for the worst batch: batch_size rows
+padded to the longest example (classification, sft) or a full block (pretrain). Time per epoch is
+measured, not modelled: a few real optimiser steps on real batches on this machine.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tuneforge.config import Recipe, load_recipe
+from tuneforge.errors import TuneforgeError
+
+GB = 1024**3
+BYTES_PER_VALUE = {"fp32": 4, "bf16": 2, "fp16": 2}
+LORA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+# --------------------------------------------------------------------------------------------------
+# The arithmetic (pure functions: unit-tested against figures written out by hand)
+
+
+@dataclass(frozen=True)
+class DecoderShape:
+    """The sizes of a Llama-style decoder that activation memory depends on."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+
+    @classmethod
+    def from_config(cls, config) -> DecoderShape:
+        heads = config.num_attention_heads
+        return cls(
+            hidden=config.hidden_size,
+            intermediate=config.intermediate_size,
+            layers=config.num_hidden_layers,
+            heads=heads,
+            kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+            vocab=config.vocab_size,
+        )
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One training micro-batch: `batch_size` rows of `seq_len` tokens (padded).
+
+    `logit_positions` is how many positions per row get a `logit_width`-wide output row: every
+    position for pretrain, the label positions for sft, every position with a tiny width (the
+    number of labels) for classification, whose head then pools one position.
+    """
+
+    batch_size: int
+    seq_len: int
+    logit_positions: int
+    logit_width: int
+    padded: bool = True
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What trains, as far as activation memory is concerned."""
+
+    method: str  # lora | full | freeze
+    lora_r: int = 16
+    lora_dropout: float = 0.0
+    lora_linears: int = 7  # adapted linear layers per decoder block
+    trainable_layers: int = 0  # method: freeze
+    head_trainable: bool = True  # classification head (or an untied lm_head under full/freeze)
+
+
+def layer_values(shape: DecoderShape, spec: MethodSpec, first: bool = False) -> float:
+    """Values (floats) autograd keeps per token for one decoder block.
+
+    Full fine-tuning (and the trainable blocks of `freeze`): each RMSNorm keeps its input, 1/rms,
+    the normalised value (for the weight's gradient) and its output (the next linear's input): 3h+1;
+    attention keeps q, k and v (k and v repeated to all heads, as transformers does for grouped
+    queries), its output and the log-sum-exp per head: 4*heads*head_dim + heads; the MLP keeps the
+    gate output, its SiLU, the up projection and their product: 4i. With LoRA the frozen norm
+    weights need no normalised value (2h+1 each), every adapted linear adds its rank-r
+    intermediate, and adapter dropout keeps its output and a one-byte mask for each adapted input.
+    The first block's input (the frozen embeddings' output) needs no gradient, so its first norm
+    keeps only its output.
+    """
+    h, i, attn = shape.hidden, shape.intermediate, shape.heads * shape.head_dim
+    attention = 4 * attn + shape.heads
+    mlp = 4 * i
+    if spec.method == "lora":
+        norms = 2 * (2 * h + 1)
+        adapters = spec.lora_linears * spec.lora_r
+        dropout = 0.0
+        if spec.lora_dropout > 0:
+            # the inputs of q, k, v, o, gate, up (hidden wide) and down (intermediate wide),
+            # scaled by the share of linears adapted; value + bool mask = 1.25 values
+            dropout = 1.25 * (6 * h + i) * spec.lora_linears / 7
+        first_fix = -(h + 1) if first else 0
+        return norms + attention + mlp + adapters + dropout + first_fix
+    norms = 2 * (3 * h + 1)
+    first_fix = -(h + 1) if first and spec.method == "freeze" else 0
+    return norms + attention + mlp + first_fix
+
+
+def activation_values(
+    shape: DecoderShape,
+    work: Workload,
+    spec: MethodSpec,
+    checkpointing: bool = False,
+    transient: bool = True,
+) -> float:
+    """Values kept for the backward pass of one micro-batch, at its peak (start of backward).
+
+    With `transient=False`, only what autograd saves (what :func:`saved_activation_bytes`
+    measures): the logits themselves and their gradient, alive only around the loss, are left out.
+    """
+    b, s = work.batch_size, work.seq_len
+    tokens = b * s
+    h = shape.hidden
+    if spec.method == "freeze":
+        n_trainable = min(spec.trainable_layers, shape.layers)
+    else:
+        n_trainable = shape.layers
+    embeddings_train = spec.method == "full"
+    per_layer = [
+        layer_values(shape, spec, first=(k == 0 and not embeddings_train))
+        for k in range(n_trainable)
+    ]
+    # with checkpointing each block keeps only its input; one block is recomputed at a time
+    blocks = n_trainable * h + max(per_layer, default=0) if checkpointing else sum(per_layer)
+    norm_trains = spec.method in ("full", "freeze")
+    final_norm = (h + 1) + (h if norm_trains else 0) + (h if spec.head_trainable else 0)
+    ids = 2 + 2  # int64 input ids and labels, counted in 4-byte values
+    # logits: the saved log-softmax, the logits themselves and their gradient at backward start
+    logits = (3 if transient else 1) * b * work.logit_positions * work.logit_width
+    mask = 2 * b * s * s if work.padded else 0  # additive attention mask (float), shared by blocks
+    rope = 2 * shape.head_dim * s  # cos and sin, shared by blocks and rows
+    return tokens * (blocks + final_norm + ids) + logits + mask + rope
+
+
+@dataclass
+class Memory:
+    """Estimated peak training memory, in bytes, by what it is for."""
+
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    runtime: int = 0  # the process itself: Python, torch, libraries (measured)
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations + self.runtime
+
+    def to_dict(self) -> dict[str, int]:
+        return {**asdict(self), "total": self.total}
+
+
+def estimate_memory(
+    total_params: int,
+    trainable_params: int,
+    shape: DecoderShape,
+    work: Workload,
+    spec: MethodSpec,
+    *,
+    checkpointing: bool = False,
+    precision: str = "fp32",
+    quantized_base: bool = False,
+    runtime: int = 0,
+) -> Memory:
+    """fp32 master weights, one fp32 gradient and two fp32 AdamW moments per trainable parameter.
+
+    Mixed precision (CUDA only) halves activations; the master weights stay fp32. A 4-bit base
+    (QLoRA) stores frozen weights at about half a byte each.
+    """
+    frozen = total_params - trainable_params
+    weights = 4 * trainable_params + (frozen // 2 if quantized_base else 4 * frozen)
+    values = activation_values(shape, work, spec, checkpointing)
+    return Memory(
+        weights=int(weights),
+        gradients=4 * trainable_params,
+        optimizer=8 * trainable_params,
+        activations=int(math.ceil(values * BYTES_PER_VALUE[precision])),
+        runtime=runtime,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Measuring (used to validate the formula, and by `plan` for the time per epoch)
+
+
+def saved_activation_bytes(model, batch: dict) -> tuple[int, Any]:
+    """Bytes of every distinct tensor autograd saves in one forward pass (parameters excluded).
+
+    This is exactly the memory activations hold until backward; returns (bytes, loss).
+    """
+    import torch
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(**batch)
+    return sum(seen.values()), out.loss
+
+
+class PeakRss:
+    """Peak resident memory of this process while the block runs (sampled every few ms)."""
+
+    def __init__(self, interval: float = 0.002) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self.interval = interval
+        self.start = self.peak = 0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> PeakRss:
+        self.start = self.peak = self._proc.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.start
+
+
+def available_memory() -> int:
+    """Memory a new job can use: the first GPU's free memory, else available RAM."""
+    import torch
+
+    if torch.cuda.is_available():
+        return int(torch.cuda.mem_get_info(0)[0])
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover - psutil comes with accelerate
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+        raise
+
+
+# --------------------------------------------------------------------------------------------------
+# The plan
+
+
+@dataclass
+class Suggestion:
+    change: str  # what to change, in words
+    overrides: list[str]  # the --set options that make it
+    memory: int  # estimated peak with the change
+    fits: bool
+
+
+@dataclass
+class Plan:
+    recipe: str
+    task: str
+    method: str
+    parameters: dict[str, int]
+    dataset: dict[str, Any]
+    batch: dict[str, Any]
+    memory: Memory
+    budget: int
+    budget_source: str
+    fits: bool
+    timing: dict[str, Any] | None = None
+    auto_batch_size: int | None = None
+    suggestions: list[Suggestion] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["memory"] = self.memory.to_dict()
+        return d
+
+
+@dataclass
+class _Context:
+    """Everything the estimate needs besides the knobs a suggestion may turn."""
+
+    recipe: Recipe
+    config: Any  # the model's transformers config (num_labels set for classification)
+    shape: DecoderShape
+    counts: dict[str, tuple[int, int]]  # method -> (trainable, total)
+    longest: int  # longest training example in tokens (after the task's truncation)
+    max_trained: int  # sft: most label positions in one example
+    logit_width: int
+    runtime: int
+
+
+def plan(
+    recipe_path: str | Path,
+    overrides: list[str] | None = None,
+    *,
+    auto_batch_size: bool = False,
+    memory_budget_gb: float | None = None,
+    steps: int = 3,
+) -> Plan:
+    """Count, estimate and time a recipe; raises a TuneforgeError (exit 2) when it cannot fit."""
+    import psutil
+
+    from tuneforge.models import load_tokenizer, resolve_base_model
+    from tuneforge.tasks import get_task
+    from tuneforge.training import check_device_options
+
+    recipe = load_recipe(recipe_path, overrides)
+    check_device_options(recipe)
+    task = get_task(recipe.task)
+    source = resolve_base_model(recipe.base_model, trust_remote_code=recipe.trust_remote_code)
+    tokenizer = load_tokenizer(source.path, trust_remote_code=recipe.trust_remote_code)
+    runtime = psutil.Process().memory_info().rss
+    prepared = task.prepare(recipe, tokenizer, Path(recipe_path).parent)
+
+    lengths = [len(ids) for ids in prepared.train["input_ids"]]
+    dataset: dict[str, Any] = {
+        "examples": len(lengths),
+        "tokens": int(sum(lengths)),
+        "longest": max(lengths),
+        "mean_tokens": round(sum(lengths) / len(lengths), 1),
+        "validation_examples": len(prepared.validation),
+    }
+    max_trained = 0
+    if "labels" in prepared.train.column_names and recipe.task != "classification":
+        trained = [sum(x != -100 for x in row) for row in prepared.train["labels"]]
+        max_trained = max(trained)
+        dataset["trained_tokens"] = int(sum(trained))
+
+    config = _model_config(source.path, prepared, recipe)
+    ctx = _Context(
+        recipe=recipe,
+        config=config,
+        shape=DecoderShape.from_config(config),
+        counts={},
+        longest=max(lengths),
+        max_trained=max_trained,
+        logit_width=config.num_labels if recipe.task == "classification" else config.vocab_size,
+        runtime=runtime,
+    )
+    trainable, total = _counts(ctx, recipe)
+
+    budget = int(memory_budget_gb * GB) if memory_budget_gb else available_memory()
+    budget_source = (
+        f"--memory-budget {memory_budget_gb:g} GB" if memory_budget_gb else _default_budget_name()
+    )
+    notes = [
+        "memory is an estimate (Llama-style decoder formula, worst batch: longest example x "
+        "batch_size); time is measured",
+    ]
+    chosen = None
+    if auto_batch_size:
+        chosen = largest_fitting_batch(ctx, budget)
+        if chosen is None:
+            raise _does_not_fit(ctx, budget, budget_source, batch_size=1)
+        recipe = ctx.recipe = _with(recipe, f"training.batch_size={chosen}")
+        notes.append(
+            f"--auto-batch-size: {chosen} is the largest batch size whose estimated peak fits "
+            f"the budget (by the estimate, not measured); use --set training.batch_size={chosen}"
+        )
+    memory = _estimate(ctx, recipe)
+    if memory.total > budget:
+        raise _does_not_fit(ctx, budget, budget_source)
+
+    tc = recipe.training
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    steps_per_epoch = math.ceil(len(lengths) / (tc.batch_size * world))
+    timing = measure_steps(task, source, prepared, recipe, tokenizer, steps=steps)
+    timing["micro_batches_per_epoch"] = steps_per_epoch
+    timing["optimizer_steps_per_epoch"] = math.ceil(
+        steps_per_epoch / tc.gradient_accumulation_steps
+    )
+    timing["seconds_per_epoch"] = round(timing["seconds_per_micro_batch"] * steps_per_epoch, 1)
+    return Plan(
+        recipe=recipe.name,
+        task=recipe.task,
+        method=recipe.method + (" (4-bit base)" if recipe.lora.quantize_base else ""),
+        parameters={"total": total, "trainable": trainable},
+        dataset=dataset,
+        batch={
+            "batch_size": tc.batch_size,
+            "gradient_accumulation_steps": tc.gradient_accumulation_steps,
+            "processes": world,
+            "global_batch": tc.batch_size * tc.gradient_accumulation_steps * world,
+            "seq_len": _seq_len(ctx, recipe),
+            "gradient_checkpointing": tc.gradient_checkpointing,
+            "precision": tc.precision,
+        },
+        memory=memory,
+        budget=budget,
+        budget_source=budget_source,
+        fits=True,
+        timing=timing,
+        auto_batch_size=chosen,
+        notes=notes,
+    )
+
+
+def _default_budget_name() -> str:
+    import torch
+
+    return "free GPU memory" if torch.cuda.is_available() else "available RAM"
+
+
+def _with(recipe: Recipe, *overrides: str) -> Recipe:
+    from tuneforge.config import apply_override, validate_recipe
+
+    raw = recipe.to_yaml_dict()
+    for item in overrides:
+        apply_override(raw, item)
+    return validate_recipe(raw)
+
+
+def _model_config(path: Path, prepared, recipe: Recipe):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=recipe.trust_remote_code)
+    if recipe.task == "classification":
+        config.num_labels = len(prepared.info["labels"])
+    return config
+
+
+def count_on_meta(config, recipe: Recipe, peft_task_type: str) -> tuple[int, int]:
+    """(trainable, total) parameters of the architecture with the method applied; no weights read."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from tuneforge.methods import apply_method, count_parameters
+    from tuneforge.models import _quiet_transformers
+
+    auto = (
+        AutoModelForSequenceClassification
+        if recipe.task == "classification"
+        else AutoModelForCausalLM
+    )
+    with torch.device("meta"), _quiet_transformers():
+        model = auto.from_config(config, trust_remote_code=recipe.trust_remote_code)
+        model = apply_method(model, recipe.method, recipe.lora, recipe.freeze, peft_task_type)
+    return count_parameters(model)
+
+
+def _seq_len(ctx: _Context, recipe: Recipe) -> int:
+    if recipe.task == "pretrain":
+        return recipe.training.max_length  # packed blocks: always full
+    return min(ctx.longest, recipe.training.max_length)
+
+
+def _workload(ctx: _Context, recipe: Recipe) -> Workload:
+    s = _seq_len(ctx, recipe)
+    b = recipe.training.batch_size
+    if recipe.task == "sft" and not recipe.training.label_smoothing:
+        # logits only at positions whose next token is labelled in some row of the batch
+        positions = min(s, b * max(ctx.max_trained, 1))
+    else:
+        positions = s
+    return Workload(
+        batch_size=b,
+        seq_len=s,
+        logit_positions=positions,
+        logit_width=ctx.logit_width,
+        padded=recipe.task != "pretrain",
+    )
+
+
+def _spec(ctx: _Context, recipe: Recipe) -> MethodSpec:
+    targets = recipe.lora.target_modules
+    linears = 7 if targets == "all-linear" else sum(t in LORA_LINEARS for t in targets)
+    tied = bool(getattr(ctx.config, "tie_word_embeddings", False))
+    return MethodSpec(
+        method=recipe.method,
+        lora_r=recipe.lora.r,
+        lora_dropout=recipe.lora.dropout,
+        lora_linears=linears,
+        trainable_layers=recipe.freeze.trainable_layers,
+        head_trainable=recipe.task == "classification"
+        or recipe.method == "full"
+        or (recipe.method == "freeze" and not tied),
+    )
+
+
+def _counts(ctx: _Context, recipe: Recipe) -> tuple[int, int]:
+    """(trainable, total) for the recipe's method, counted once per method."""
+    if recipe.method not in ctx.counts:
+        from tuneforge.tasks import get_task
+
+        peft_task_type = get_task(recipe.task).peft_task_type
+        ctx.counts[recipe.method] = count_on_meta(ctx.config, recipe, peft_task_type)
+    return ctx.counts[recipe.method]
+
+
+def _estimate(ctx: _Context, recipe: Recipe) -> Memory:
+    trainable, total = _counts(ctx, recipe)
+    return estimate_memory(
+        total,
+        trainable,
+        ctx.shape,
+        _workload(ctx, recipe),
+        _spec(ctx, recipe),
+        checkpointing=recipe.training.gradient_checkpointing,
+        precision=recipe.training.precision,
+        quantized_base=bool(recipe.lora.quantize_base) and recipe.method == "lora",
+        runtime=ctx.runtime,
+    )
+
+
+def largest_fitting_batch(ctx: _Context, budget: int, upper: int | None = None) -> int | None:
+    """The largest batch size whose estimate fits (memory grows with the batch: binary search)."""
+    recipe = ctx.recipe
+
+    def fits(b: int) -> bool:
+        return _estimate(ctx, _with(recipe, f"training.batch_size={b}")).total <= budget
+
+    upper = upper or 4096
+    if not fits(1):
+        return None
+    lo, hi = 1, 2
+    while hi <= upper and fits(hi):
+        lo, hi = hi, hi * 2
+    hi = min(hi, upper + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def suggestions(ctx: _Context, budget: int) -> list[Suggestion]:
+    """Changes that reduce memory, each with its estimate, lowest estimate first."""
+    recipe = ctx.recipe
+    tc = recipe.training
+    out: list[Suggestion] = []
+
+    def add(change: str, *overrides: str) -> None:
+        memory = _estimate(ctx, _with(recipe, *overrides)).total
+        out.append(Suggestion(change, list(overrides), memory, memory <= budget))
+
+    if recipe.method != "lora":
+        add("train LoRA adapters instead of the weights", "method=lora")
+    if tc.batch_size > 1:
+        global_micro = tc.batch_size * tc.gradient_accumulation_steps
+        smaller = largest_fitting_batch(ctx, budget, upper=tc.batch_size - 1) or 1
+        while tc.batch_size % smaller:  # keep the global batch exactly
+            smaller -= 1
+        accum = global_micro // smaller
+        add(
+            f"smaller batch, same global batch ({global_micro} examples per update)",
+            f"training.batch_size={smaller}",
+            f"training.gradient_accumulation_steps={accum}",
+        )
+    if not tc.gradient_checkpointing:
+        add(
+            "recompute activations in backward (about 30% slower)",
+            "training.gradient_checkpointing=true",
+        )
+    current = _seq_len(ctx, recipe)
+    if current > 8:
+        length = current
+        while (
+            length > 8
+            and _estimate(ctx, _with(recipe, f"training.max_length={length}")).total > budget
+        ):
+            length = max(8, length // 2)
+        if length < current:
+            add(
+                f"shorter inputs (longer examples are cut to {length} tokens)",
+                f"training.max_length={length}",
+            )
+    return sorted(out, key=lambda s: s.memory)
+
+
+def _does_not_fit(
+    ctx: _Context, budget: int, budget_source: str, batch_size: int | None = None
+) -> TuneforgeError:
+    recipe = (
+        ctx.recipe if batch_size is None else _with(ctx.recipe, f"training.batch_size={batch_size}")
+    )
+    ctx = replace(ctx, recipe=recipe)
+    memory = _estimate(ctx, recipe)
+    lines = [
+        f"{recipe.name}: estimated peak memory {fmt_bytes(memory.total)} does not fit in "
+        f"{fmt_bytes(budget)} ({budget_source}): weights {fmt_bytes(memory.weights)}, gradients "
+        f"{fmt_bytes(memory.gradients)}, optimiser {fmt_bytes(memory.optimizer)}, activations "
+        f"{fmt_bytes(memory.activations)}, runtime {fmt_bytes(memory.runtime)}"
+    ]
+    found = suggestions(ctx, budget)
+    if found:
+        lines.append("changes that reduce it (estimated peak each):")
+        for s in found:
+            sets = " ".join(f"--set {o}" for o in s.overrides)
+            mark = "fits" if s.fits else "still too big"
+            lines.append(f"  {fmt_bytes(s.memory):>9}  {s.change}: {sets} ({mark})")
+    return TuneforgeError(
+        "\n".join(lines),
+        hint="apply one or more of these (or give a larger --memory-budget if this machine has more)",
+    )
+
+
+def measure_steps(
+    task, source, prepared, recipe: Recipe, tokenizer, steps: int = 3
+) -> dict[str, Any]:
+    """Seconds per micro-batch from `steps` real optimiser steps after one warm-up step.
+
+    Real batches of `batch_size` rows drawn (seeded) from the training set, the task's collator
+    and model, the recipe's method, AdamW as the Trainer uses it. Also reports the process's peak
+    RSS growth over those steps (a real measurement to hold the estimate against).
+    """
+    import torch
+    from transformers import set_seed
+
+    from tuneforge.methods import apply_method
+    from tuneforge.progress import status
+
+    tc = recipe.training
+    set_seed(tc.seed)
+    with status("Building the model for a few timed steps"):
+        model = task.build_model(source, prepared, recipe, tokenizer)
+        model = apply_method(model, recipe.method, recipe.lora, recipe.freeze, task.peft_task_type)
+        if tc.gradient_checkpointing:
+            from tuneforge.methods import enable_gradient_checkpointing
+
+            enable_gradient_checkpointing(model, recipe.method)
+    collate = task.collator(tokenizer)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
+    generator = torch.Generator().manual_seed(tc.seed)
+    order = torch.randperm(len(prepared.train), generator=generator).tolist()
+    columns = prepared.train.column_names
+
+    def batch(k: int) -> dict:
+        idx = [order[(k * tc.batch_size + j) % len(order)] for j in range(tc.batch_size)]
+        return collate([{c: prepared.train[i][c] for c in columns} for i in idx])
+
+    def step(b: dict) -> float:
+        loss = model(**b).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    batches = [batch(k) for k in range(steps + 1)]
+    message = f"Timing {steps} training steps (after 1 warm-up) at batch size {tc.batch_size}"
+    with status(message), PeakRss() as rss:
+        step(batches[0])
+        t0 = time.perf_counter()
+        for b in batches[1:]:
+            step(b)
+        seconds = (time.perf_counter() - t0) / steps
+    tokens = sum(int(b["input_ids"].numel()) for b in batches[1:]) / steps
+    return {
+        "steps_timed": steps,
+        "seconds_per_micro_batch": round(seconds, 3),
+        "tokens_per_second": round(tokens / seconds, 1),
+        "measured_rss_growth": rss.growth,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def fmt_bytes(n: float) -> str:
+    if n >= GB:
+        return f"{n / GB:.2f} GB"
+    if n >= 1024**2:
+        return f"{n / 1024**2:.1f} MB"
+    return f"{n / 1024:.1f} KB"
+
+
+def fmt_seconds(s: float) -> str:
+    if s < 120:
+        return f"{s:.1f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def describe(p: Plan) -> list[str]:
+    """The plan as plain lines for the terminal."""
+    m, b, d = p.memory, p.batch, p.dataset
+    pct = 100 * p.parameters["trainable"] / p.parameters["total"]
+    lines = [
+        f"Plan for {p.recipe} ({p.task}, method {p.method})",
+        f"  parameters       {p.parameters['total']:,} total, {p.parameters['trainable']:,} "
+        f"trainable ({pct:.2f}%)",
+        f"  training data    {d['examples']:,} examples, {d['tokens']:,} tokens "
+        f"(mean {d['mean_tokens']}, longest {d['longest']})"
+        + (f", {d['trained_tokens']:,} trained" if "trained_tokens" in d else ""),
+        f"  batch            {b['batch_size']} per process x {b['gradient_accumulation_steps']} "
+        f"accumulation x {b['processes']} process(es) = global batch {b['global_batch']}; "
+        f"worst case {b['seq_len']} tokens per row",
+        f"  options          precision {b['precision']}, gradient checkpointing "
+        f"{'on' if b['gradient_checkpointing'] else 'off'}",
+        "  peak memory (estimate)",
+        f"    weights        {fmt_bytes(m.weights):>10}",
+        f"    gradients      {fmt_bytes(m.gradients):>10}",
+        f"    optimiser      {fmt_bytes(m.optimizer):>10}  (AdamW: 2 fp32 moments per trainable "
+        "parameter)",
+        f"    activations    {fmt_bytes(m.activations):>10}",
+        f"    runtime        {fmt_bytes(m.runtime):>10}  (this process before the model: Python, "
+        "torch, libraries)",
+        f"    total          {fmt_bytes(m.total):>10}  of {fmt_bytes(p.budget)} ({p.budget_source}): "
+        + ("fits" if p.fits else "does NOT fit"),
+    ]
+    if p.timing:
+        t = p.timing
+        lines += [
+            f"  time (measured)  {t['seconds_per_micro_batch']:.2f} s per batch of "
+            f"{b['batch_size']} ({t['tokens_per_second']:.0f} tokens/s incl. padding, "
+            f"{t['steps_timed']} steps after 1 warm-up, {t['threads']} threads)",
+            f"    per epoch      {fmt_seconds(t['seconds_per_epoch'])} "
+            f"({t['micro_batches_per_epoch']} batches, {t['optimizer_steps_per_epoch']} optimiser "
+            "steps)",
+            f"    measured RSS growth over the timed steps: {fmt_bytes(t['measured_rss_growth'])} "
+            "(random batches, not the worst one)",
+        ]
+    lines += [f"  note: {n}" for n in p.notes]
+    if p.auto_batch_size is not None:
+        lines.append(f"Use: --set training.batch_size={p.auto_batch_size}")
+    return lines

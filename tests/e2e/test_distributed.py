@@ -1,0 +1,135 @@
+"""`tuneforge train` under `torchrun --nproc_per_node 2` (gloo, CPU) equals one process with the
+same global batch: per-device batch 4 on 2 ranks vs batch 8 on 1 rank, same seed.
+
+Why the order of examples is the same: accelerate shards the Trainer's batches by handing batch k
+of the (seeded, identical) sampler to rank k mod 2, so step s of the 2-rank run sees batches 2s and
+2s+1 of size 4, which are exactly the 8 examples of step s of the single run. That holds for
+`training.group_by_length: false` (seeded random order): length grouping forms its mega-batches
+from the per-device batch size, so its order differs between the two set-ups, hence the override.
+24 training and 8 validation examples divide evenly, so no rank pads its last batch with repeats.
+DDP averages the ranks' gradients, and each rank's loss is a mean over the same number of
+examples, so the update is the single run's update up to floating-point summation order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_recipe
+from safetensors.torch import load_file
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+COMMON = [
+    "--set",
+    "training.group_by_length=false",
+    "--set",
+    "training.eval_batch_size=4",
+    "--set",
+    "training.epochs=2",
+]
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TUNEFORGE_QUIET": "1",
+        "TUNEFORGE_REGISTRY": str(tmp / "registry.sqlite"),
+        "COLUMNS": "200",
+    }
+
+
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(cwd), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def _only_run(output_dir: Path) -> Path:
+    runs = list(output_dir.iterdir())
+    assert len(runs) == 1 and not runs[0].name.startswith("."), runs
+    return runs[0]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_model):
+    from conftest import sentiment_rows, write_csv
+
+    tmp = tmp_path_factory.mktemp("ddp")
+    train = write_csv(tmp / "train.csv", sentiment_rows(24))
+    validation = write_csv(tmp / "validation.csv", sentiment_rows(8, offset=100))
+    out = {}
+    for name, launcher, batch in (
+        ("single", [sys.executable, "-m", "tuneforge.cli"], 8),
+        ("ddp", [str(TORCHRUN), "--nproc_per_node", "2", "-m", "tuneforge.cli"], 4),
+    ):
+        work = tmp / name
+        work.mkdir()
+        recipe = write_recipe(
+            work / "recipe.yaml",
+            f"""
+name: ddp-check
+base_model: {tiny_model}
+task: classification
+data: {{train: {train}, validation: {validation}}}
+lora: {{r: 4, alpha: 8, dropout: 0.0}}
+training: {{batch_size: {batch}, learning_rate: 1.0e-2, logging_steps: 1, seed: 0}}
+output_dir: {work / "runs"}
+""",
+        )
+        proc = _run([*launcher, "train", str(recipe), *COMMON], cwd=work)
+        out[name] = {"proc": proc, "run": _only_run(work / "runs"), "work": work}
+    return out
+
+
+def _metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+def test_same_losses_and_metrics(runs):
+    single, ddp = _metrics(runs["single"]["run"]), _metrics(runs["ddp"]["run"])
+    losses = [[h["loss"] for h in m["log_history"] if "loss" in h] for m in (single, ddp)]
+    assert len(losses[0]) == 6  # 24 examples / global batch 8 = 3 steps per epoch, 2 epochs
+    assert losses[1] == pytest.approx(losses[0], abs=1e-5)
+    evals = [[e["loss"] for e in m["evaluations"]] for m in (single, ddp)]
+    assert len(evals[0]) == 2 and evals[1] == pytest.approx(evals[0], abs=1e-5)
+    assert ddp["best"]["global_steps"] == single["best"]["global_steps"] == 6
+    for name in ("accuracy", "macro_f1", "loss"):
+        assert ddp["tuned"]["validation"][name] == pytest.approx(
+            single["tuned"]["validation"][name], abs=1e-5
+        )
+    assert ddp["base"]["validation"] == single["base"]["validation"]  # scored on rank 0 only
+
+
+def test_same_weights(runs):
+    a = load_file(runs["single"]["run"] / "adapter" / "adapter_model.safetensors")
+    b = load_file(runs["ddp"]["run"] / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and len(a) > 0
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4)
+    # and training did move them: LoRA B starts at zero
+    assert any(float(t.abs().max()) > 1e-3 for k, t in a.items() if "lora_B" in k)
+
+
+def test_only_rank_zero_writes(runs):
+    work = runs["ddp"]["work"]
+    # one run directory (both ranks agreed on its name), nothing else beside the recipe
+    assert sorted(p.name for p in work.iterdir()) == ["recipe.yaml", "registry.sqlite", "runs"]
+    with sqlite3.connect(work / "registry.sqlite") as db:
+        rows = db.execute("select id, status from runs").fetchall()
+    assert rows == [(runs["ddp"]["run"].name, "finished")]
+    run = runs["ddp"]["run"]
+    assert not (run / "checkpoints").exists()  # removed by rank 0 after training
+    info = json.loads((run / "run.json").read_text())
+    assert info["parameters"]["trainable"] == 4160
+    # rank 0 printed the summary once; rank 1 printed nothing of its own
+    stdout = runs["ddp"]["proc"].stdout
+    assert stdout.count("ddp-check-") == runs["single"]["proc"].stdout.count("ddp-check-") >= 1
