@@ -286,6 +286,8 @@ def start_model(parent: Parent, model, recipe: Recipe, peft_task_type: str):
         return model
     # full or freeze on top of a LoRA parent: fold the adapter into the weights first
     model = model.merge_and_unload()
+    for p in model.parameters():  # PEFT froze the base while the adapter was on it
+        p.requires_grad = True
     return apply_method(model, recipe.method, recipe.lora, recipe.freeze, peft_task_type)
 
 
