@@ -383,7 +383,8 @@ def plan(
     ]
     chosen = None
     if auto_batch_size:
-        chosen = largest_fitting_batch(ctx, budget)
+        # a batch larger than the training set is never used in full: cap the search there
+        chosen = largest_fitting_batch(ctx, budget, upper=len(lengths))
         if chosen is None:
             raise _does_not_fit(ctx, budget, budget_source, batch_size=1)
         recipe = ctx.recipe = _with(recipe, f"training.batch_size={chosen}")

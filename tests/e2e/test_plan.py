@@ -1,0 +1,110 @@
+"""`tuneforge plan` through the CLI on the tiny model: what a user sees, --json, --auto-batch-size,
+and the does-not-fit error with its suggestions (exit 2)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import assert_user_error, run_cli, sentiment_rows
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        yield
+
+
+def test_plan_text(sentiment_recipe, tiny_tokenizer):
+    proc = run_cli("plan", sentiment_recipe)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    flat = " ".join(proc.stdout.split())
+    # counts written out by hand in tests/unit/test_planning.py
+    assert "35,616 total, 4,160 trainable (11.68%)" in flat
+    tokens = sum(
+        len(tiny_tokenizer(r["text"], split_special_tokens=True)["input_ids"])
+        for r in sentiment_rows(24)
+    )
+    assert f"24 examples, {tokens:,} tokens" in flat
+    assert "8 per process x 1 accumulation x 1 process(es) = global batch 8" in flat
+    for part in ("weights", "gradients", "optimiser", "activations", "runtime", "total"):
+        assert f" {part} " in flat
+    assert "available RAM): fits" in flat
+    assert "3 batches, 3 optimiser steps" in flat  # 24 examples / batch 8
+    assert not list((sentiment_recipe.parent / "runs").glob("*"))  # plan trains nothing
+
+
+def test_plan_json_and_grad_accum(sentiment_recipe):
+    proc = run_cli(
+        "plan",
+        sentiment_recipe,
+        "--json",
+        "--set",
+        "training.batch_size=4",
+        "--set",
+        "training.grad_accum=3",
+        "--steps",
+        "2",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    plan = json.loads(proc.stdout)
+    assert plan["parameters"] == {"total": 35616, "trainable": 4160}
+    assert plan["batch"]["gradient_accumulation_steps"] == 3
+    assert plan["batch"]["global_batch"] == 12
+    m = plan["memory"]
+    assert m["gradients"] == 4 * 4160 and m["optimizer"] == 8 * 4160 and m["weights"] == 4 * 35616
+    assert m["total"] == sum(
+        m[k] for k in ("weights", "gradients", "optimizer", "activations", "runtime")
+    )
+    t = plan["timing"]
+    assert t["steps_timed"] == 2 and t["micro_batches_per_epoch"] == 6
+    assert t["optimizer_steps_per_epoch"] == 2
+    assert t["seconds_per_epoch"] == pytest.approx(6 * t["seconds_per_micro_batch"], abs=0.1)
+    assert plan["fits"] is True and m["total"] <= plan["budget"]
+
+
+def test_auto_batch_size(sentiment_recipe):
+    proc = run_cli("plan", sentiment_recipe, "--auto-batch-size", "--memory-budget", "8")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # the tiny model fits any batch: the search stops at the training set's 24 examples
+    assert "Use: --set training.batch_size=24" in proc.stdout
+    assert "by the estimate, not measured" in " ".join(proc.stdout.split())
+
+
+def test_does_not_fit(sentiment_recipe):
+    proc = run_cli(
+        "plan",
+        sentiment_recipe,
+        "--set",
+        "method=full",
+        "--memory-budget",
+        "0.05",
+    )
+    assert_user_error(
+        proc,
+        "does not fit in 51.2 MB (--memory-budget 0.05 GB)",
+        "changes that reduce it",
+        "--set method=lora",
+        "--set training.batch_size=",
+        "--set training.gradient_accumulation_steps=",
+        "--set training.gradient_checkpointing=true",
+        "--set training.max_length=",
+    )
+
+
+def test_auto_batch_size_cannot_fit(sentiment_recipe):
+    proc = run_cli("plan", sentiment_recipe, "--auto-batch-size", "--memory-budget", "0.05")
+    assert_user_error(proc, "does not fit", "--set training.gradient_checkpointing=true")
+
+
+def test_cuda_only_options_refused(sentiment_recipe):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CPU refusal")
+    proc = run_cli("plan", sentiment_recipe, "--set", "training.precision=bf16")
+    assert_user_error(proc, "training.precision: bf16 needs a CUDA GPU", "36x slower")
+    proc = run_cli("train", sentiment_recipe, "--set", "method=qlora")
+    assert_user_error(proc, "lora.quantize_base: 4bit (QLoRA) needs a CUDA GPU")
+    assert not list((sentiment_recipe.parent / "runs").glob("*"))
