@@ -43,23 +43,6 @@ def _allow_pickle(run: Path | None, allowed: bool) -> None:
     safety.allow_pickle(allowed)
     if run is not None and run.is_dir():
         safety.check_run(run)
-AllowPickle = Annotated[
-    bool,
-    typer.Option(
-        "--allow-pickle",
-        help="Load pickle weights (*.bin, *.pt, *.pth, *.ckpt) when there are no safetensors; "
-        "unpickling can run code: only for files you trust.",
-    ),
-]
-
-
-def _allow_pickle(run: Path | None, allowed: bool) -> None:
-    """Opt in to pickle weights for this command; a run's own adapter/model folders are checked."""
-    from tuneforge import safety
-
-    safety.allow_pickle(allowed)
-    if run is not None and run.is_dir():
-        safety.check_run(run)
 
 
 @app.command()
@@ -283,7 +266,6 @@ def serve(
         str | None, typer.Option("--name", help="Model id for clients (default: the run's folder).")
     ] = None,
     allow_pickle: AllowPickle = False,
-    allow_pickle: AllowPickle = False,
     max_body_bytes: Annotated[
         int, typer.Option(min=1, help="Largest request body in bytes (413 past it).", rich_help_panel=LIMITS_PANEL)
     ] = SERVE_LIMITS.max_body_bytes,
@@ -316,7 +298,6 @@ def serve(
     ] = SERVE_LIMITS.max_waiting,
 ) -> None:
     """Serve a run over an OpenAI-compatible HTTP API (chat, completions; /v1/classify)."""
-    _allow_pickle(run, allow_pickle)
     _allow_pickle(run, allow_pickle)
     from dataclasses import replace
 
