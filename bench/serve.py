@@ -115,10 +115,17 @@ def build_tiny(workdir: Path) -> Path:
 
 
 def train(recipe: Path, workdir: Path, base_model: str | None) -> Path:
-    """A throw-away run of `recipe`: two training steps, no baseline or test scoring."""
+    """A throw-away run of `recipe`: two training steps of 4 examples, no baseline or test
+    scoring. The evaluation batch size stays the recipe's: it is the server's classify batch."""
+    import yaml
+
+    training = yaml.safe_load(recipe.read_text()).get("training", {})
+    eval_batch = training.get("eval_batch_size") or training.get("batch_size", 16)
     out = workdir / "runs"
     sets = [
         "training.max_steps=2",
+        "training.batch_size=4",
+        f"training.eval_batch_size={eval_batch}",
         "data.test=null",
         "baseline.enabled=false",
         "sft.generation_examples=0",
@@ -385,15 +392,7 @@ def bench_classify(run_dir: Path, texts: list[str], plan: dict, threads, workdir
             level["mean_batch"] = round(items / forwards, 2) if forwards else 0
             levels.append(level)
             print(f"   {clients:>3} clients: {level['requests_per_s']:.1f} req/s", flush=True)
-        peak = server.peak_rss_mb
-    return {
-        "run": str(run_dir),
-        "requests": len(texts),
-        "texts_per_request": 1,
-        "plain": [sequential, batched],
-        "server": levels,
-        "server_peak_rss_mb": round(peak, 1),
-    }
+    return _result(run_dir, len(texts), [sequential, batched], levels, server)
 
 
 def bench_chat(run_dir: Path, chats: list[list[dict]], plan: dict, threads, workdir: Path) -> dict:
@@ -444,14 +443,17 @@ def bench_chat(run_dir: Path, chats: list[list[dict]], plan: dict, threads, work
             level |= _compare_texts(expected, got)
             levels.append(level)
             print(f"   {clients:>3} clients: {level['tokens_per_s']:.1f} tokens/s", flush=True)
-        peak = server.peak_rss_mb
+    return _result(run_dir, len(chats), [sequential], levels, server, max_tokens=max_tokens)
+
+
+def _result(run_dir: Path, requests: int, plain: list, levels: list, server: Server, **extra):
     return {
         "run": str(run_dir),
-        "requests": len(chats),
-        "max_tokens": max_tokens,
-        "plain": [sequential],
+        "requests": requests,
+        **extra,
+        "plain": plain,
         "server": levels,
-        "server_peak_rss_mb": round(peak, 1),
+        "server_peak_rss_mb": round(server.peak_rss_mb, 1),
     }
 
 

@@ -63,15 +63,10 @@ def export_run(
     from tuneforge.run import Run
 
     t0 = time.perf_counter()
-    fmt = _check_format(format)
+    fmt = _one_of(format, FORMATS, "format")
     if quant is not None and fmt != "gguf":
         raise TuneforgeError(f"export: --quant applies to --format gguf only, not {fmt}")
-    quant = (quant or DEFAULT_QUANT).lower()
-    if quant not in QUANTS:
-        raise TuneforgeError(
-            f"export: unknown --quant '{quant}'{did_you_mean(quant, QUANTS)}",
-            hint=f"choose one of: {', '.join(QUANTS)}",
-        )
+    quant = _one_of((quant or DEFAULT_QUANT).lower(), QUANTS, "--quant")
     if not isinstance(run, Run):
         run = Run.load(run)
     output = Path(output).expanduser()
@@ -108,13 +103,13 @@ def export_run(
 # Checks before any work
 
 
-def _check_format(fmt: str) -> str:
-    if fmt not in FORMATS:
+def _one_of(value: str, choices: tuple[str, ...], what: str) -> str:
+    if value not in choices:
         raise TuneforgeError(
-            f"export: unknown format '{fmt}'{did_you_mean(fmt, FORMATS)}",
-            hint=f"choose one of: {', '.join(FORMATS)}",
+            f"export: unknown {what} '{value}'{did_you_mean(value, choices)}",
+            hint=f"choose one of: {', '.join(choices)}",
         )
-    return fmt
+    return value
 
 
 def _check_output(output: Path, run_path: Path, force: bool) -> None:
