@@ -380,6 +380,8 @@ def plan(
     notes = [
         "memory is an estimate (Llama-style decoder formula, worst batch: longest example x "
         "batch_size); time is measured",
+        "activations match what autograd saves within ~2% (SmolLM2-135M, LoRA); the process's "
+        "RSS grew 1.4-1.6x that during a real step (backward buffers, allocator): keep headroom",
     ]
     chosen = None
     if auto_batch_size:
