@@ -55,3 +55,63 @@ def test_serve_bench_quick(tmp_path):
         assert (level["succeeded"], level["failed"], level["failures"]) == (chat["requests"], 0, [])
         assert level["mismatches"] == []  # greedy: the same text as model.generate
         assert level["generated_tokens"] == plain["generated_tokens"]
+
+
+def _training_bench(tmp_path, script: str) -> dict:
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, script, "--quick", "--output", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "real tokens / s" in proc.stdout and "MFU" in proc.stdout
+    data = json.loads(out.read_text())
+    assert data["quick"] is True
+    assert data["matmul_peak"]["flops_per_s"] > 0 and data["matmul_peak"]["threads"] == 1
+    import math
+
+    figures = [
+        "wall_s", "train_s", "eval_s", "real_tokens_per_s", "padded_tokens_per_s",
+        "model_flops", "mfu", "peak_rss_mb", "peak_rss_train_mb",
+    ]  # fmt: skip
+    for arm in ("tuneforge", "baseline"):
+        r = data[arm]
+        for key in figures:
+            assert math.isfinite(r[key]) and r[key] > 0, (arm, key, r[key])
+        assert r["threads"] == 1
+        assert 0 < r["real_tokens"] <= r["padded_tokens"]
+        assert r["evaluations"] >= 1
+    for key in ("real_tokens_per_s", "mfu", "peak_rss_mb"):
+        assert math.isfinite(data["ratios"][key]), key
+    t, b = data["tuneforge"], data["baseline"]
+    # Same data, same examples, same loss: the arms differ only in how they get there.
+    assert (t["steps"], t["examples"], t["real_tokens"]) == (b["steps"], b["examples"], b["real_tokens"])
+    assert t["loss_positions"] == b["loss_positions"]
+    assert t["model"] == b["model"]  # same LoRA layers: same trained/frozen parameter counts
+    return data
+
+
+def test_classification_bench_quick(tmp_path):
+    """bench/classification.py --quick: both arms train the tiny model on the same examples and
+    report throughput, MFU, memory, accuracy and macro-F1."""
+    data = _training_bench(tmp_path, "bench/classification.py")
+    for arm in ("tuneforge", "baseline"):
+        q = data[arm]["quality"]
+        assert 0 <= q["accuracy"] <= 1 and 0 <= q["macro_f1"] <= 1
+        assert data[arm]["vocab_rows"] == 0  # the classifier never projects onto the vocabulary
+        assert data[arm]["model"]["vocab_params"] == 0
+
+
+def test_sft_bench_quick(tmp_path):
+    """bench/sft.py --quick: same answer tokens in both arms; tuneforge projects only the
+    positions the loss needs onto the vocabulary, the baseline every position."""
+    data = _training_bench(tmp_path, "bench/sft.py")
+    t, b = data["tuneforge"], data["baseline"]
+    assert b["vocab_rows"] == b["padded_tokens"]
+    assert t["loss_positions"] <= t["vocab_rows"] < b["vocab_rows"]
+    assert t["quality"]["tokens"] == b["quality"]["tokens"]  # validation loss over the same tokens
+    assert abs(t["quality"]["loss"] - b["quality"]["loss"]) < 0.05  # same start, same few steps

@@ -1,0 +1,413 @@
+"""What the training benchmarks measure, the same way for tuneforge and for the plain baseline.
+
+Each arm runs in its own fresh process (so peak RSS is that arm's alone). Inside it, the
+transformers Trainer is instrumented, not changed: every training micro-batch is counted (real
+tokens from the attention mask, padded tokens, examples, positions whose logits the loss needs,
+vocabulary rows computed) and `train`, `evaluate` and checkpoint saving are timed, so throughput is
+"real tokens / time spent in training steps" for both arms. Model FLOPs are counted from the
+model's own linear layers and those counts, never from the implementation: frozen weights cost 4
+FLOPs per parameter and token (forward + input gradient), trained ones 6, attention 6·L·H·d·n² per
+example (causal half of QKᵀ and AV, forward + backward), the vocabulary projection only where the
+loss needs it. MFU divides those FLOPs per second by this machine's fp32 matmul peak, measured by
+the driver in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------------------------------
+# Machine peak and memory
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> dict[str, Any]:
+    """Best-of-`repeats` fp32 square matmul rate (FLOP/s) with torch's current thread count."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)  # warm-up: thread pool, caches
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return {
+        "flops_per_s": 2 * n**3 / best,
+        "n": n,
+        "repeats": repeats,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (VmHWM) since start or the last reset."""
+    return _status_kb("VmHWM") / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux: `5` into /proc/self/clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------------
+# Counting what the Trainer trains on
+
+
+@dataclass
+class Meter:
+    steps: int = 0
+    examples: int = 0
+    real_tokens: int = 0  # attention-mask ones: tokens that carry data
+    padded_tokens: int = 0  # batch x length, what the model actually processed
+    loss_positions: int = 0  # positions whose prediction the loss uses
+    vocab_rows: int = 0  # positions the output layer projected onto the vocabulary
+    sum_sq_lengths: int = 0  # sum over examples of real_length², for attention FLOPs
+    train_wall_s: float = 0.0  # Trainer.train(): steps + evaluations + checkpoints
+    eval_s: float = 0.0  # evaluations inside Trainer.train()
+    eval_after_s: float = 0.0  # evaluations after it (the baseline's final trainer.evaluate())
+    save_s: float = 0.0
+    in_train: bool = False
+    evaluations: int = 0
+    peak_rss_train_mb: float = 0.0  # VmHWM during Trainer.train()
+    peak_rss_reset: bool = False
+    model: dict[str, Any] = field(default_factory=dict)  # parameter counts for the FLOP count
+
+    @property
+    def train_s(self) -> float:
+        """Time spent training: Trainer.train minus evaluations and checkpoint saving."""
+        return self.train_wall_s - self.eval_s - self.save_s
+
+    def model_flops(self) -> float:
+        m = self.model
+        if not m:
+            return 0.0
+        per_token = 4 * m["frozen_linear"] + 6 * m["trained_linear"]
+        vocab = (6 if m["vocab_trained"] else 4) * m["vocab_params"]
+        # QKᵀ and AV: 2·n²·width each, causal half of that, x3 for forward + backward
+        attention = 6 * m["layers"] * m["attention_width"] * self.sum_sq_lengths
+        return per_token * self.real_tokens + vocab * self.loss_positions + attention
+
+
+def describe_model(model) -> dict[str, Any]:
+    """Parameters of the linear layers, split frozen / trained, plus the vocabulary projection."""
+    from torch import nn
+
+    frozen = trained = vocab = 0
+    vocab_trained = False
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        n = module.weight.numel() + (module.bias.numel() if module.bias is not None else 0)
+        trainable = module.weight.requires_grad
+        if "lm_head" in name.split("."):
+            vocab = max(vocab, n)
+            vocab_trained |= trainable
+        elif trainable or not _is_frozen_head_copy(name):
+            if trainable:
+                trained += n
+            else:
+                frozen += n
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return {
+        "frozen_linear": frozen,
+        "trained_linear": trained,
+        "vocab_params": vocab,
+        "vocab_trained": vocab_trained,
+        "layers": config.num_hidden_layers,
+        "attention_width": heads * head_dim,
+    }
+
+
+def _is_frozen_head_copy(name: str) -> bool:
+    """PEFT keeps the original head beside its trained copy (modules_to_save); only one runs."""
+    return "original_module" in name.split(".")
+
+
+def instrument_trainer(meter: Meter) -> None:
+    """Wrap transformers.Trainer's train, training_step, evaluate and checkpointing to feed meter."""
+    from transformers import Trainer
+
+    train, step, evaluate, save = (
+        Trainer.train,
+        Trainer.training_step,
+        Trainer.evaluate,
+        Trainer._save_checkpoint,
+    )
+
+    def timed_train(self, *args, **kwargs):
+        meter.peak_rss_reset = reset_peak_rss()
+        t = time.perf_counter()
+        meter.in_train = True
+        try:
+            return train(self, *args, **kwargs)
+        finally:
+            meter.in_train = False
+            meter.train_wall_s += time.perf_counter() - t
+            meter.peak_rss_train_mb = peak_rss_mb()
+
+    def counted_step(self, model, inputs, *args, **kwargs):
+        if not meter.model:
+            meter.model = describe_model(model)
+        count_batch(meter, inputs, self.processing_class)
+        return step(self, model, inputs, *args, **kwargs)
+
+    def timed_evaluate(self, *args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return evaluate(self, *args, **kwargs)
+        finally:
+            if meter.in_train:
+                meter.eval_s += time.perf_counter() - t
+                meter.evaluations += 1
+            else:
+                meter.eval_after_s += time.perf_counter() - t
+
+    def timed_save(self, *args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return save(self, *args, **kwargs)
+        finally:
+            meter.save_s += time.perf_counter() - t
+
+    Trainer.train = timed_train
+    Trainer.training_step = counted_step
+    Trainer.evaluate = timed_evaluate
+    Trainer._save_checkpoint = timed_save
+
+
+def count_batch(meter: Meter, inputs: dict[str, Any], tokenizer=None) -> None:
+    import torch
+
+    ids = inputs["input_ids"]
+    mask = inputs.get("attention_mask")
+    if mask is None:
+        mask = torch.ones_like(ids)
+    lengths = mask.sum(dim=1)
+    meter.steps += 1
+    meter.examples += ids.shape[0]
+    meter.real_tokens += int(lengths.sum())
+    meter.padded_tokens += ids.numel()
+    meter.sum_sq_lengths += int((lengths.long() ** 2).sum())
+    labels = inputs.get("labels")
+    if labels is None or labels.dim() == 1:  # classification: one prediction per example
+        meter.loss_positions += ids.shape[0]
+        return
+    shift = inputs.get("shift_labels")
+    if shift is None:
+        shift = labels[:, 1:]
+    meter.loss_positions += int((shift != -100).sum())
+    keep = inputs.get("logits_to_keep", 0)
+    if isinstance(keep, torch.Tensor):
+        meter.vocab_rows += ids.shape[0] * int(keep.numel())
+    else:
+        meter.vocab_rows += ids.shape[0] * (int(keep) or ids.shape[1])
+
+
+def arm_report(meter: Meter, quality: dict[str, Any], wall_s: float, extra: dict | None = None):
+    """The arm's figures as written to its JSON (MFU is added by the driver, which has the peak)."""
+    import torch
+
+    train_s = meter.train_s
+    return {
+        "wall_s": wall_s,
+        "train_wall_s": meter.train_wall_s,
+        "train_s": train_s,
+        "eval_s": meter.eval_s,
+        "save_s": meter.save_s,
+        "evaluations": meter.evaluations,
+        "steps": meter.steps,
+        "examples": meter.examples,
+        "real_tokens": meter.real_tokens,
+        "padded_tokens": meter.padded_tokens,
+        "padding_fraction": 1 - meter.real_tokens / meter.padded_tokens
+        if meter.padded_tokens
+        else 0,
+        "loss_positions": meter.loss_positions,
+        "vocab_rows": meter.vocab_rows,
+        "real_tokens_per_s": meter.real_tokens / train_s if train_s > 0 else 0.0,
+        "padded_tokens_per_s": meter.padded_tokens / train_s if train_s > 0 else 0.0,
+        "model_flops": meter.model_flops(),
+        "model_flops_per_s": meter.model_flops() / train_s if train_s > 0 else 0.0,
+        "model": meter.model,
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_train_mb": meter.peak_rss_train_mb,
+        "threads": torch.get_num_threads(),
+        "quality": quality,
+        **(extra or {}),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Driver: one fresh process per arm, the peak measured around them, JSON and a table
+
+
+def run_arms(script: Path, arms: list[str], argv: list[str], workdir: Path) -> dict[str, dict]:
+    """`python script --arm NAME argv... --arm-output F` for each arm, in order; their JSONs."""
+    results = {}
+    for arm in arms:
+        out = workdir / f"{arm}.json"
+        cmd = [sys.executable, str(script), "--arm", arm, "--arm-output", str(out), *argv]
+        print(f"== {arm}: {' '.join(cmd[1:])}", flush=True)
+        proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "TUNEFORGE_QUIET": "1"})
+        if proc.returncode != 0 or not out.is_file():
+            raise SystemExit(f"the {arm} arm failed (exit code {proc.returncode})")
+        results[arm] = json.loads(out.read_text())
+    return results
+
+
+def summarise(results: dict[str, dict], peak: dict[str, Any], quality_keys: list[str]) -> dict:
+    """Adds MFU to each arm and the tuneforge/baseline ratios."""
+    for r in results.values():
+        r["mfu"] = r["model_flops_per_s"] / peak["flops_per_s"]
+    t, b = results["tuneforge"], results["baseline"]
+    keys = [
+        "real_tokens_per_s",
+        "padded_tokens_per_s",
+        "train_s",
+        "wall_s",
+        "eval_s",
+        "peak_rss_mb",
+        "peak_rss_train_mb",
+        "mfu",
+        "padded_tokens",
+        "vocab_rows",
+    ]
+    ratios = {k: t[k] / b[k] if b[k] else None for k in keys}
+    for k in quality_keys:
+        tv, bv = t["quality"].get(k), b["quality"].get(k)
+        ratios[k] = tv / bv if tv is not None and bv else None
+    return ratios
+
+
+def print_table(results: dict[str, dict], ratios: dict, peak: dict, quality_keys: list[str]):
+    rows = [
+        ("train time (s, without eval/save)", "train_s", "{:.1f}"),
+        ("wall time of the arm (s)", "wall_s", "{:.1f}"),
+        ("evaluation time (s)", "eval_s", "{:.1f}"),
+        ("real tokens / s", "real_tokens_per_s", "{:.1f}"),
+        ("padded tokens / s", "padded_tokens_per_s", "{:.1f}"),
+        ("padding fraction", "padding_fraction", "{:.3f}"),
+        ("vocabulary rows computed", "vocab_rows", "{:,}"),
+        ("MFU", "mfu", "{:.3f}"),
+        ("peak RSS, process (MB)", "peak_rss_mb", "{:.0f}"),
+        ("peak RSS, training (MB)", "peak_rss_train_mb", "{:.0f}"),
+    ]
+    print(
+        f"\nfp32 matmul peak: {peak['flops_per_s'] / 1e9:.1f} GFLOP/s ({peak['threads']} threads)"
+    )
+    print(f"{'':38} {'tuneforge':>12} {'baseline':>12} {'ratio':>8}")
+    for label, key, fmt in rows:
+        t, b, r = results["tuneforge"][key], results["baseline"][key], ratios.get(key)
+        print(f"{label:38} {fmt.format(t):>12} {fmt.format(b):>12} {_ratio(r):>8}")
+    for key in quality_keys:
+        t, b = results["tuneforge"]["quality"].get(key), results["baseline"]["quality"].get(key)
+        print(f"{'validation ' + key:38} {_num(t):>12} {_num(b):>12} {_ratio(ratios.get(key)):>8}")
+
+
+def _ratio(r) -> str:
+    return "" if r is None else f"{r:.2f}x"
+
+
+def _num(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def drive(args, script: Path, benchmark: str, recipe: Path, quality: list[str], prepare_quick):
+    """The driver: quick-mode inputs, the peak before and after the two arms, JSON, table."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="tuneforge-bench-") as tmp:
+        workdir = Path(tmp)
+        if args.quick:
+            prepare_quick(workdir)
+        forwarded = ["--workdir", str(workdir)]
+        forwarded += ["--quick"] if args.quick else []
+        forwarded += ["--epochs", str(args.epochs)] if args.epochs is not None else []
+        forwarded += ["--max-steps", str(args.max_steps)] if args.max_steps is not None else []
+        peak = matmul_peak()
+        results = run_arms(script, ["tuneforge", "baseline"], forwarded, workdir)
+        after = matmul_peak()
+        if after["flops_per_s"] > peak["flops_per_s"]:
+            peak = after
+    ratios = summarise(results, peak, quality)
+    write_json(
+        args.output,
+        {
+            "benchmark": benchmark,
+            "recipe": str(recipe.relative_to(ROOT)),
+            "quick": args.quick,
+            "epochs": args.epochs,
+            "max_steps": args.max_steps,
+            "matmul_peak": peak,
+            "tuneforge": results["tuneforge"],
+            "baseline": results["baseline"],
+            "ratios": ratios,
+        },
+    )
+    print_table(results, ratios, peak, quality)
+    print(f"\nwritten: {args.output}")
+
+
+def parse_args(doc: str, default_output: Path, argv: list[str] | None = None):
+    import argparse
+
+    p = argparse.ArgumentParser(
+        description=doc.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help="tiny random model, a few steps (< 1 min)")
+    p.add_argument("--epochs", type=float, help="override training.epochs (both arms)")
+    p.add_argument("--max-steps", type=int, help="override training.max_steps (both arms)")
+    p.add_argument("--output", type=Path, default=default_output, help="result JSON")
+    p.add_argument("--arm", choices=["tuneforge", "baseline"], help=argparse.SUPPRESS)
+    p.add_argument("--arm-output", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def common_overrides(args, workdir: Path) -> list[str]:
+    """Run folder and registry inside the benchmark's temporary folder; epochs / max_steps."""
+    out = [f"output_dir={workdir / 'runs'}", f"registry={workdir / 'registry.sqlite'}"]
+    if args.epochs is not None:
+        out.append(f"training.epochs={args.epochs}")
+    if args.max_steps is not None:
+        out.append(f"training.max_steps={args.max_steps}")
+    return out
+
+
+def data_path(path: Path, recipe: Path) -> Path:
+    """Recipe data paths are relative to the working directory, else to the recipe's folder."""
+    if path.is_absolute() or (ROOT / path).exists():
+        return ROOT / path
+    return recipe.parent / path

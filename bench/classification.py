@@ -1,0 +1,123 @@
+"""Benchmark: tuneforge's classification recipe against a plain transformers Trainer + PEFT script.
+
+    .venv/bin/python bench/classification.py            # recipes/sentiment.yaml on smollm2-135m
+    .venv/bin/python bench/classification.py --quick    # tiny random model, a few steps (CI smoke)
+    .venv/bin/python bench/classification.py --epochs 1 --max-steps 5
+
+Both arms get the same weights (the safetensors folder tuneforge resolves for the recipe's
+base_model), the same files, LoRA settings, epochs, batch size, learning rate, warm-up, weight
+decay and seed. Each runs in a fresh process (`--arm tuneforge|baseline`, started by this driver)
+so its peak RSS is its own; the fp32 matmul peak for MFU is measured here before and after them.
+Writes bench/results/classification.json (or --output) and prints a table.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import (  # noqa: E402
+    ROOT,
+    Meter,
+    arm_report,
+    common_overrides,
+    data_path,
+    drive,
+    instrument_trainer,
+    parse_args,
+    write_json,
+)
+
+RECIPE = ROOT / "recipes" / "sentiment.yaml"
+QUALITY = ["accuracy", "macro_f1", "loss"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(__doc__, ROOT / "bench" / "results" / "classification.json", argv)
+    if args.arm:
+        write_json(args.arm_output, run_arm(args))
+    else:
+        drive(args, Path(__file__), "classification", RECIPE, QUALITY, prepare_quick)
+
+
+def overrides(args, workdir: Path) -> list[str]:
+    out = common_overrides(args, workdir)
+    if args.quick:
+        out[:0] = [
+            f"base_model={workdir / 'tiny-llama'}",
+            f"data.train={workdir / 'train.csv'}",
+            f"data.validation={workdir / 'validation.csv'}",
+            f"data.test={workdir / 'test.csv'}",
+            "training.epochs=1",
+        ]
+    return out
+
+
+def prepare_quick(workdir: Path) -> None:
+    """A tiny random Llama and the first rows of the recipe's files, both labels alternating."""
+    from tuneforge.testing import build_tiny_llama
+
+    build_tiny_llama(workdir / "tiny-llama")
+    data = ROOT / "examples" / "data" / "movie_reviews"
+    for split, n in (("train", 32), ("validation", 16), ("test", 16)):
+        with (data / f"{split}.csv").open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        by_label: dict[str, list] = {}
+        for row in rows:
+            by_label.setdefault(row["label"], []).append(row)
+        mixed = [r for pair in zip(*by_label.values(), strict=False) for r in pair][:n]
+        with (workdir / f"{split}.csv").open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=["text", "label"])
+            writer.writeheader()
+            writer.writerows({"text": r["text"], "label": r["label"]} for r in mixed)
+
+
+def run_arm(args) -> dict:
+    """One arm, in this (fresh) process: train, then the validation metrics and the meter."""
+    from tuneforge.config import load_recipe
+    from tuneforge.models import resolve_base_model
+
+    t0 = time.perf_counter()
+    meter = Meter()
+    instrument_trainer(meter)
+    recipe = load_recipe(RECIPE, overrides(args, args.workdir))
+    extra: dict = {}
+    if args.arm == "tuneforge":
+        import tuneforge
+
+        run = tuneforge.train(RECIPE, overrides(args, args.workdir))
+        tuned = run.metrics["tuned"]["validation"]
+        quality = {k: tuned[k] for k in QUALITY}
+        extra["tuneforge_timings"] = run.meta["timings"]
+    else:
+        from _baseline_classification import train_baseline
+
+        tc, lora, data = recipe.training, recipe.lora, recipe.data
+        quality = train_baseline(
+            resolve_base_model(recipe.base_model).path,
+            data_path(data.train, RECIPE),
+            data_path(data.validation, RECIPE),
+            args.workdir / "baseline-out",
+            text_field=data.text_field,
+            label_field=data.label_field,
+            epochs=tc.epochs,
+            max_steps=tc.max_steps or -1,
+            batch_size=tc.batch_size,
+            learning_rate=tc.learning_rate,
+            warmup_ratio=tc.warmup_ratio,
+            weight_decay=tc.weight_decay,
+            max_length=tc.max_length,
+            seed=tc.seed,
+            lora_r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+        )
+    return arm_report(meter, quality, time.perf_counter() - t0, extra)
+
+
+if __name__ == "__main__":
+    main()
