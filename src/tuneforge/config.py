@@ -7,6 +7,7 @@ silently falls back to a default.
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -391,18 +392,28 @@ def apply_override(raw: dict[str, Any], item: str) -> tuple[str, ...]:
     return tuple(parts)
 
 
-def _line_index(node: yaml.Node | None, prefix: tuple = ()) -> dict[tuple, int]:
-    """Map each key path in the YAML document to its 1-based line number."""
+def _line_index(
+    node: yaml.Node | None, prefix: tuple = (), seen: set[int] | None = None
+) -> dict[tuple, int]:
+    """Map each key path in the YAML document to its 1-based line number.
+
+    A node reached again through an alias is indexed once: an alias cycle (`a: &x [*x]`) would
+    recurse forever and nested aliases (a "billion laughs" file) would take exponential time.
+    """
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        return {}
+    seen.add(id(node))
     out: dict[tuple, int] = {}
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             path = (*prefix, key_node.value)
             out[path] = key_node.start_mark.line + 1
-            out.update(_line_index(value_node, path))
+            out.update(_line_index(value_node, path, seen))
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             out[(*prefix, i)] = item.start_mark.line + 1
-            out.update(_line_index(item, (*prefix, i)))
+            out.update(_line_index(item, (*prefix, i), seen))
     return out
 
 
@@ -437,6 +448,6 @@ def _format_errors(e: ValidationError, source: str, lines: dict[tuple, int | str
             messages.append(f"{where}: missing required field '{field}'")
         else:
             got = err.get("input")
-            got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+            got_s = "" if isinstance(got, dict) else f" (got {reprlib.repr(got)})"  # bounded
             messages.append(f"{where}: {field}: {err['msg']}{got_s}")
     return "invalid recipe:\n  " + "\n  ".join(messages)
