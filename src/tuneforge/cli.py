@@ -50,7 +50,8 @@ def train(
     recipe: Annotated[Path | None, typer.Argument(help="Recipe YAML file.")] = None,
     set_: SetOption = None,
     resume: Annotated[
-        Path | None, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")
+        Path | None,
+        typer.Option("--resume", help="Continue an interrupted run from its last checkpoint."),
     ] = None,
     allow_pickle: AllowPickle = False,
 ) -> None:
@@ -71,19 +72,34 @@ def plan(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
     set_: SetOption = None,
     auto_batch_size: Annotated[
-        bool, typer.Option("--auto-batch-size", help="Pick the largest batch size that fits the budget (by the estimate).")
+        bool,
+        typer.Option(
+            "--auto-batch-size",
+            help="Pick the largest batch size that fits the budget (by the estimate).",
+        ),
     ] = False,
     memory_budget: Annotated[
-        float | None, typer.Option("--memory-budget", min=0.01, help="Memory budget in GB (default: available RAM).")
+        float | None,
+        typer.Option(
+            "--memory-budget", min=0.01, help="Memory budget in GB (default: available RAM)."
+        ),
     ] = None,
-    steps: Annotated[int, typer.Option("--steps", min=1, max=50, help="Training steps timed (after 1 warm-up).")] = 3,
+    steps: Annotated[
+        int, typer.Option("--steps", min=1, max=50, help="Training steps timed (after 1 warm-up).")
+    ] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Before training: parameters, data size, estimated peak memory, measured time per epoch, fit."""
     from tuneforge.planning import describe
     from tuneforge.planning import plan as make_plan
 
-    result = make_plan(recipe, set_ or [], auto_batch_size=auto_batch_size, memory_budget_gb=memory_budget, steps=steps)
+    result = make_plan(
+        recipe,
+        set_ or [],
+        auto_batch_size=auto_batch_size,
+        memory_budget_gb=memory_budget,
+        steps=steps,
+    )
     if as_json:
         print(json.dumps(result.to_dict(), default=str))
         return
@@ -95,9 +111,15 @@ def plan(
 def predict(
     run: Annotated[Path, typer.Argument(help="Run directory.")],
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.")] = None,
-    input: Annotated[Path | None, typer.Option("--input", "-i", help="CSV/JSONL/Parquet file of inputs.")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write predictions as JSONL.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
+    input: Annotated[
+        Path | None, typer.Option("--input", "-i", help="CSV/JSONL/Parquet file of inputs.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write predictions as JSONL.")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON lines instead of a table.")
+    ] = False,
     allow_pickle: AllowPickle = False,
 ) -> None:
     """Predict with a fine-tuned run: texts on the command line or a whole file."""
@@ -105,7 +127,9 @@ def predict(
 
     _allow_pickle(run, allow_pickle)
     if bool(texts) == bool(input):
-        raise TuneforgeError("predict: give texts on the command line or --input FILE (one of them)")
+        raise TuneforgeError(
+            "predict: give texts on the command line or --input FILE (one of them)"
+        )
     if input is not None:
         target = output or input.with_suffix(".predictions.jsonl")
         n = predict_file(run, input, target)
@@ -121,19 +145,28 @@ def predict(
             out.print(f"[dim]{escape(text[:80])} →[/dim]")
             out.print(r["completion"], markup=False)
             continue
-        probs = ", ".join(f"{k} {v:.3f}" for k, v in sorted(r["probabilities"].items(), key=lambda kv: -kv[1]))
+        probs = ", ".join(
+            f"{k} {v:.3f}" for k, v in sorted(r["probabilities"].items(), key=lambda kv: -kv[1])
+        )
         out.print(f"[bold]{r['label']}[/bold]  ({probs})  ← {text[:80]}")
 
 
 @app.command("eval")
 def eval_(
     run: Annotated[Path, typer.Argument(help="Run directory.")],
-    data: Annotated[Path | None, typer.Option("--data", "-d", help="Labelled file to evaluate on.")] = None,
-    base: Annotated[bool, typer.Option("--base", help="Also measure the untouched base model.")] = False,
+    data: Annotated[
+        Path | None, typer.Option("--data", "-d", help="Labelled file to evaluate on.")
+    ] = None,
+    base: Annotated[
+        bool, typer.Option("--base", help="Also measure the untouched base model.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    bias: Annotated[bool, typer.Option("--bias", help="Run the counterfactual bias probe (classification).")] = False,
+    bias: Annotated[
+        bool, typer.Option("--bias", help="Run the counterfactual bias probe (classification).")
+    ] = False,
     bias_terms: Annotated[
-        Path | None, typer.Option("--bias-terms", help="YAML with extra categories/templates for --bias.")
+        Path | None,
+        typer.Option("--bias-terms", help="YAML with extra categories/templates for --bias."),
     ] = None,
     allow_pickle: AllowPickle = False,
 ) -> None:
@@ -163,17 +196,27 @@ def eval_(
     _print_comparison(f"{run} on {data}", result.get("base", {}), result["tuned"])
 
 
-MaxNewTokens = Annotated[int, typer.Option("--max-new-tokens", min=1, max=8192, help="Longest answer.")]
-Temperature = Annotated[
-    float, typer.Option("--temperature", min=0.0, max=5.0, help="0 = greedy (reproducible); > 0 samples.")
+MaxNewTokens = Annotated[
+    int, typer.Option("--max-new-tokens", min=1, max=8192, help="Longest answer.")
 ]
-TopP = Annotated[float, typer.Option("--top-p", min=0.01, max=1.0, help="Nucleus sampling mass (with temperature > 0).")]
+Temperature = Annotated[
+    float,
+    typer.Option("--temperature", min=0.0, max=5.0, help="0 = greedy (reproducible); > 0 samples."),
+]
+TopP = Annotated[
+    float,
+    typer.Option(
+        "--top-p", min=0.01, max=1.0, help="Nucleus sampling mass (with temperature > 0)."
+    ),
+]
 
 
 @app.command()
 def generate(
     run: Annotated[Path, typer.Argument(help="Run directory (sft or pretrain).")],
-    prompt: Annotated[str, typer.Argument(help="The prompt (sft: one user message; pretrain: text to continue).")],
+    prompt: Annotated[
+        str, typer.Argument(help="The prompt (sft: one user message; pretrain: text to continue).")
+    ],
     max_new_tokens: MaxNewTokens = 256,
     temperature: Temperature = 0.0,
     top_p: TopP = 1.0,
@@ -184,13 +227,17 @@ def generate(
     if not prompt.strip():
         raise TuneforgeError("generate: the prompt is empty")
     loaded = Run.load(run)
-    print(loaded.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p))
+    print(
+        loaded.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    )
 
 
 @app.command()
 def chat(
     run: Annotated[Path, typer.Argument(help="Run directory (sft).")],
-    system: Annotated[str | None, typer.Option("--system", help="System message for the conversation.")] = None,
+    system: Annotated[
+        str | None, typer.Option("--system", help="System message for the conversation.")
+    ] = None,
     max_new_tokens: MaxNewTokens = 256,
     temperature: Temperature = 0.0,
     top_p: TopP = 1.0,
@@ -213,7 +260,9 @@ def chat(
         if not line.strip():
             continue
         messages.append({"role": "user", "content": line.rstrip("\n")})
-        reply = loaded.chat(messages, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        reply = loaded.chat(
+            messages, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p
+        )
         messages.append({"role": "assistant", "content": reply})
         print(reply, flush=True)
 
@@ -222,13 +271,21 @@ def chat(
 def export(
     run: Annotated[Path, typer.Argument(help="Run directory.")],
     format: Annotated[str, typer.Option("--format", "-f", help="adapter | merged | gguf.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to create (model, README.md).")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder to create (model, README.md).")
+    ],
     quant: Annotated[
-        str | None, typer.Option("--quant", help="GGUF tensor type: f32 | f16 | q8_0 (default q8_0).")
+        str | None,
+        typer.Option("--quant", help="GGUF tensor type: f32 | f16 | q8_0 (default q8_0)."),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an earlier export at --output.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an earlier export at --output.")
+    ] = False,
     no_verify: Annotated[
-        bool, typer.Option("--no-verify", help="Skip loading the export back to compare it with the run.")
+        bool,
+        typer.Option(
+            "--no-verify", help="Skip loading the export back to compare it with the run."
+        ),
     ] = False,
     allow_pickle: AllowPickle = False,
 ) -> None:
@@ -267,10 +324,14 @@ def serve(
     ] = None,
     allow_pickle: AllowPickle = False,
     max_body_bytes: Annotated[
-        int, typer.Option(min=1, help="Largest request body in bytes (413 past it).", rich_help_panel=LIMITS_PANEL)
+        int,
+        typer.Option(
+            min=1, help="Largest request body in bytes (413 past it).", rich_help_panel=LIMITS_PANEL
+        ),
     ] = SERVE_LIMITS.max_body_bytes,
     max_texts: Annotated[
-        int, typer.Option(min=1, help="Texts in one /v1/classify call.", rich_help_panel=LIMITS_PANEL)
+        int,
+        typer.Option(min=1, help="Texts in one /v1/classify call.", rich_help_panel=LIMITS_PANEL),
     ] = SERVE_LIMITS.max_texts,
     max_prompt_tokens: Annotated[
         int | None,
@@ -282,11 +343,18 @@ def serve(
         ),
     ] = SERVE_LIMITS.max_prompt_tokens,
     max_tokens: Annotated[
-        int, typer.Option(min=1, help="Largest max_tokens a request may ask for.", rich_help_panel=LIMITS_PANEL)
+        int,
+        typer.Option(
+            min=1, help="Largest max_tokens a request may ask for.", rich_help_panel=LIMITS_PANEL
+        ),
     ] = SERVE_LIMITS.max_tokens,
     default_max_tokens: Annotated[
         int,
-        typer.Option(min=1, help="Tokens generated when a request gives no max_tokens.", rich_help_panel=LIMITS_PANEL),
+        typer.Option(
+            min=1,
+            help="Tokens generated when a request gives no max_tokens.",
+            rich_help_panel=LIMITS_PANEL,
+        ),
     ] = SERVE_LIMITS.default_max_tokens,
     max_waiting: Annotated[
         int,
@@ -342,18 +410,30 @@ def data_preview(
             text.append(piece, style=STYLES[style])
         out.print(text, soft_wrap=True)  # line breaks only where the data has them
         out.print(f"[dim]{escape(example.note)}[/dim]")
-    legend = "⟦trained⟧ (loss on these tokens), the rest is context" if plain else (
-        "[bold green]trained[/bold green] (loss on these tokens), [dim]context[/dim], "
-        "[bold magenta]document separator[/bold magenta]"
+    legend = (
+        "⟦trained⟧ (loss on these tokens), the rest is context"
+        if plain
+        else (
+            "[bold green]trained[/bold green] (loss on these tokens), [dim]context[/dim], "
+            "[bold magenta]document separator[/bold magenta]"
+        )
     )
     out.print(legend)
 
 
 models_app = typer.Typer(help="Base models available offline; named fine-tuned model versions.")
 app.add_typer(models_app, name="models")
-runs_app = typer.Typer(no_args_is_help=True, help="The run registry: list, show, compare, remove runs.")
+runs_app = typer.Typer(
+    no_args_is_help=True, help="The run registry: list, show, compare, remove runs."
+)
 app.add_typer(runs_app, name="runs")
-RegistryOption = Annotated[Path | None, typer.Option("--registry", help="Registry file (default: $TUNEFORGE_REGISTRY or ~/.cache/tuneforge/registry.sqlite).")]
+RegistryOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--registry",
+        help="Registry file (default: $TUNEFORGE_REGISTRY or ~/.cache/tuneforge/registry.sqlite).",
+    ),
+]
 
 
 @models_app.callback(invoke_without_command=True)
@@ -403,9 +483,15 @@ def models_promote(
     name: Annotated[str, typer.Argument(help="Model name.")],
     version: Annotated[int, typer.Argument(help="Version to promote.")],
     stage: Annotated[str, typer.Option("--stage", help="Target stage.")] = "production",
-    data: Annotated[Path | None, typer.Option("--data", help="Score both versions on this labelled file.")] = None,
-    tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="Allowed metric drop.")] = 0.0,
-    force: Annotated[bool, typer.Option("--force", help="Promote even if worse (recorded).")] = False,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Score both versions on this labelled file.")
+    ] = None,
+    tolerance: Annotated[
+        float, typer.Option("--tolerance", min=0.0, help="Allowed metric drop.")
+    ] = 0.0,
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote even if worse (recorded).")
+    ] = False,
     registry: RegistryOption = None,
 ) -> None:
     """Move a version to a stage; refused if it is worse than the current holder of that stage."""
@@ -438,20 +524,46 @@ def runs_list(registry: RegistryOption = None) -> None:
             split = "test" if "test" in m["tuned"] else "validation"
             base = m.get("base", {}).get(split, {}).get(metric)
             tuned = m["tuned"].get(split, {}).get(metric)
-            headline = f"{split} {metric}: " + (f"{base:.4f} → " if base is not None else "") + (f"{tuned:.4f}" if tuned is not None else "")
-        table.add_row(r.id, r.row["task"] or "", r.row["method"] or "", r.row["base_model"] or "", r.status, headline)
+            headline = (
+                f"{split} {metric}: "
+                + (f"{base:.4f} → " if base is not None else "")
+                + (f"{tuned:.4f}" if tuned is not None else "")
+            )
+        table.add_row(
+            r.id,
+            r.row["task"] or "",
+            r.row["method"] or "",
+            r.row["base_model"] or "",
+            r.status,
+            headline,
+        )
     out.print(table)
 
 
 @runs_app.command("show")
-def runs_show(run: Annotated[str, typer.Argument(help="Run id (or prefix) or directory.")], registry: RegistryOption = None) -> None:
+def runs_show(
+    run: Annotated[str, typer.Argument(help="Run id (or prefix) or directory.")],
+    registry: RegistryOption = None,
+) -> None:
     """A run's lineage: base weights, data hashes, versions, commit, metrics, parent chain."""
     from tuneforge import registry as reg
     from tuneforge.lineage import chain_text as lineage_text
 
     chain = reg.lineage_chain(run, registry)
     record = chain[0]
-    info = {k: record.row[k] for k in ("id", "path", "status", "task", "method", "base_model", "base_weights_sha256", "git_commit")}
+    info = {
+        k: record.row[k]
+        for k in (
+            "id",
+            "path",
+            "status",
+            "task",
+            "method",
+            "base_model",
+            "base_weights_sha256",
+            "git_commit",
+        )
+    }
     info["status"] = record.status
     info["data"] = record.json("data")
     info["versions"] = record.json("versions")
@@ -485,17 +597,28 @@ def runs_compare(
         table.add_column(col)
     ma, mb = (r.json("metrics") or {} for r in (a, b))
     for split in sorted(set(ma.get("tuned", {})) | set(mb.get("tuned", {}))):
-        names = sorted(set(ma.get("tuned", {}).get(split, {})) | set(mb.get("tuned", {}).get(split, {})))
+        names = sorted(
+            set(ma.get("tuned", {}).get(split, {})) | set(mb.get("tuned", {}).get(split, {}))
+        )
         for name in names:
-            va, vb = ma.get("tuned", {}).get(split, {}).get(name), mb.get("tuned", {}).get(split, {}).get(name)
-            table.add_row(f"{split}/{name}", "" if va is None else f"{va:.4f}", "" if vb is None else f"{vb:.4f}")
+            va, vb = (
+                ma.get("tuned", {}).get(split, {}).get(name),
+                mb.get("tuned", {}).get(split, {}).get(name),
+            )
+            table.add_row(
+                f"{split}/{name}",
+                "" if va is None else f"{va:.4f}",
+                "" if vb is None else f"{vb:.4f}",
+            )
     out.print(table)
 
 
 @runs_app.command("rm")
 def runs_rm(
     run: Annotated[str, typer.Argument(help="Run id or directory.")],
-    keep_files: Annotated[bool, typer.Option("--keep-files", help="Only forget the run; keep its folder.")] = False,
+    keep_files: Annotated[
+        bool, typer.Option("--keep-files", help="Only forget the run; keep its folder.")
+    ] = False,
     registry: RegistryOption = None,
 ) -> None:
     """Remove a run from the registry and delete its folder (refused if a model version uses it)."""
@@ -528,7 +651,13 @@ def demo(
 
 def _print_bias(probe: dict) -> None:
     table = Table(title="Bias probe: label flip rate under identity swaps (lower is better)")
-    for col in ("category", "base flip rate", "tuned flip rate", "tuned max prob. shift", "worst template (tuned)"):
+    for col in (
+        "category",
+        "base flip rate",
+        "tuned flip rate",
+        "tuned max prob. shift",
+        "worst template (tuned)",
+    ):
         table.add_column(col)
     for category, tuned in probe["tuned"]["categories"].items():
         base = probe.get("base", {}).get("categories", {}).get(category, {})
@@ -589,7 +718,9 @@ def data_check(
 def print_summary(run) -> None:
     metrics = run.metrics
     for split, tuned in metrics["tuned"].items():
-        _print_comparison(f"{run.path.name}: {split}", metrics.get("base", {}).get(split, {}), tuned)
+        _print_comparison(
+            f"{run.path.name}: {split}", metrics.get("base", {}).get(split, {}), tuned
+        )
     if metrics.get("forgetting"):  # continued runs: the parent's validation set before and after
         from tuneforge.evaluation.forgetting import describe
 
@@ -614,7 +745,9 @@ def main() -> None:
         app(standalone_mode=True)
     except TuneforgeError as e:
         # escaped: a message quotes user input, and "[x]" in it is not rich markup
-        console.print(f"[bold red]error:[/bold red] {escape(e.message)}", markup=True, highlight=False)
+        console.print(
+            f"[bold red]error:[/bold red] {escape(e.message)}", markup=True, highlight=False
+        )
         if e.hint:
             console.print(f"  [dim]hint:[/dim] {escape(e.hint)}")
         sys.exit(e.exit_code)

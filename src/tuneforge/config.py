@@ -35,7 +35,9 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """Where the examples are and which columns hold what."""
 
-    train: Path = Field(description="Training data: CSV, JSONL, Parquet or a folder saved by `datasets`.")
+    train: Path = Field(
+        description="Training data: CSV, JSONL, Parquet or a folder saved by `datasets`."
+    )
     validation: Path | None = Field(
         None, description="Validation data used during training; or set `validation_split`."
     )
@@ -53,11 +55,15 @@ class DataConfig(_Strict):
     messages_field: str = Field(
         "messages", description="sft: column with a chat as a list of {role, content} messages."
     )
-    prompt_field: str = Field("prompt", description="sft: column with the prompt (prompt/completion data).")
+    prompt_field: str = Field(
+        "prompt", description="sft: column with the prompt (prompt/completion data)."
+    )
     completion_field: str = Field(
         "completion", description="sft: column with the answer to learn (prompt/completion data)."
     )
-    instruction_field: str = Field("instruction", description="sft: Alpaca-style instruction column.")
+    instruction_field: str = Field(
+        "instruction", description="sft: Alpaca-style instruction column."
+    )
     input_field: str = Field(
         "input", description="sft: Alpaca-style optional input column, appended to the instruction."
     )
@@ -74,7 +80,9 @@ class LoraConfig(_Strict):
     """Low-rank adapters (PEFT LoRA) on the chosen linear layers."""
 
     r: int = Field(16, ge=1, le=1024, description="Adapter rank.")
-    alpha: float = Field(32, gt=0, description="Scaling numerator: the update is scaled by alpha/r.")
+    alpha: float = Field(
+        32, gt=0, description="Scaling numerator: the update is scaled by alpha/r."
+    )
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
     target_modules: str | list[str] = Field(
         "all-linear", description="`all-linear` or a list of module names, e.g. [q_proj, v_proj]."
@@ -96,7 +104,9 @@ class TrainingConfig(_Strict):
     """Optimisation settings passed to the transformers Trainer."""
 
     epochs: float = Field(3, gt=0, description="Number of passes over the training data.")
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps (overrides epochs).")
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many steps (overrides epochs)."
+    )
     learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate.")
     batch_size: int = Field(16, ge=1, description="Examples per device per step.")
     gradient_accumulation_steps: int = Field(
@@ -117,14 +127,20 @@ class TrainingConfig(_Strict):
         "need a CUDA GPU: CPUs without native bf16 run it about 36x slower than fp32.",
     )
     eval_batch_size: int | None = Field(None, ge=1, description="Batch size for evaluation.")
-    max_length: int = Field(256, ge=8, description="Longer inputs are truncated to this many tokens.")
+    max_length: int = Field(
+        256, ge=8, description="Longer inputs are truncated to this many tokens."
+    )
     seed: int = Field(0, description="Seed for the head initialisation, shuffling and dropout.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (regularisation).")
     label_smoothing: float = Field(
         0.0, ge=0, lt=1, description="Label smoothing factor for the loss (regularisation)."
     )
-    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps for linear warm-up.")
-    lr_scheduler: str = Field("linear", description="transformers scheduler name (linear, cosine...).")
+    warmup_ratio: float = Field(
+        0.0, ge=0, lt=1, description="Fraction of steps for linear warm-up."
+    )
+    lr_scheduler: str = Field(
+        "linear", description="transformers scheduler name (linear, cosine...)."
+    )
     eval_steps: int | None = Field(
         None, ge=1, description="Evaluate every N steps; default: at the end of every epoch."
     )
@@ -175,13 +191,27 @@ class DataChecksConfig(_Strict):
     parse_errors: CheckSeverity = Field("error", description="Rows that could not be parsed.")
     leakage: CheckSeverity = Field("error", description="Validation/test examples also in train.")
     empty_text: CheckSeverity = Field("error", description="Examples with no text.")
-    duplicates: CheckSeverity = Field("warning", description="Exact or normalised duplicates in a split.")
-    imbalance: CheckSeverity = Field("warning", description="Largest/smallest class above imbalance_ratio.")
-    short_text: CheckSeverity = Field("warning", description="Texts shorter than short_chars characters.")
-    long_text: CheckSeverity = Field("warning", description="Texts over 4x the median token length.")
-    truncation: CheckSeverity = Field("warning", description="Examples longer than training.max_length.")
-    imbalance_ratio: float = Field(3.0, gt=1, description="Class-count ratio that counts as imbalance.")
-    short_chars: int = Field(3, ge=1, description="Texts shorter than this many characters are flagged.")
+    duplicates: CheckSeverity = Field(
+        "warning", description="Exact or normalised duplicates in a split."
+    )
+    imbalance: CheckSeverity = Field(
+        "warning", description="Largest/smallest class above imbalance_ratio."
+    )
+    short_text: CheckSeverity = Field(
+        "warning", description="Texts shorter than short_chars characters."
+    )
+    long_text: CheckSeverity = Field(
+        "warning", description="Texts over 4x the median token length."
+    )
+    truncation: CheckSeverity = Field(
+        "warning", description="Examples longer than training.max_length."
+    )
+    imbalance_ratio: float = Field(
+        3.0, gt=1, description="Class-count ratio that counts as imbalance."
+    )
+    short_chars: int = Field(
+        3, ge=1, description="Texts shorter than this many characters are flagged."
+    )
 
     def severities(self) -> dict[str, str]:
         return self.model_dump(exclude={"imbalance_ratio", "short_chars"})
@@ -221,8 +251,9 @@ class SftConfig(_Strict):
     )
     system_prompt: str | None = Field(
         None,
-        description="System message put before prompt/completion and Alpaca examples, and used by "
-        "`generate`, `chat` and `predict` (chats that carry their own system message keep it).",
+        description="System message put before every training example and used the same way by "
+        "`generate`, `chat`, `predict` and the server (chats that carry their own system message "
+        "keep theirs), so the model is prompted at inference exactly as in training.",
     )
     generation_examples: int = Field(
         16,
@@ -251,7 +282,9 @@ class Recipe(_Strict):
     )
     task: TaskName = Field(description="classification | sft | pretrain")
     data: DataConfig
-    method: MethodName = Field("lora", description="lora | full | freeze (qlora: lora with lora.quantize_base: 4bit)")
+    method: MethodName = Field(
+        "lora", description="lora | full | freeze (qlora: lora with lora.quantize_base: 4bit)"
+    )
     lora: LoraConfig = Field(default_factory=LoraConfig)
     freeze: FreezeConfig = Field(default_factory=FreezeConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
@@ -269,7 +302,8 @@ class Recipe(_Strict):
     )
     output_dir: Path = Field(Path("runs"), description="Where run directories are created.")
     registry: Path | None = Field(
-        None, description="Run registry (SQLite); default $TUNEFORGE_REGISTRY or ~/.cache/tuneforge."
+        None,
+        description="Run registry (SQLite); default $TUNEFORGE_REGISTRY or ~/.cache/tuneforge.",
     )
     trust_remote_code: bool = Field(False, description="Allow model code from the model folder.")
     allow_pickle: bool = Field(
@@ -425,7 +459,9 @@ def _model_for_path(loc: tuple) -> type[BaseModel] | None:
             return None
         ann = model.model_fields[part].annotation
         candidates = [ann, *getattr(ann, "__args__", ())]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        model = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
     return model
 
 

@@ -41,7 +41,9 @@ class Run:
         for required in ("recipe.yaml", "metrics.json"):
             if not (path / required).is_file():
                 raise TuneforgeError(f"{path} is not a complete run: {required} is missing")
-        recipe = validate_recipe(yaml.safe_load((path / "recipe.yaml").read_text()), source=str(path / "recipe.yaml"))
+        recipe = validate_recipe(
+            yaml.safe_load((path / "recipe.yaml").read_text()), source=str(path / "recipe.yaml")
+        )
         meta = json.loads((path / "run.json").read_text())
         return cls(path, recipe, meta)
 
@@ -55,7 +57,9 @@ class Run:
 
     @cached_property
     def source(self) -> ModelSource:
-        return resolve_base_model(self.recipe.base_model, trust_remote_code=self.recipe.trust_remote_code)
+        return resolve_base_model(
+            self.recipe.base_model, trust_remote_code=self.recipe.trust_remote_code
+        )
 
     @cached_property
     def tokenizer(self):
@@ -64,7 +68,12 @@ class Run:
     @cached_property
     def model(self):
         model = self.task.load_tuned(
-            self.path, self.source, self.meta["info"], self.meta["method"], self.tokenizer, self.recipe
+            self.path,
+            self.source,
+            self.meta["info"],
+            self.meta["method"],
+            self.tokenizer,
+            self.recipe,
         )
         model.eval()
         return model
@@ -73,28 +82,50 @@ class Run:
         """One prediction per input (classification: label and probabilities; sft: completion)."""
         if isinstance(texts, str):
             texts = [texts]
-        return self.task.predict(self.model, self.tokenizer, list(texts), self.meta["info"], self.recipe)
+        return self.task.predict(
+            self.model, self.tokenizer, list(texts), self.meta["info"], self.recipe
+        )
 
     def generate(
-        self, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0
+        self,
+        prompt: str,
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
     ) -> str:
         """The model's answer to one prompt (sft: a user turn in the chat template; pretrain: a
         plain continuation). Greedy unless `temperature` > 0."""
         sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
-        out = hook(self.task, "generate")(self.model, self.tokenizer, [prompt], self.meta["info"], self.recipe, sampling)
+        out = hook(self.task, "generate")(
+            self.model, self.tokenizer, [prompt], self.meta["info"], self.recipe, sampling
+        )
         return out[0].text
 
     def chat(
-        self, messages: list[dict[str, str]], *, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
     ) -> str:
         """The next assistant reply to a conversation ({role, content} messages, ending with the user)."""
         sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
-        return hook(self.task, "chat")(self.model, self.tokenizer, messages, self.meta["info"], self.recipe, sampling).text
+        return hook(self.task, "chat")(
+            self.model, self.tokenizer, messages, self.meta["info"], self.recipe, sampling
+        ).text
 
-    def bias_probe(self, extra_terms: str | Path | None = None, *, save: bool = True) -> dict[str, Any]:
+    def bias_probe(
+        self, extra_terms: str | Path | None = None, *, save: bool = True
+    ) -> dict[str, Any]:
         """Counterfactual identity swaps (classification); saved to bias.json and the report."""
         result = hook(self.task, "bias_probe")(
-            self.model, self.source, self.tokenizer, self.meta["info"], self.recipe,
+            self.model,
+            self.source,
+            self.tokenizer,
+            self.meta["info"],
+            self.recipe,
             Path(extra_terms) if extra_terms else None,
         )
         if save:
@@ -108,7 +139,11 @@ class Run:
     def evaluate(self, data: str | Path, *, base: bool = False) -> dict[str, Any]:
         """Metrics of the tuned model on a labelled file; with `base`, of the untouched base too."""
         rows = self.task.read_eval_rows(Path(data), self.meta["info"])
-        result = {"tuned": self.task.evaluate(self.model, self.tokenizer, rows, self.meta["info"], self.recipe, "data")}
+        result = {
+            "tuned": self.task.evaluate(
+                self.model, self.tokenizer, rows, self.meta["info"], self.recipe, "data"
+            )
+        }
         if base:
             result["base"] = self.task.evaluate_base(
                 self.source, self.tokenizer, rows, self.meta["info"], self.recipe, "data"
@@ -116,4 +151,6 @@ class Run:
         return result
 
     def __repr__(self) -> str:
-        return f"Run({str(self.path)!r}, task={self.meta['task']!r}, method={self.meta['method']!r})"
+        return (
+            f"Run({str(self.path)!r}, task={self.meta['task']!r}, method={self.meta['method']!r})"
+        )

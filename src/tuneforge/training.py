@@ -389,8 +389,7 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _trainer_class():
-    """The Trainer with one change: length-grouped batches come from :class:`SortedBatchesSampler`.
-    """
+    """The Trainer with one change: length-grouped batches come from :class:`SortedBatchesSampler`."""
     from transformers import Trainer
     from transformers.trainer_pt_utils import LengthGroupedSampler
 

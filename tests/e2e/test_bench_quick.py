@@ -89,7 +89,11 @@ def _training_bench(tmp_path, script: str) -> dict:
         assert math.isfinite(data["ratios"][key]), key
     t, b = data["tuneforge"], data["baseline"]
     # Same data, same examples, same loss: the arms differ only in how they get there.
-    assert (t["steps"], t["examples"], t["real_tokens"]) == (b["steps"], b["examples"], b["real_tokens"])
+    assert (t["steps"], t["examples"], t["real_tokens"]) == (
+        b["steps"],
+        b["examples"],
+        b["real_tokens"],
+    )
     assert t["loss_positions"] == b["loss_positions"]
     assert t["model"] == b["model"]  # same LoRA layers: same trained/frozen parameter counts
     return data

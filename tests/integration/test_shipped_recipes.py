@@ -31,5 +31,7 @@ def test_recipe_data_passes_the_data_check(recipe, monkeypatch):
     monkeypatch.chdir(ROOT)  # recipes name their data relative to the project root
     result = CliRunner().invoke(app, ["data", "check", str(recipe.relative_to(ROOT))])
     assert result.exit_code == 0, result.output
-    severities = [line.split("│")[1].strip() for line in result.output.splitlines() if line.startswith("│")]
+    severities = [
+        line.split("│")[1].strip() for line in result.output.splitlines() if line.startswith("│")
+    ]
     assert "error" not in severities, result.output  # leakage, empty texts, unparseable rows

@@ -6,7 +6,10 @@ from tuneforge.data.check import Example, normalise, run_checks
 def ex(texts, labels=None, tokens=None):
     labels = labels or [None] * len(texts)
     tokens = tokens or [len(t.split()) for t in texts]
-    return [Example(t, i + 2, lab, n) for i, (t, lab, n) in enumerate(zip(texts, labels, tokens, strict=True))]
+    return [
+        Example(t, i + 2, lab, n)
+        for i, (t, lab, n) in enumerate(zip(texts, labels, tokens, strict=True))
+    ]
 
 
 CLEAN_TRAIN = ex(

@@ -113,7 +113,7 @@ def conversation(
                 f"{where}: field '{fields.messages}': no assistant message, so nothing to learn",
                 hint='each chat needs at least one {"role": "assistant", ...} turn',
             )
-        return messages
+        return with_system_prompt(messages, fields.system_prompt)
     if fields.format == "prompt_completion":
         user = _text(row, fields.prompt, where)
         answer = _text(row, fields.completion, where) if need_answer else None
@@ -197,8 +197,8 @@ def prompt_and_reference(messages: list[Message]) -> tuple[list[Message], str]:
 def with_system_prompt(messages: list[Message], system: str | None) -> list[Message]:
     """The chat with the run's system prompt first, unless it carries its own system message.
 
-    The one place the recipe's `sft.system_prompt` enters a chat: training examples
-    (prompt/completion, Alpaca), `generate`, `chat`, `predict` and the server all call it, so a
+    The one place the recipe's `sft.system_prompt` enters a chat: training examples (every
+    format; chats without their own system message get it too), `generate`, `chat`, `predict` and the server all call it, so a
     model is prompted at inference exactly as it was trained.
     """
     if not system or any(m["role"] == "system" for m in messages):

@@ -182,12 +182,13 @@ def _check_split(
     for e in examples:
         if not e.text.strip():
             continue
+        key = normalise(e.text)
         if e.text in seen_exact:
             exact.append(e.line)
-        elif (key := normalise(e.text)) in seen_norm:
+        elif key in seen_norm:
             near.append(e.line)
         seen_exact.setdefault(e.text, e.line)
-        seen_norm.setdefault(normalise(e.text), e.line)
+        seen_norm.setdefault(key, e.line)
     if exact:
         add("duplicates", f"{len(exact)} exact duplicate(s) of earlier rows", split, exact)
     if near:

@@ -109,7 +109,9 @@ class TaskDefaults:
                 )
         return [r[text_field] for r in rows]
 
-    def bias_probe(self, model, source, tokenizer, info: dict, recipe: Recipe, extra_terms: Path | None = None):
+    def bias_probe(
+        self, model, source, tokenizer, info: dict, recipe: Recipe, extra_terms: Path | None = None
+    ):
         raise TuneforgeError(f"the bias probe is for classification runs, not {self.name}")
 
     def check_splits(
