@@ -210,6 +210,13 @@ def remove_run(ref: str, db: Path | None = None, *, delete_files: bool = True) -
         if used:
             names = ", ".join(f"{r['name']}@{r['version']}" for r in used)
             raise TuneforgeError(f"run {record.id} is registered as {names}; it cannot be removed")
+        children = conn.execute("SELECT id FROM runs WHERE parent = ?", (record.id,)).fetchall()
+        if children and delete_files:  # continued runs load their parent's weights from its folder
+            ids = ", ".join(r["id"] for r in children)
+            raise TuneforgeError(
+                f"run {record.id} is the parent of {ids}, which load(s) its weights; it cannot be deleted",
+                hint="remove the continued runs first, or pass --keep-files to only forget it",
+            )
         conn.execute("DELETE FROM runs WHERE id = ?", (record.id,))
         conn.execute(
             "INSERT INTO events VALUES (?, 'run_removed', ?, ?)",

@@ -45,6 +45,9 @@ class Run:
             yaml.safe_load((path / "recipe.yaml").read_text()), source=str(path / "recipe.yaml")
         )
         meta = json.loads((path / "run.json").read_text())
+        from tuneforge import safety
+
+        safety.check_run(path)  # pickle-only weights are refused unless allowed (--allow-pickle)
         return cls(path, recipe, meta)
 
     @property

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,53 +48,20 @@ def train(
 
 
 def _train(recipe, overrides, *, resume):
+    from transformers import set_seed
+
     from tuneforge.run import Run
 
     distributed.init()  # no-op in a single process
     if not distributed.is_main():
         return _train_worker(recipe, overrides, resume=resume)
-    recipe_dir = Path(".")
-    if resume is not None:
-        reopened = RunDir.reopen(resume)
-        recipe = load_recipe(reopened.path / "recipe.yaml", overrides)
-        recipe_dir = Path(
-            json.loads((reopened.path / "status.json").read_text()).get("recipe_dir", ".")
-        )
-    elif not isinstance(recipe, Recipe):
-        if recipe is None:
-            raise TuneforgeError("train: give a recipe file (or --resume RUN)")
-        recipe_dir = Path(recipe).parent
-        recipe = load_recipe(recipe, overrides)
-    safety.allow_pickle(recipe.allow_pickle)
-    tracking.check_available(recipe.training.report_to)
-    check_device_options(recipe)
-    task = get_task(recipe.task)
-    metric = selection_metric(recipe, task)
-
-    from transformers import set_seed
-
-    set_seed(recipe.training.seed)
-    timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    parent = _parent(recipe)  # continued training: base_model names an earlier run
-    if parent is not None:
-        recipe = pin_parent(recipe, parent)
-    source = (
-        parent.source
-        if parent is not None
-        else resolve_base_model(recipe.base_model, trust_remote_code=recipe.trust_remote_code)
-    )
-    with status(f"Loading tokenizer of {recipe.base_model}"):
-        tokenizer = load_tokenizer(source.path, trust_remote_code=recipe.trust_remote_code)
-    # The task's own strict reading first: a missing column or an empty text gets its precise
-    # message (file, line, field); then the data check's findings (leakage, duplicates, ...).
-    prepared = task.prepare(recipe, tokenizer, recipe_dir)
-    data_report = check_data(recipe, tokenizer, task, recipe_dir)
-    continued = None
-    if parent is not None:
-        continued = continue_from(parent, task, recipe, tokenizer, prepared, recipe_dir)
-        prepared = continued.prepared
-    timings["load_and_prepare"] = time.perf_counter() - t0
+    reopened = RunDir.reopen(resume) if resume is not None else None
+    setup = _set_up(recipe, overrides, reopened.path if reopened is not None else None)
+    recipe, recipe_dir, task, metric = setup.recipe, setup.recipe_dir, setup.task, setup.metric
+    parent, source, tokenizer = setup.parent, setup.source, setup.tokenizer
+    prepared, continued, data_report = setup.prepared, setup.continued, setup.data_report
+    timings: dict[str, float] = {"load_and_prepare": time.perf_counter() - t0}
 
     try:
         run = reopened if resume is not None else RunDir.create(recipe.output_dir, recipe.name)
@@ -253,23 +220,40 @@ def _train(recipe, overrides, *, resume):
     return Run.load(final)
 
 
-def _train_worker(recipe, overrides, *, resume) -> None:
-    """Ranks 1..N-1 under torchrun/accelerate: the same data, model and Trainer as rank 0, no files.
+@dataclass
+class _Setup:
+    """What every rank needs before training: the recipe resolved, the data read and checked."""
 
-    Mirrors `_train` up to `trainer.train` (keep the two in step): rank 0 alone creates the run
-    directory (shared here), scores the base model, evaluates, saves and reports.
+    recipe: Recipe
+    recipe_dir: Path
+    task: Any
+    metric: str
+    parent: Any  # lineage.Parent for continued training, else None
+    source: Any
+    tokenizer: Any
+    prepared: Any
+    data_report: Any
+    continued: Any
+
+
+def _set_up(recipe, overrides, resume_path: Path | None) -> _Setup:
+    """Resolve the recipe (or a resumed run's), the base model or parent, tokenizer and data.
+
+    Shared by rank 0 and the other ranks, so they read the same data the same way.
     """
     recipe_dir = Path(".")
-    if resume is not None:
-        partial = Path(resume)
-        if not partial.name.endswith(INCOMPLETE):
-            partial = partial.parent / f".{partial.name}{INCOMPLETE}"
-        recipe = load_recipe(partial / "recipe.yaml", overrides)
-        recipe_dir = Path(json.loads((partial / "status.json").read_text()).get("recipe_dir", "."))
+    if resume_path is not None:
+        recipe = load_recipe(resume_path / "recipe.yaml", overrides)
+        recipe_dir = Path(
+            json.loads((resume_path / "status.json").read_text()).get("recipe_dir", ".")
+        )
     elif not isinstance(recipe, Recipe):
+        if recipe is None:
+            raise TuneforgeError("train: give a recipe file (or --resume RUN)")
         recipe_dir = Path(recipe).parent
         recipe = load_recipe(recipe, overrides)
     safety.allow_pickle(recipe.allow_pickle)
+    tracking.check_available(recipe.training.report_to)
     check_device_options(recipe)
     task = get_task(recipe.task)
     metric = selection_metric(recipe, task)
@@ -277,7 +261,7 @@ def _train_worker(recipe, overrides, *, resume) -> None:
     from transformers import set_seed
 
     set_seed(recipe.training.seed)
-    parent = _parent(recipe)
+    parent = _parent(recipe)  # continued training: base_model names an earlier run
     if parent is not None:
         recipe = pin_parent(recipe, parent)
     source = (
@@ -285,15 +269,51 @@ def _train_worker(recipe, overrides, *, resume) -> None:
         if parent is not None
         else resolve_base_model(recipe.base_model, trust_remote_code=recipe.trust_remote_code)
     )
-    tokenizer = load_tokenizer(source.path, trust_remote_code=recipe.trust_remote_code)
+    with status(f"Loading tokenizer of {recipe.base_model}"):
+        tokenizer = load_tokenizer(source.path, trust_remote_code=recipe.trust_remote_code)
+    # The task's own strict reading first: a missing column or an empty text gets its precise
+    # message (file, line, field); then the data check's findings (leakage, duplicates, ...).
     prepared = task.prepare(recipe, tokenizer, recipe_dir)
-    check_data(recipe, tokenizer, task, recipe_dir)  # same verdict as rank 0's
+    data_report = check_data(recipe, tokenizer, task, recipe_dir)
+    continued = None
     if parent is not None:
-        prepared = continue_from(parent, task, recipe, tokenizer, prepared, recipe_dir).prepared
+        continued = continue_from(parent, task, recipe, tokenizer, prepared, recipe_dir)
+        prepared = continued.prepared
+    return _Setup(
+        recipe,
+        recipe_dir,
+        task,
+        metric,
+        parent,
+        source,
+        tokenizer,
+        prepared,
+        data_report,
+        continued,
+    )
+
+
+def _train_worker(recipe, overrides, *, resume) -> None:
+    """Ranks 1..N-1 under torchrun/accelerate: the same data, model and Trainer as rank 0, no files.
+
+    Mirrors `_train` up to `trainer.train` (keep the two in step): rank 0 alone creates the run
+    directory (shared here), scores the base model, evaluates, saves and reports.
+    """
+    partial = None
+    if resume is not None:  # rank 0 reopens it; here only the path (rank 0 holds its status)
+        partial = Path(resume)
+        if not partial.name.endswith(INCOMPLETE):
+            partial = partial.parent / f".{partial.name}{INCOMPLETE}"
+    setup = _set_up(recipe, overrides, partial)
+    recipe, task, prepared = setup.recipe, setup.task, setup.prepared
     run_path = Path(distributed.share())
+    from transformers import set_seed
+
     set_seed(recipe.training.seed)
-    model = build_model(task, source, prepared, recipe, tokenizer, parent)
-    trainer, _ = _build_trainer(recipe, task, prepared, model, tokenizer, run_path, metric)
+    model = build_model(task, setup.source, prepared, recipe, setup.tokenizer, setup.parent)
+    trainer, _ = _build_trainer(
+        recipe, task, prepared, model, setup.tokenizer, run_path, setup.metric
+    )
     checkpoint = None
     if resume is not None:
         last = checkpointing.last_good_checkpoint(run_path / "checkpoints")

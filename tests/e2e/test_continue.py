@@ -231,3 +231,7 @@ def test_continue_a_full_fine_tune(world, tmp_path):
     from tuneforge.run import Run
 
     assert Run.load(g).predict(["a waste of two hours #3"])[0]["label"] in {"negative", "positive"}
+
+    # the child loads the parent's weights from its folder: deleting the parent is refused
+    assert_user_error(run_cli("runs", "rm", f.name), f"is the parent of {g.name}", "--keep-files")
+    assert f.is_dir() and Run.load(g).labels == Run.load(f).labels
