@@ -15,6 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tuneforge.checkpointing import fsync_dir, fsync_tree
+
 INCOMPLETE = ".incomplete"
 
 
@@ -118,12 +120,10 @@ class RunDir:
         )
 
     def finish(self) -> Path:
-        from tuneforge.checkpointing import fsync_tree
-
         self.set_status("finished", seconds=round(time.time() - self.started, 1))
         fsync_tree(self.path)  # every file on disk before the rename makes the run look finished
         self.path.rename(self.final)
-        _fsync_dir(self.final.parent)
+        fsync_dir(self.final.parent)
         return self.final
 
     def discard(self) -> None:
@@ -139,14 +139,3 @@ def _alive(pid: int | None) -> bool:
     except OSError:
         return False
     return True
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
