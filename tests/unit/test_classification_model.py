@@ -92,3 +92,13 @@ def test_freeze_trains_top_layers_norm_and_head(tiny_model, tiny_tokenizer):
     assert "model.embed_tokens.weight" not in trainable
     n_train, n_total = count_parameters(model)
     assert 0 < n_train < n_total
+
+
+def test_scoring_batches_cap_the_padding():
+    from tuneforge.tasks.classification import padding_capped_batches
+
+    # sorted: 5, 6, 7 fit (21 padded for 18 real <= 1.25x); 8 starts a new batch (max 3 per
+    # batch); 50 next to 8 would pad 100 for 58 real; 100 next to 50 would pad 200 for 150
+    assert padding_capped_batches([5, 100, 6, 7, 8, 50], max_batch=3) == [[0, 2, 3], [4], [5], [1]]
+    assert padding_capped_batches([9, 9, 9, 9], max_batch=16) == [[0, 1, 2, 3]]
+    assert padding_capped_batches([], max_batch=4) == []
