@@ -11,20 +11,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tuneforge.evaluation.metrics import HEADLINE_METRICS
 from tuneforge.models import EMBEDDED
-
-# Headline metrics, in the order the card shows them; lower is better for the last two.
-CARD_METRICS = (
-    "accuracy",
-    "macro_f1",
-    "exact_match",
-    "first_line_exact_match",
-    "rouge_l",
-    "chrf",
-    "bleu",
-    "loss",
-    "perplexity",
-)
 
 TASK_USE = {
     "classification": "assigning one of the labels {labels} to a short text like those in the training data",
@@ -267,7 +255,7 @@ def _metrics_section(metrics: dict[str, Any]) -> list[str]:
 def metric_rows(base: dict[str, Any], tuned: dict[str, Any]) -> list[list[str]]:
     """(metric, base, fine-tuned, change) for the headline metrics the tuned scores include."""
     rows = []
-    for metric in CARD_METRICS:
+    for metric in HEADLINE_METRICS:
         t = tuned.get(metric)
         if not isinstance(t, int | float):
             continue

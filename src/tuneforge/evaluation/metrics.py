@@ -8,6 +8,19 @@ from typing import Any
 
 LOWER_IS_BETTER = frozenset({"loss", "perplexity"})  # every other metric: higher is better
 
+# Headline metrics of every task, in the order the report and the model card show them.
+HEADLINE_METRICS = (
+    "accuracy",
+    "macro_f1",
+    "exact_match",
+    "first_line_exact_match",
+    "rouge_l",
+    "chrf",
+    "bleu",
+    "loss",
+    "perplexity",
+)
+
 
 def classification_metrics(
     y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]

@@ -10,19 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tuneforge.evaluation.metrics import error_reduction, relative_drop
+from tuneforge.evaluation.metrics import HEADLINE_METRICS, error_reduction, relative_drop
 
-SUMMARY_METRICS = (
-    "accuracy",
-    "macro_f1",
-    "exact_match",
-    "first_line_exact_match",
-    "rouge_l",
-    "chrf",
-    "bleu",
-    "loss",
-    "perplexity",
-)
 RATES = {
     "accuracy",
     "macro_f1",
@@ -55,7 +44,7 @@ COUNT_KEYS = (
 def summary_rows(base: dict[str, Any], tuned: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(metric, base, tuned, change) rows for one split; shared by the report and the CLI."""
     rows = []
-    for m in SUMMARY_METRICS:
+    for m in HEADLINE_METRICS:
         if tuned.get(m) is None:
             continue
         b = base.get(m)
