@@ -162,6 +162,32 @@ class TrainingConfig(_Strict):
         "MLFLOW_EXPERIMENT_NAME). The tracker's run name is the tuneforge run id. Default: none.",
     )
 
+    processes: int | Literal["auto"] = Field(
+        1,
+        description="CPU only: train in this many data-parallel processes of one thread each "
+        "(torch.distributed, gloo) instead of one process with that many threads; `auto` = one per "
+        "core. Each process takes batch_size / processes examples of every step, so the step and "
+        "the results stay those of one process. Small batches of short texts train faster this "
+        "way (bench/RESULTS.md); each extra process holds its own copy of the model. On GPUs, use "
+        "torchrun or accelerate launch.",
+    )
+
+    @field_validator("processes")
+    @classmethod
+    def _positive_processes(cls, v: Any) -> Any:
+        if v != "auto" and v < 1:
+            raise ValueError("must be a whole number >= 1 or 'auto'")
+        return v
+
+    @model_validator(mode="after")
+    def _batch_splits_across_processes(self) -> TrainingConfig:
+        if isinstance(self.processes, int) and self.batch_size % self.processes:
+            raise ValueError(
+                f"batch_size {self.batch_size} does not split across {self.processes} processes: "
+                "make it a multiple of training.processes"
+            )
+        return self
+
     @field_validator("report_to", mode="before")
     @classmethod
     def _one_tracker_or_none(cls, v: Any) -> Any:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneforge import checkpointing, distributed, safety, tracking
+from tuneforge import checkpointing, distributed, launch, safety, tracking
 from tuneforge.config import Recipe, load_recipe
 from tuneforge.errors import TuneforgeError, did_you_mean
 from tuneforge.evaluation.metrics import LOWER_IS_BETTER
@@ -43,8 +43,37 @@ def train(
     With `resume` (an interrupted run's folder), the run continues from its last checkpoint with
     the recipe it was started with: same data order, optimiser, scheduler and RNG state.
     """
+    processes = _processes(recipe, overrides, resume)
+    if processes > 1:  # training.processes: this process waits, N processes train
+        return launch.run(processes, recipe, overrides, resume)
     with safety.pickle_scope():  # a recipe's allow_pickle holds for this run only
         return _train(recipe, overrides, resume=resume)
+
+
+def _processes(recipe, overrides, resume) -> int:
+    """`training.processes` resolved, or 1 inside a launched or torchrun/accelerate process."""
+    if launch.launched() > 1 or distributed.world_size() > 1:
+        return 1
+    if resume is not None:
+        folder = Path(resume)
+        hidden = folder.parent / f".{folder.name}{INCOMPLETE}"
+        recipe = (folder if (folder / "recipe.yaml").is_file() else hidden) / "recipe.yaml"
+        if not recipe.is_file():
+            return 1  # RunDir.reopen says what is wrong with the folder
+    if recipe is None:
+        return 1
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides)
+    tc = recipe.training
+    if tc.processes == 1:
+        return 1
+    if _cuda():
+        raise TuneforgeError(
+            "training.processes is for CPU training; this machine has a CUDA GPU",
+            hint="use torchrun --nproc_per_node N or accelerate launch for several GPUs, "
+            "and set training.processes to 1",
+        )
+    return launch.resolve(tc.processes, tc.batch_size)
 
 
 def _train(recipe, overrides, *, resume):
@@ -95,10 +124,11 @@ def _train(recipe, overrides, *, resume):
             base = json.loads((run.path / "base_metrics.json").read_text())
         elif recipe.baseline.enabled:
             t = time.perf_counter()
-            for split, rows in eval_splits.items():
-                base[split] = task.evaluate_base(
-                    source, tokenizer, rows, prepared.info, recipe, split
-                )
+            with launch.all_cores():
+                for split, rows in eval_splits.items():
+                    base[split] = task.evaluate_base(
+                        source, tokenizer, rows, prepared.info, recipe, split
+                    )
             timings["base_eval"] = time.perf_counter() - t
             write_json(run.path / "base_metrics.json", base)
 
@@ -112,7 +142,8 @@ def _train(recipe, overrides, *, resume):
 
         forgetting_before = None
         if continued is not None:  # the parent version itself, on the parent's validation set
-            forgetting_before = continued.measure(task, model, tokenizer, "before")
+            with launch.all_cores():
+                forgetting_before = continued.measure(task, model, tokenizer, "before")
 
         t = time.perf_counter()
         trainer, evaluations = _build_trainer(
@@ -141,14 +172,15 @@ def _train(recipe, overrides, *, resume):
         tokenizer.save_pretrained(run.path / "tokenizer")
 
         t = time.perf_counter()
-        tuned = {
-            split: task.evaluate(model, tokenizer, rows, prepared.info, recipe, split)
-            for split, rows in eval_splits.items()
-        }
-        forgetting = None
-        if continued is not None:
-            after = continued.measure(task, model, tokenizer, "after")
-            forgetting = continued.forgetting(metric, forgetting_before, after)
+        with launch.all_cores():  # the other processes have returned
+            tuned = {
+                split: task.evaluate(model, tokenizer, rows, prepared.info, recipe, split)
+                for split, rows in eval_splits.items()
+            }
+            forgetting = None
+            if continued is not None:
+                after = continued.measure(task, model, tokenizer, "after")
+                forgetting = continued.forgetting(metric, forgetting_before, after)
         timings["final_eval"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
 
@@ -529,7 +561,7 @@ def _build_trainer(recipe: Recipe, task, prepared, model, tokenizer, run_path: P
         num_train_epochs=tc.epochs,
         max_steps=tc.max_steps or -1,
         learning_rate=tc.learning_rate,
-        per_device_train_batch_size=tc.batch_size,
+        per_device_train_batch_size=launch.per_process_batch(tc.batch_size),
         per_device_eval_batch_size=tc.eval_batch_size or tc.batch_size,
         gradient_accumulation_steps=tc.gradient_accumulation_steps,
         weight_decay=tc.weight_decay,

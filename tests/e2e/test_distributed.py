@@ -1,5 +1,6 @@
 """`tuneforge train` under `torchrun --nproc_per_node 2` (gloo, CPU) equals one process with the
-same global batch: per-device batch 4 on 2 ranks vs batch 8 on 1 rank, same seed.
+same global batch: per-device batch 4 on 2 ranks vs batch 8 on 1 rank, same seed. So does
+`training.processes: 2` (tuneforge starts the two processes itself; batch 8 = 4 per process).
 
 Why the order of examples is the same: accelerate shards the Trainer's batches by handing batch k
 of the (seeded, identical) sampler to rank k mod 2, so step s of the 2-rank run sees batches 2s and
@@ -67,9 +68,11 @@ def runs(tmp_path_factory, tiny_model):
     train = write_csv(tmp / "train.csv", sentiment_rows(24))
     validation = write_csv(tmp / "validation.csv", sentiment_rows(8, offset=100))
     out = {}
-    for name, launcher, batch in (
-        ("single", [sys.executable, "-m", "tuneforge.cli"], 8),
-        ("ddp", [str(TORCHRUN), "--nproc_per_node", "2", "-m", "tuneforge.cli"], 4),
+    cli = [sys.executable, "-m", "tuneforge.cli"]
+    for name, launcher, batch, extra in (
+        ("single", cli, 8, []),
+        ("ddp", [str(TORCHRUN), "--nproc_per_node", "2", "-m", "tuneforge.cli"], 4, []),
+        ("processes", cli, 8, ["--set", "training.processes=2"]),
     ):
         work = tmp / name
         work.mkdir()
@@ -85,7 +88,7 @@ training: {{batch_size: {batch}, learning_rate: 1.0e-2, logging_steps: 1, seed: 
 output_dir: {work / "runs"}
 """,
         )
-        proc = _run([*launcher, "train", str(recipe), *COMMON], cwd=work)
+        proc = _run([*launcher, "train", str(recipe), *COMMON, *extra], cwd=work)
         out[name] = {"proc": proc, "run": _only_run(work / "runs"), "work": work}
     return out
 
@@ -94,8 +97,9 @@ def _metrics(run: Path) -> dict:
     return json.loads((run / "metrics.json").read_text())
 
 
-def test_same_losses_and_metrics(runs):
-    single, ddp = _metrics(runs["single"]["run"]), _metrics(runs["ddp"]["run"])
+@pytest.mark.parametrize("how", ["ddp", "processes"])
+def test_same_losses_and_metrics(runs, how):
+    single, ddp = _metrics(runs["single"]["run"]), _metrics(runs[how]["run"])
     losses = [[h["loss"] for h in m["log_history"] if "loss" in h] for m in (single, ddp)]
     assert len(losses[0]) == 6  # 24 examples / global batch 8 = 3 steps per epoch, 2 epochs
     assert losses[1] == pytest.approx(losses[0], abs=1e-5)
@@ -109,9 +113,10 @@ def test_same_losses_and_metrics(runs):
     assert ddp["base"]["validation"] == single["base"]["validation"]  # scored on rank 0 only
 
 
-def test_same_weights(runs):
+@pytest.mark.parametrize("how", ["ddp", "processes"])
+def test_same_weights(runs, how):
     a = load_file(runs["single"]["run"] / "adapter" / "adapter_model.safetensors")
-    b = load_file(runs["ddp"]["run"] / "adapter" / "adapter_model.safetensors")
+    b = load_file(runs[how]["run"] / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and len(a) > 0
     for key in a:
         torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4)
@@ -119,17 +124,69 @@ def test_same_weights(runs):
     assert any(float(t.abs().max()) > 1e-3 for k, t in a.items() if "lora_B" in k)
 
 
-def test_only_rank_zero_writes(runs):
-    work = runs["ddp"]["work"]
+@pytest.mark.parametrize("how", ["ddp", "processes"])
+def test_only_rank_zero_writes(runs, how):
+    work = runs[how]["work"]
     # one run directory (both ranks agreed on its name), nothing else beside the recipe
     assert sorted(p.name for p in work.iterdir()) == ["recipe.yaml", "registry.sqlite", "runs"]
     with sqlite3.connect(work / "registry.sqlite") as db:
         rows = db.execute("select id, status from runs").fetchall()
-    assert rows == [(runs["ddp"]["run"].name, "finished")]
-    run = runs["ddp"]["run"]
+    assert rows == [(runs[how]["run"].name, "finished")]
+    run = runs[how]["run"]
     assert not (run / "checkpoints").exists()  # removed by rank 0 after training
     info = json.loads((run / "run.json").read_text())
     assert info["parameters"]["trainable"] == 4160
     # rank 0 printed the summary once; rank 1 printed nothing of its own
-    stdout = runs["ddp"]["proc"].stdout
+    stdout = runs[how]["proc"].stdout
     assert stdout.count("ddp-check-") == runs["single"]["proc"].stdout.count("ddp-check-") >= 1
+
+
+def test_processes_report_what_they_split(runs):
+    assert "Training in 2 processes of 1 thread(s) each" in runs["processes"]["proc"].stderr
+
+
+def test_error_in_a_training_process_reaches_the_user(tmp_path, tiny_model):
+    """A data error raised inside the launched processes: one clear message, exit 2, no run."""
+    from conftest import write_csv
+
+    train = write_csv(tmp_path / "train.csv", [{"review": "fine", "label": "positive"}] * 8)
+    recipe = write_recipe(
+        tmp_path / "recipe.yaml",
+        f"""
+name: broken
+base_model: {tiny_model}
+task: classification
+data: {{train: {train}, validation_split: 0.25}}
+training: {{batch_size: 4, processes: 2}}
+output_dir: {tmp_path / "runs"}
+""",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli", "train", str(recipe)],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "text" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_batch_that_does_not_split_is_refused(tmp_path, tiny_model):
+    from tuneforge.config import load_recipe
+    from tuneforge.errors import TuneforgeError
+
+    recipe = write_recipe(
+        tmp_path / "recipe.yaml",
+        f"""
+name: odd
+base_model: {tiny_model}
+task: classification
+data: {{train: x.csv}}
+training: {{batch_size: 7, processes: 2}}
+""",
+    )
+    with pytest.raises(TuneforgeError, match="batch_size 7 does not split across 2 processes"):
+        load_recipe(recipe)
