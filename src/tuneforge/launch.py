@@ -20,6 +20,7 @@ import os
 import pickle
 import signal
 import socket
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -160,6 +161,8 @@ def _process_main(rank, world, port, threads, recipe, overrides, resume, results
         results.put((rank, "interrupted", None))
         raise SystemExit(130) from None
     except BaseException as e:  # noqa: BLE001 - handed to the parent, which re-raises it
+        if not isinstance(e, TuneforgeError):  # a bug: keep where it happened
+            traceback.print_exc()
         results.put((rank, "error", _picklable(e)))
         raise SystemExit(1) from None
     if run is not None:

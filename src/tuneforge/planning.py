@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from tuneforge import launch
 from tuneforge.config import Recipe, load_recipe
 from tuneforge.errors import TuneforgeError
 
@@ -169,6 +170,10 @@ class Memory:
 
     def to_dict(self) -> dict[str, int]:
         return {**asdict(self), "total": self.total}
+
+    def times(self, n: int) -> Memory:
+        """n processes on one machine (training.processes): each holds all of it."""
+        return Memory(**{k: v * n for k, v in asdict(self).items()})
 
 
 def estimate_memory(
@@ -340,6 +345,9 @@ def plan(
 
     recipe = load_recipe(recipe_path, overrides)
     check_device_options(recipe)
+    if recipe.training.processes == "auto":  # fixed once, so a batch-size search keeps it
+        n = launch.resolve("auto", recipe.training.batch_size)
+        recipe = _with(recipe, f"training.processes={n}")
     task = get_task(recipe.task)
     source = resolve_base_model(recipe.base_model, trust_remote_code=recipe.trust_remote_code)
     tokenizer = load_tokenizer(source.path, trust_remote_code=recipe.trust_remote_code)
@@ -399,14 +407,21 @@ def plan(
         raise _does_not_fit(ctx, budget, budget_source)
 
     tc = recipe.training
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    steps_per_epoch = math.ceil(len(lengths) / (tc.batch_size * world))
-    timing = measure_steps(task, source, prepared, recipe, tokenizer, steps=steps)
-    timing["micro_batches_per_epoch"] = steps_per_epoch
-    timing["optimizer_steps_per_epoch"] = math.ceil(
-        steps_per_epoch / tc.gradient_accumulation_steps
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun: batch_size is per process
+    processes = _processes(recipe)  # training.processes: the batch is split between them
+    per_process = tc.batch_size // processes
+    batches = epoch_batches(lengths, per_process, tc, world * processes)
+    timing = measure_steps(
+        task, source, prepared, recipe, tokenizer, lengths, batches, steps, processes
     )
-    timing["seconds_per_epoch"] = round(timing["seconds_per_micro_batch"] * steps_per_epoch, 1)
+    mine = batches[:: world * processes]  # what one process computes: every n-th batch
+    epoch_tokens = sum(len(b) * max(lengths[i] for i in b) for b in mine)
+    timing["micro_batches_per_epoch"] = len(mine)
+    timing["optimizer_steps_per_epoch"] = math.ceil(len(mine) / tc.gradient_accumulation_steps)
+    timing["padded_tokens_per_epoch"] = epoch_tokens  # per process
+    # the measured rate (padded tokens/s) over the tokens of the epoch's own batches: a batch's
+    # cost follows its padded size, and length-sorted batches are much smaller than random ones
+    timing["seconds_per_epoch"] = round(epoch_tokens / timing["tokens_per_second"], 1)
     return Plan(
         recipe=recipe.name,
         task=recipe.task,
@@ -416,7 +431,8 @@ def plan(
         batch={
             "batch_size": tc.batch_size,
             "gradient_accumulation_steps": tc.gradient_accumulation_steps,
-            "processes": world,
+            "per_process_batch": per_process,
+            "processes": world * processes,
             "global_batch": tc.batch_size * tc.gradient_accumulation_steps * world,
             "seq_len": _seq_len(ctx, recipe),
             "gradient_checkpointing": tc.gradient_checkpointing,
@@ -481,9 +497,8 @@ def _seq_len(ctx: _Context, recipe: Recipe) -> int:
     return min(ctx.longest, recipe.training.max_length)
 
 
-def _workload(ctx: _Context, recipe: Recipe) -> Workload:
+def _workload(ctx: _Context, recipe: Recipe, b: int) -> Workload:
     s = _seq_len(ctx, recipe)
-    b = recipe.training.batch_size
     if recipe.task == "sft" and not recipe.training.label_smoothing:
         # logits only at positions whose next token is labelled in some row of the batch
         positions = min(s, b * max(ctx.max_trained, 1))
@@ -524,30 +539,43 @@ def _counts(ctx: _Context, recipe: Recipe) -> tuple[int, int]:
     return ctx.counts[recipe.method]
 
 
+def _processes(recipe: Recipe) -> int:
+    """training.processes on this CPU (resolved in `plan`); 1 under torchrun or on a GPU."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or recipe.training.processes == "auto":
+        return 1
+    return recipe.training.processes
+
+
 def _estimate(ctx: _Context, recipe: Recipe) -> Memory:
+    """Peak memory of training; with training.processes, all the processes on this machine."""
+    n = _processes(recipe)
     trainable, total = _counts(ctx, recipe)
     return estimate_memory(
         total,
         trainable,
         ctx.shape,
-        _workload(ctx, recipe),
+        _workload(ctx, recipe, recipe.training.batch_size // n),
         _spec(ctx, recipe),
         checkpointing=recipe.training.gradient_checkpointing,
         precision=recipe.training.precision,
         quantized_base=bool(recipe.lora.quantize_base) and recipe.method == "lora",
         runtime=ctx.runtime,
-    )
+    ).times(n)
 
 
 def largest_fitting_batch(ctx: _Context, budget: int, upper: int | None = None) -> int | None:
-    """The largest batch size whose estimate fits (memory grows with the batch: binary search)."""
+    """The largest batch size whose estimate fits (memory grows with the batch: binary search).
+
+    With training.processes n, batch sizes are multiples of n (each process takes an equal share).
+    """
     recipe = ctx.recipe
+    n = _processes(recipe)
 
-    def fits(b: int) -> bool:
-        return _estimate(ctx, _with(recipe, f"training.batch_size={b}")).total <= budget
+    def fits(k: int) -> bool:
+        return _estimate(ctx, _with(recipe, f"training.batch_size={k * n}")).total <= budget
 
-    upper = upper or 4096
-    if not fits(1):
+    upper = (upper or 4096) // n
+    if upper < 1 or not fits(1):
         return None
     lo, hi = 1, 2
     while hi <= upper and fits(hi):
@@ -556,7 +584,7 @@ def largest_fitting_batch(ctx: _Context, budget: int, upper: int | None = None) 
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo
+    return lo * n
 
 
 def suggestions(ctx: _Context, budget: int) -> list[Suggestion]:
@@ -569,12 +597,16 @@ def suggestions(ctx: _Context, budget: int) -> list[Suggestion]:
         memory = _estimate(ctx, _with(recipe, *overrides)).total
         out.append(Suggestion(change, list(overrides), memory, memory <= budget))
 
+    n = _processes(recipe)
     if recipe.method != "lora":
         add("train LoRA adapters instead of the weights", "method=lora")
-    if tc.batch_size > 1:
+    if n > 1:
+        add("one training process (each process holds its own copy of the model)",
+            "training.processes=1")  # fmt: skip
+    if tc.batch_size > n:
         global_micro = tc.batch_size * tc.gradient_accumulation_steps
-        smaller = largest_fitting_batch(ctx, budget, upper=tc.batch_size - 1) or 1
-        while tc.batch_size % smaller:  # keep the global batch exactly
+        smaller = largest_fitting_batch(ctx, budget, upper=tc.batch_size - 1) or n
+        while tc.batch_size % smaller or smaller % n:  # keep the global batch exactly
             smaller -= 1
         accum = global_micro // smaller
         add(
@@ -630,14 +662,42 @@ def _does_not_fit(
     )
 
 
-def measure_steps(
-    task, source, prepared, recipe: Recipe, tokenizer, steps: int = 3
-) -> dict[str, Any]:
-    """Seconds per micro-batch from `steps` real optimiser steps after one warm-up step.
+def epoch_batches(lengths: list[int], per_process: int, tc, processes: int = 1) -> list[list[int]]:
+    """The first epoch's micro-batches (training-set indices) in the order training draws them:
+    tuneforge's length-sorted batches when `group_by_length` (one sorted group per step, shared
+    by the processes), else a seeded random order. Process r computes batches r, r+n, r+2n..."""
+    import torch
 
-    Real batches of `batch_size` rows drawn (seeded) from the training set, the task's collator
-    and model, the recipe's method, AdamW as the Trainer uses it. Also reports the process's peak
-    RSS growth over those steps (a real measurement to hold the estimate against).
+    from tuneforge.training import SortedBatchesSampler
+
+    if tc.group_by_length:
+        group = per_process * tc.gradient_accumulation_steps * processes
+        order = list(SortedBatchesSampler(lengths, group, tc.seed))
+    else:
+        generator = torch.Generator().manual_seed(tc.seed)
+        order = torch.randperm(len(lengths), generator=generator).tolist()
+    return [order[i : i + per_process] for i in range(0, len(order), per_process)]
+
+
+def measure_steps(
+    task,
+    source,
+    prepared,
+    recipe: Recipe,
+    tokenizer,
+    lengths: list[int],
+    batches: list[list[int]],
+    steps: int = 3,
+    processes: int = 1,
+) -> dict[str, Any]:
+    """Padded tokens per second from `steps` real optimiser steps, after one warm-up step.
+
+    The batches are the epoch's own (`epoch_batches`): the warm-up is the epoch's first (with
+    length-sorted batches, the longest), the timed ones are spread over the epoch's batch sizes
+    (quantiles), so the rate holds for the whole epoch. The task's collator and model, the
+    recipe's method, AdamW as the Trainer uses it; with training.processes, one process's share of
+    the batch at one process's thread count. Also reports the process's peak RSS growth over those
+    steps (a real measurement to hold the estimate against).
     """
     import torch
     from transformers import set_seed
@@ -658,12 +718,9 @@ def measure_steps(
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
-    generator = torch.Generator().manual_seed(tc.seed)
-    order = torch.randperm(len(prepared.train), generator=generator).tolist()
     columns = prepared.train.column_names
 
-    def batch(k: int) -> dict:
-        idx = [order[(k * tc.batch_size + j) % len(order)] for j in range(tc.batch_size)]
+    def batch(idx: list[int]) -> dict:
         return collate([{c: prepared.train[i][c] for c in columns} for i in idx])
 
     def step(b: dict) -> float:
@@ -673,21 +730,31 @@ def measure_steps(
         optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    batches = [batch(k) for k in range(steps + 1)]
-    message = f"Timing {steps} training steps (after 1 warm-up) at batch size {tc.batch_size}"
-    with status(message), PeakRss() as rss:
-        step(batches[0])
-        t0 = time.perf_counter()
-        for b in batches[1:]:
-            step(b)
-        seconds = (time.perf_counter() - t0) / steps
-    tokens = sum(int(b["input_ids"].numel()) for b in batches[1:]) / steps
+    sizes = [len(b) * max(lengths[i] for i in b) for b in batches]  # padded tokens
+    rest = sorted(range(1, len(batches)), key=lambda k: sizes[k]) or [0]
+    picked = [rest[min(len(rest) - 1, int((q + 0.5) * len(rest) / steps))] for q in range(steps)]
+    timed = [batch(batches[k]) for k in picked]
+    threads = torch.get_num_threads()
+    if processes > 1:
+        torch.set_num_threads(max(1, launch.cores() // processes))
+    message = f"Timing {steps} training steps (after 1 warm-up) at batch size {len(batches[0])}"
+    try:
+        with status(message), PeakRss() as rss:
+            step(batch(batches[0]))
+            t0 = time.perf_counter()
+            for b in timed:
+                step(b)
+            seconds = time.perf_counter() - t0
+        used = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)
+    tokens = sum(int(b["input_ids"].numel()) for b in timed)
     return {
         "steps_timed": steps,
-        "seconds_per_micro_batch": round(seconds, 3),
+        "seconds_per_micro_batch": round(seconds / steps, 3),
         "tokens_per_second": round(tokens / seconds, 1),
         "measured_rss_growth": rss.growth,
-        "threads": torch.get_num_threads(),
+        "threads": used,
     }
 
 
@@ -718,7 +785,7 @@ def describe(p: Plan) -> list[str]:
         f"  training data    {d['examples']:,} examples, {d['tokens']:,} tokens "
         f"(mean {d['mean_tokens']}, longest {d['longest']})"
         + (f", {d['trained_tokens']:,} trained" if "trained_tokens" in d else ""),
-        f"  batch            {b['batch_size']} per process x {b['gradient_accumulation_steps']} "
+        f"  batch            {b['per_process_batch']} per process x {b['gradient_accumulation_steps']} "
         f"accumulation x {b['processes']} process(es) = global batch {b['global_batch']}; "
         f"worst case {b['seq_len']} tokens per row",
         f"  options          precision {b['precision']}, gradient checkpointing "
@@ -738,13 +805,13 @@ def describe(p: Plan) -> list[str]:
         t = p.timing
         lines += [
             f"  time (measured)  {t['seconds_per_micro_batch']:.2f} s per batch of "
-            f"{b['batch_size']} ({t['tokens_per_second']:.0f} tokens/s incl. padding, "
+            f"{b['per_process_batch']} ({t['tokens_per_second']:.0f} tokens/s incl. padding, "
             f"{t['steps_timed']} steps after 1 warm-up, {t['threads']} threads)",
             f"    per epoch      {fmt_seconds(t['seconds_per_epoch'])} "
             f"({t['micro_batches_per_epoch']} batches, {t['optimizer_steps_per_epoch']} optimiser "
             "steps)",
             f"    measured RSS growth over the timed steps: {fmt_bytes(t['measured_rss_growth'])} "
-            "(random batches, not the worst one)",
+            "(one process; the warm-up is the epoch's first batch)",
         ]
     lines += [f"  note: {n}" for n in p.notes]
     if p.auto_batch_size is not None:

@@ -8,6 +8,8 @@ import json
 import pytest
 from conftest import assert_user_error, run_cli, sentiment_rows
 
+from tuneforge import launch
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
@@ -60,7 +62,11 @@ def test_plan_json_and_grad_accum(sentiment_recipe):
     t = plan["timing"]
     assert t["steps_timed"] == 2 and t["micro_batches_per_epoch"] == 6
     assert t["optimizer_steps_per_epoch"] == 2
-    assert t["seconds_per_epoch"] == pytest.approx(6 * t["seconds_per_micro_batch"], abs=0.1)
+    # the epoch's own batches (length-sorted), at the rate measured on batches spread over them
+    assert t["padded_tokens_per_epoch"] > 0
+    assert t["seconds_per_epoch"] == pytest.approx(
+        t["padded_tokens_per_epoch"] / t["tokens_per_second"], abs=0.1
+    )
     assert plan["fits"] is True and m["total"] <= plan["budget"]
 
 
@@ -108,3 +114,26 @@ def test_cuda_only_options_refused(sentiment_recipe):
     proc = run_cli("train", sentiment_recipe, "--set", "method=qlora")
     assert_user_error(proc, "lora.quantize_base: 4bit (QLoRA) needs a CUDA GPU")
     assert not list((sentiment_recipe.parent / "runs").glob("*"))
+
+
+def test_processes_split_the_batch_and_add_up_memory(sentiment_recipe):
+    """training.processes=2 on batch 4: each process takes 2 examples, both hold a model, so
+    every part of the estimate is twice that of one process training batches of 2."""
+
+    def plan(*sets: str) -> dict:
+        args = [a for s in sets for a in ("--set", s)]
+        proc = run_cli("plan", sentiment_recipe, "--json", "--steps", "1", *args)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads(proc.stdout)
+
+    two = plan("training.processes=2", "training.batch_size=4")
+    one = plan("training.processes=1", "training.batch_size=2")
+    batch = {k: two["batch"][k] for k in ("batch_size", "per_process_batch", "processes")}
+    assert batch == {"batch_size": 4, "per_process_batch": 2, "processes": 2}
+    assert two["batch"]["global_batch"] == 4
+    for part in ("weights", "gradients", "optimizer", "activations"):
+        assert two["memory"][part] == 2 * one["memory"][part], part
+    assert two["timing"]["threads"] == max(1, launch.cores() // 2)  # one process's share
+    # each process computes every other batch of the epoch: 24 examples / 2 per batch / 2
+    assert two["timing"]["micro_batches_per_epoch"] == 6
+    assert one["timing"]["micro_batches_per_epoch"] == 12

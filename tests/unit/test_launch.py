@@ -1,0 +1,49 @@
+"""training.processes: how many processes, and errors that cross the process boundary intact."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from tuneforge import launch
+from tuneforge.errors import TuneforgeError
+
+
+@pytest.mark.parametrize(
+    ("cores", "batch", "expected"),
+    [(2, 16, 2), (4, 16, 4), (3, 16, 2), (8, 12, 6), (2, 7, 1), (1, 16, 1)],
+)
+def test_auto_is_the_most_cores_that_split_the_batch(monkeypatch, cores, batch, expected):
+    monkeypatch.setattr(launch, "cores", lambda: cores)
+    assert launch.resolve("auto", batch) == expected
+    assert batch % expected == 0
+
+
+def test_a_number_is_taken_as_given():
+    assert launch.resolve(3, 9) == 3
+
+
+def test_per_process_batch_only_when_launched(monkeypatch):
+    monkeypatch.delenv(launch.ENV_PROCESSES, raising=False)
+    assert launch.per_process_batch(16) == 16  # one process, or torchrun: batch is per process
+    monkeypatch.setenv(launch.ENV_PROCESSES, "2")
+    assert launch.per_process_batch(16) == 8
+
+
+def test_user_error_keeps_message_and_hint():
+    e = launch._unpickled(launch._picklable(TuneforgeError("bad column 'text'", hint="rename it")))
+    assert isinstance(e, TuneforgeError)
+    assert (e.message, e.hint) == ("bad column 'text'", "rename it")
+
+
+class _Unpicklable(Exception):
+    def __init__(self, a, b):  # pickle calls cls(*args) with one arg: fails to load
+        super().__init__(f"{a}-{b}")
+
+
+def test_exception_that_does_not_pickle_becomes_a_message():
+    with pytest.raises(TypeError):
+        pickle.loads(pickle.dumps(_Unpicklable(1, 2)))
+    e = launch._unpickled(launch._picklable(_Unpicklable(1, 2)))
+    assert isinstance(e, TuneforgeError) and str(e) == "_Unpicklable: 1-2"
