@@ -20,7 +20,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,7 @@ def describe_model(model) -> dict[str, Any]:
     """Parameters of the linear layers, split frozen / trained, plus the vocabulary projection."""
     from torch import nn
 
+    model = getattr(model, "module", model)  # DistributedDataParallel's wrapped model
     frozen = trained = vocab = 0
     vocab_trained = False
     for name, module in model.named_modules():
@@ -200,6 +201,86 @@ def instrument_trainer(meter: Meter) -> None:
     Trainer._save_checkpoint = timed_save
 
 
+# --------------------------------------------------------------------------------------------------
+# Training processes started by tuneforge (`training.processes`): counted in each, merged here
+
+METER_DIR_ENV = "TUNEFORGE_BENCH_METER_DIR"
+CHILD_SITE = Path(__file__).resolve().parent / "_child_site"  # its sitecustomize instruments
+
+
+def meter_child_processes(folder: Path) -> None:
+    """Processes started from now on by this one count their training into folder/rank-N.json.
+
+    Python imports `sitecustomize` from PYTHONPATH at start-up; ours (`_child_site/`) calls
+    `instrument_rank` when METER_DIR_ENV is set. This process itself is instrumented directly.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ[METER_DIR_ENV] = str(folder)
+    path = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(CHILD_SITE), *([path] if path else [])])
+
+
+def instrument_rank() -> None:
+    """In a started training process: count as the arm does, dump under its rank after train."""
+    folder = Path(os.environ[METER_DIR_ENV])
+    meter = Meter()
+    from transformers import Trainer
+
+    instrument_trainer(meter)
+    timed_train = Trainer.train
+
+    def train_and_dump(self, *args, **kwargs):
+        try:
+            return timed_train(self, *args, **kwargs)
+        finally:
+            rank = os.environ.get("RANK", "0")  # set by the launcher after start-up
+            write_json(folder / f"rank-{rank}.json", asdict(meter))
+
+    Trainer.train = train_and_dump
+
+
+def merge_rank_meters(meter: Meter, folder: Path) -> Meter:
+    """The started processes' meters as one (the arm's own when no process wrote one).
+
+    Tokens, examples and FLOP counts add up over the processes; steps, times and the model
+    description are rank 0's (the processes step together); training RSS adds up.
+    """
+    files = sorted(folder.glob("rank-*.json"))
+    if not files:
+        return meter
+    ranks = {int(f.stem.split("-")[1]): json.loads(f.read_text()) for f in files}
+    zero = ranks[0]
+    merged = Meter(**{k: v for k, v in zero.items() if k in Meter.__dataclass_fields__})
+    for key in ("examples", "real_tokens", "padded_tokens", "loss_positions", "vocab_rows",
+                "sum_sq_lengths", "peak_rss_train_mb"):  # fmt: skip
+        setattr(merged, key, sum(r[key] for r in ranks.values()))
+    merged.eval_after_s += meter.eval_after_s
+    return merged
+
+
+def tree_memory_mb(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) summed over a process and all its descendants, now, in MB.
+
+    RSS counts a page shared by several processes (torch's libraries, say) once in each; PSS
+    divides it among them, so the PSS sum is the RAM the processes take together.
+    """
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0, 0.0
+    rss = pss = 0
+    for p in procs:
+        try:
+            info = p.memory_full_info()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        rss, pss = rss + info.rss, pss + info.pss
+    return rss / 2**20, pss / 2**20
+
+
 def count_batch(meter: Meter, inputs: dict[str, Any], tokenizer=None) -> None:
     import torch
 
@@ -273,10 +354,19 @@ def run_arms(script: Path, arms: list[str], argv: list[str], workdir: Path) -> d
         out = workdir / f"{arm}.json"
         cmd = [sys.executable, str(script), "--arm", arm, "--arm-output", str(out), *argv]
         print(f"== {arm}: {' '.join(cmd[1:])}", flush=True)
-        proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "TUNEFORGE_QUIET": "1"})
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "TUNEFORGE_QUIET": "1"})
+        peak_rss = peak_pss = 0.0
+        while proc.poll() is None:  # the arm and every process it starts, 5 samples a second
+            rss, pss = tree_memory_mb(proc.pid)
+            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+            time.sleep(0.2)
         if proc.returncode != 0 or not out.is_file():
             raise SystemExit(f"the {arm} arm failed (exit code {proc.returncode})")
-        results[arm] = json.loads(out.read_text())
+        results[arm] = {
+            **json.loads(out.read_text()),
+            "peak_rss_all_mb": peak_rss,
+            "peak_pss_all_mb": peak_pss,
+        }
     return results
 
 
@@ -293,6 +383,8 @@ def summarise(results: dict[str, dict], peak: dict[str, Any], quality_keys: list
         "eval_s",
         "peak_rss_mb",
         "peak_rss_train_mb",
+        "peak_rss_all_mb",
+        "peak_pss_all_mb",
         "mfu",
         "padded_tokens",
         "vocab_rows",
@@ -316,6 +408,8 @@ def print_table(results: dict[str, dict], ratios: dict, peak: dict, quality_keys
         ("MFU", "mfu", "{:.3f}"),
         ("peak RSS, process (MB)", "peak_rss_mb", "{:.0f}"),
         ("peak RSS, training (MB)", "peak_rss_train_mb", "{:.0f}"),
+        ("peak RSS, all processes (MB)", "peak_rss_all_mb", "{:.0f}"),
+        ("peak PSS, all processes (MB)", "peak_pss_all_mb", "{:.0f}"),
     ]
     print(
         f"\nfp32 matmul peak: {peak['flops_per_s'] / 1e9:.1f} GFLOP/s ({peak['threads']} threads)"

@@ -27,6 +27,8 @@ from _measure import (  # noqa: E402
     data_path,
     drive,
     instrument_trainer,
+    merge_rank_meters,
+    meter_child_processes,
     parse_args,
     write_json,
 )
@@ -88,7 +90,9 @@ def run_arm(args) -> dict:
     if args.arm == "tuneforge":
         import tuneforge
 
+        meter_child_processes(args.workdir / "meters")  # training.processes: counted there
         run = tuneforge.train(RECIPE, overrides(args, args.workdir))
+        meter = merge_rank_meters(meter, args.workdir / "meters")
         tuned = run.metrics["tuned"]["validation"]
         quality = {k: tuned[k] for k in QUALITY}
         extra["tuneforge_timings"] = run.meta["timings"]

@@ -1,6 +1,7 @@
 """`tuneforge train` under `torchrun --nproc_per_node 2` (gloo, CPU) equals one process with the
-same global batch: per-device batch 4 on 2 ranks vs batch 8 on 1 rank, same seed. So does
-`training.processes: 2` (tuneforge starts the two processes itself; batch 8 = 4 per process).
+same global batch: per-device batch 4 on 2 ranks vs batch 8 on 1 rank, same seed. So do
+`accelerate launch` with examples/accelerate/cpu_2proc.yaml, and `training.processes: 2`
+(tuneforge starts the two processes itself; batch 8 = 4 per process).
 
 Why the order of examples is the same: accelerate shards the Trainer's batches by handing batch k
 of the (seeded, identical) sampler to rank k mod 2, so step s of the 2-rank run sees batches 2s and
@@ -27,6 +28,9 @@ from conftest import write_recipe
 from safetensors.torch import load_file
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
+ACCELERATE = Path(sys.executable).with_name("accelerate")
+CPU_2PROC = Path(__file__).resolve().parents[2] / "examples" / "accelerate" / "cpu_2proc.yaml"
+LAUNCHED = ["ddp", "accelerate", "processes"]
 COMMON = [
     "--set",
     "training.group_by_length=false",
@@ -72,6 +76,12 @@ def runs(tmp_path_factory, tiny_model):
     for name, launcher, batch, extra in (
         ("single", cli, 8, []),
         ("ddp", [str(TORCHRUN), "--nproc_per_node", "2", "-m", "tuneforge.cli"], 4, []),
+        (
+            "accelerate",
+            [str(ACCELERATE), "launch", "--config_file", str(CPU_2PROC), "-m", "tuneforge.cli"],
+            4,
+            [],
+        ),
         ("processes", cli, 8, ["--set", "training.processes=2"]),
     ):
         work = tmp / name
@@ -97,7 +107,7 @@ def _metrics(run: Path) -> dict:
     return json.loads((run / "metrics.json").read_text())
 
 
-@pytest.mark.parametrize("how", ["ddp", "processes"])
+@pytest.mark.parametrize("how", LAUNCHED)
 def test_same_losses_and_metrics(runs, how):
     single, ddp = _metrics(runs["single"]["run"]), _metrics(runs[how]["run"])
     losses = [[h["loss"] for h in m["log_history"] if "loss" in h] for m in (single, ddp)]
@@ -113,7 +123,7 @@ def test_same_losses_and_metrics(runs, how):
     assert ddp["base"]["validation"] == single["base"]["validation"]  # scored on rank 0 only
 
 
-@pytest.mark.parametrize("how", ["ddp", "processes"])
+@pytest.mark.parametrize("how", LAUNCHED)
 def test_same_weights(runs, how):
     a = load_file(runs["single"]["run"] / "adapter" / "adapter_model.safetensors")
     b = load_file(runs[how]["run"] / "adapter" / "adapter_model.safetensors")
@@ -124,7 +134,7 @@ def test_same_weights(runs, how):
     assert any(float(t.abs().max()) > 1e-3 for k, t in a.items() if "lora_B" in k)
 
 
-@pytest.mark.parametrize("how", ["ddp", "processes"])
+@pytest.mark.parametrize("how", LAUNCHED)
 def test_only_rank_zero_writes(runs, how):
     work = runs[how]["work"]
     # one run directory (both ranks agreed on its name), nothing else beside the recipe
