@@ -258,27 +258,58 @@ def merge_rank_meters(meter: Meter, folder: Path) -> Meter:
     return merged
 
 
-def tree_memory_mb(pid: int) -> tuple[float, float]:
-    """(RSS, PSS) summed over a process and all its descendants, now, in MB.
-
-    RSS counts a page shared by several processes (torch's libraries, say) once in each; PSS
-    divides it among them, so the PSS sum is the RAM the processes take together.
-    """
+def tree_pids(pid: int) -> list[int]:
+    """A process and all its descendants."""
     import psutil
 
     try:
         proc = psutil.Process(pid)
-        procs = [proc, *proc.children(recursive=True)]
+        return [proc.pid, *(c.pid for c in proc.children(recursive=True))]
     except psutil.NoSuchProcess:
-        return 0.0, 0.0
-    rss = pss = 0
-    for p in procs:
-        try:
-            info = p.memory_full_info()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        rss, pss = rss + info.rss, pss + info.pss
-    return rss / 2**20, pss / 2**20
+        return []
+
+
+def _proc_kb(pid: int, file: str, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass  # the process ended meanwhile
+    return 0
+
+
+def tree_rss_mb(pids: list[int]) -> float:
+    """RSS summed over processes (cheap: /proc/PID/status)."""
+    return sum(_proc_kb(p, "status", "VmRSS") for p in pids) / 1024
+
+
+def tree_pss_mb(pids: list[int]) -> float:
+    """PSS summed over processes: a page shared by several (torch's libraries, say) counts once
+    in all, where the RSS sum counts it in each. Walks the page tables: costly, read sparingly."""
+    return sum(_proc_kb(p, "smaps_rollup", "Pss") for p in pids) / 1024
+
+
+class TreeMemory:
+    """Peak RSS and PSS of a process tree, sampled while it runs.
+
+    RSS is read 5 times a second; PSS (costly for a large process: reading it 5 times a second
+    took a fifth of a core) only when the RSS sum is within 3% of its peak so far, at most once a
+    second: the peak is where it matters.
+    """
+
+    def __init__(self) -> None:
+        self.rss = self.pss = 0.0
+        self._pss_at = 0.0
+
+    def sample(self, pid: int) -> None:
+        pids = tree_pids(pid)
+        rss = tree_rss_mb(pids)
+        self.rss = max(self.rss, rss)
+        now = time.monotonic()
+        if rss >= 0.97 * self.rss and now - self._pss_at >= 1.0:
+            self._pss_at = now
+            self.pss = max(self.pss, tree_pss_mb(pids))
 
 
 def count_batch(meter: Meter, inputs: dict[str, Any], tokenizer=None) -> None:
@@ -355,17 +386,16 @@ def run_arms(script: Path, arms: list[str], argv: list[str], workdir: Path) -> d
         cmd = [sys.executable, str(script), "--arm", arm, "--arm-output", str(out), *argv]
         print(f"== {arm}: {' '.join(cmd[1:])}", flush=True)
         proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "TUNEFORGE_QUIET": "1"})
-        peak_rss = peak_pss = 0.0
-        while proc.poll() is None:  # the arm and every process it starts, 5 samples a second
-            rss, pss = tree_memory_mb(proc.pid)
-            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+        memory = TreeMemory()  # the arm and every process it starts
+        while proc.poll() is None:
+            memory.sample(proc.pid)
             time.sleep(0.2)
         if proc.returncode != 0 or not out.is_file():
             raise SystemExit(f"the {arm} arm failed (exit code {proc.returncode})")
         results[arm] = {
             **json.loads(out.read_text()),
-            "peak_rss_all_mb": peak_rss,
-            "peak_pss_all_mb": peak_pss,
+            "peak_rss_all_mb": memory.rss,
+            "peak_pss_all_mb": memory.pss,
         }
     return results
 
