@@ -44,6 +44,14 @@ def resolve(processes: int | str, batch_size: int) -> int:
     return max(n for n in range(1, cores() + 1) if batch_size % n == 0)
 
 
+def wanted(tc) -> int:
+    """How many processes `training.processes` asks for here (`tc`: the recipe's training
+    section); 1 inside a process that this module, torchrun or accelerate launch started."""
+    if launched() > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return 1
+    return resolve(tc.processes, tc.batch_size)
+
+
 def launched() -> int:
     """How many processes `run` started for this run (1 when it did not start this process)."""
     return int(os.environ.get(ENV_PROCESSES, "1"))
@@ -83,11 +91,6 @@ def run(n: int, recipe, overrides, resume):
     from tuneforge.progress import console
     from tuneforge.run import Run
 
-    if os.environ.get("WORLD_SIZE", "1") != "1":
-        raise TuneforgeError(
-            "training.processes is for one CPU machine; under torchrun/accelerate launch set it to 1",
-            hint="the launcher already starts one process per device",
-        )
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
     results = ctx.SimpleQueue()
     port = _free_port()

@@ -540,10 +540,8 @@ def _counts(ctx: _Context, recipe: Recipe) -> tuple[int, int]:
 
 
 def _processes(recipe: Recipe) -> int:
-    """training.processes on this CPU (resolved in `plan`); 1 under torchrun or on a GPU."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or recipe.training.processes == "auto":
-        return 1
-    return recipe.training.processes
+    """Processes sharing this machine's memory (`auto` is fixed to a number in `plan`)."""
+    return launch.wanted(recipe.training)
 
 
 def _estimate(ctx: _Context, recipe: Recipe) -> Memory:

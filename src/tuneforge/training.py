@@ -51,9 +51,7 @@ def train(
 
 
 def _processes(recipe, overrides, resume) -> int:
-    """`training.processes` resolved, or 1 inside a launched or torchrun/accelerate process."""
-    if launch.launched() > 1 or distributed.world_size() > 1:
-        return 1
+    """`training.processes` for this call (`launch.wanted`); refused on a CUDA machine."""
     if resume is not None:
         folder = Path(resume)
         hidden = folder.parent / f".{folder.name}{INCOMPLETE}"
@@ -64,16 +62,14 @@ def _processes(recipe, overrides, resume) -> int:
         return 1
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
-    tc = recipe.training
-    if tc.processes == 1:
-        return 1
-    if _cuda():
+    n = launch.wanted(recipe.training)
+    if n > 1 and _cuda():
         raise TuneforgeError(
             "training.processes is for CPU training; this machine has a CUDA GPU",
             hint="use torchrun --nproc_per_node N or accelerate launch for several GPUs, "
             "and set training.processes to 1",
         )
-    return launch.resolve(tc.processes, tc.batch_size)
+    return n
 
 
 def _train(recipe, overrides, *, resume):

@@ -47,3 +47,18 @@ def test_exception_that_does_not_pickle_becomes_a_message():
         pickle.loads(pickle.dumps(_Unpicklable(1, 2)))
     e = launch._unpickled(launch._picklable(_Unpicklable(1, 2)))
     assert isinstance(e, TuneforgeError) and str(e) == "_Unpicklable: 1-2"
+
+
+def test_wanted_is_one_inside_launched_processes(monkeypatch):
+    from tuneforge.config import TrainingConfig
+
+    monkeypatch.setattr(launch, "cores", lambda: 2)
+    tc = TrainingConfig(batch_size=16, processes="auto")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv(launch.ENV_PROCESSES, raising=False)
+    assert launch.wanted(tc) == 2
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun / accelerate launch: already one per device
+    assert launch.wanted(tc) == 1
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.setenv(launch.ENV_PROCESSES, "2")  # a process launch.run started
+    assert launch.wanted(tc) == 1
