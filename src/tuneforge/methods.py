@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from tuneforge.config import FreezeConfig, LoraConfig, MethodName
+from tuneforge.dropout import use_cheap_dropout
 from tuneforge.errors import TuneforgeError
 
 
@@ -23,7 +24,10 @@ def apply_method(
 
 
 def apply_lora(model: nn.Module, cfg: LoraConfig, peft_task_type: str) -> nn.Module:
-    """Wrap in PEFT LoRA; for sequence classification PEFT also trains and saves the head."""
+    """Wrap in PEFT LoRA; for sequence classification PEFT also trains and saves the head.
+
+    The adapters' dropout draws its mask with :class:`~tuneforge.dropout.CheapDropout`.
+    """
     from peft import LoraConfig as PeftLoraConfig
     from peft import TaskType, get_peft_model
 
@@ -35,9 +39,11 @@ def apply_lora(model: nn.Module, cfg: LoraConfig, peft_task_type: str) -> nn.Mod
         target_modules=cfg.target_modules,
     )
     try:
-        return get_peft_model(model, peft_cfg)
+        model = get_peft_model(model, peft_cfg)
     except ValueError as e:
         raise TuneforgeError(f"lora.target_modules: {e}") from None
+    use_cheap_dropout(model)
+    return model
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
