@@ -192,28 +192,37 @@ class AtomicCheckpoints:
 
         run_dir = Path(super()._get_output_dir(trial))
         name = f"checkpoint-{self.state.global_step}"
-        if not self.args.should_save or self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            # Other DDP ranks write nothing here (rank 0 publishes); sharded saves write from every
-            # rank into the final folder and are not staged. The best-checkpoint path must not
-            # depend on whether rank 0 has published yet.
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            # Sharded saves write from every rank into the final folder: not staged. The
+            # best-checkpoint path must not depend on whether rank 0 has published yet.
             super()._save_checkpoint(model, trial)
             if self.state.best_global_step == self.state.global_step:
                 self.state.best_model_checkpoint = str(run_dir / name)
             return
-        run_dir.mkdir(parents=True, exist_ok=True)
-        needed = checkpoint_bytes(self.model, last_good_checkpoint(run_dir))
-        ensure_space(run_dir, needed, name, resume_hint=self.resume_hint)
         staging = staging_dir(run_dir, name)
-        shutil.rmtree(staging, ignore_errors=True)
+        if self.args.should_save:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            needed = checkpoint_bytes(self.model, last_good_checkpoint(run_dir))
+            ensure_space(run_dir, needed, name, resume_hint=self.resume_hint)
+            shutil.rmtree(staging, ignore_errors=True)
+        # Under DDP every rank saves its own RNG state (rng_state_<rank>.pth) and nothing else.
+        # It goes into rank 0's staging folder, once that folder is fresh, and rank 0 publishes
+        # only when all are in: written to the final folder, rank 0's publish used to drop it,
+        # and a resumed run then drew other dropout masks on those ranks than the original.
+        self.accelerator.wait_for_everyone()
         self._staging = str(staging)
         try:
             super()._save_checkpoint(model, trial)
         finally:
             self._staging = None
+        self.accelerator.wait_for_everyone()
         staged, final = staging / name, run_dir / name
         if self.state.best_model_checkpoint == str(staged):
             self.state.best_model_checkpoint = str(final)
-            self.state.save_to_json(str(staged / TRAINER_STATE))
+            if self.args.should_save:
+                self.state.save_to_json(str(staged / TRAINER_STATE))
+        if not self.args.should_save:
+            return
         publish(staged, final)
         shutil.rmtree(staging, ignore_errors=True)
         rotate_checkpoints(

@@ -21,7 +21,7 @@ import pickle
 import signal
 import socket
 import traceback
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from tuneforge.errors import TuneforgeError
@@ -99,7 +99,7 @@ def run(n: int, recipe, overrides, resume):
     procs = [
         ctx.Process(
             target=_process_main,
-            args=(rank, n, port, threads, recipe, overrides, resume, results),
+            args=(rank, n, port, threads, recipe, overrides, resume, results, os.getpid()),
             name=f"tuneforge-rank{rank}",
         )
         for rank in range(n)
@@ -142,7 +142,8 @@ def _forward_sigterm(procs):
     return handler
 
 
-def _process_main(rank, world, port, threads, recipe, overrides, resume, results) -> None:
+def _process_main(rank, world, port, threads, recipe, overrides, resume, results, parent) -> None:
+    _end_with_parent(parent)
     os.environ.update(
         RANK=str(rank),
         LOCAL_RANK=str(rank),
@@ -161,15 +162,37 @@ def _process_main(rank, world, port, threads, recipe, overrides, resume, results
     try:
         run = train(recipe, overrides, resume=resume)
     except KeyboardInterrupt:
-        results.put((rank, "interrupted", None))
+        _report(results, (rank, "interrupted", None))
         raise SystemExit(130) from None
     except BaseException as e:  # noqa: BLE001 - handed to the parent, which re-raises it
         if not isinstance(e, TuneforgeError):  # a bug: keep where it happened
             traceback.print_exc()
-        results.put((rank, "error", _picklable(e)))
+        _report(results, (rank, "error", _picklable(e)))
         raise SystemExit(1) from None
     if run is not None:
-        results.put((rank, "ok", str(run.path)))
+        _report(results, (rank, "ok", str(run.path)))
+
+
+def _end_with_parent(parent: int) -> None:
+    """SIGTERM this process when the parent dies, even by SIGKILL (Linux `PR_SET_PDEATHSIG`).
+
+    Without it, `kill -9` of `tuneforge train` left the training processes running on, still
+    writing the run. SIGTERM ends them as it ends one process: the run is marked interrupted and
+    its last checkpoint resumes.
+    """
+    if os.uname().sysname != "Linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _report(results, outcome) -> None:
+    with suppress(OSError):  # the parent is gone (killed): nobody to tell
+        results.put(outcome)
 
 
 def _picklable(e: BaseException) -> bytes:

@@ -191,10 +191,12 @@ def _alive(record: RunRecord) -> RunRecord:
     """A 'running' run whose process is gone was killed: report it as interrupted."""
     if record.status == "running":
         status = Path(record.path).parent / f".{Path(record.path).name}.incomplete" / "status.json"
+        from tuneforge.rundir import process_alive
+
         with contextlib.suppress(Exception):
             pid = json.loads(status.read_text())["pid"]
-            os.kill(pid, 0)
-            return record
+            if pid == os.getpid() or process_alive(pid):
+                return record
         record.status = "interrupted"
     return record
 

@@ -100,7 +100,7 @@ class RunDir:
             if (partial / "status.json").is_file()
             else {}
         )
-        if status.get("status") == "running" and _alive(status.get("pid")):
+        if status.get("status") == "running" and process_alive(status.get("pid")):
             raise TuneforgeError(f"--resume: {partial} is still running (pid {status['pid']})")
         run = cls(partial.parent / partial.name[1 : -len(INCOMPLETE)])
         run.started = status.get("started", run.started)
@@ -131,11 +131,14 @@ class RunDir:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def _alive(pid: int | None) -> bool:
+def process_alive(pid: int | None) -> bool:
     if not pid or pid == os.getpid():
         return False
     try:
         os.kill(pid, 0)
     except OSError:
         return False
-    return True
+    try:  # a zombie (exited, not yet reaped: an orphan under a non-reaping PID 1) is not running
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc (not Linux): trust the signal check
+        return True

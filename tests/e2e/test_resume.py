@@ -14,15 +14,18 @@ import pytest
 from conftest import assert_user_error, run_cli, sentiment_rows, write_csv
 from safetensors.torch import load_file
 
+from tuneforge.rundir import process_alive
 
-def _recipe(tmp: Path, tiny_model: Path, out: Path) -> Path:
+
+def _recipe(tmp: Path, tiny_model: Path, out: Path, processes: int = 1) -> Path:
     train = write_csv(tmp / "train.csv", sentiment_rows(64))
     val = write_csv(tmp / "val.csv", sentiment_rows(8, offset=100))
     recipe = tmp / f"r-{out.name}.yaml"
     recipe.write_text(
         f"name: resume\nbase_model: {tiny_model}\ntask: classification\n"
         f"data: {{train: {train}, validation: {val}}}\nlora: {{r: 4, alpha: 8, dropout: 0.1}}\n"
-        "training: {epochs: 3, batch_size: 4, learning_rate: 1.0e-2, save_steps: 6, logging_steps: 2}\n"
+        "training: {epochs: 3, batch_size: 4, learning_rate: 1.0e-2, save_steps: 6, logging_steps: 2, "
+        f"processes: {processes}}}\n"
         f"baseline: {{enabled: false}}\noutput_dir: {out}\n"
     )
     return recipe
@@ -33,13 +36,16 @@ def _finished(out: Path) -> Path:
     return run
 
 
-def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_model):
-    reference = run_cli("train", _recipe(tmp_path, tiny_model, tmp_path / "ref"))
+@pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "two-processes"])
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_model, processes):
+    """With `training.processes: 2` the SIGKILL hits the launching parent: the training processes
+    must end too (not train on, orphaned), and the resumed run matches a two-process reference."""
+    reference = run_cli("train", _recipe(tmp_path, tiny_model, tmp_path / "ref", processes))
     assert reference.returncode == 0, reference.stderr[-2000:]
     ref = _finished(tmp_path / "ref")
 
     out = tmp_path / "killed"
-    recipe = _recipe(tmp_path, tiny_model, out)
+    recipe = _recipe(tmp_path, tiny_model, out, processes)
     proc = subprocess.Popen(
         [sys.executable, "-m", "tuneforge.cli", "train", str(recipe)],
         stdout=subprocess.DEVNULL,
@@ -58,6 +64,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_model):
     proc.wait(timeout=30)
     if partial is None:
         pytest.skip("the run finished before it could be killed (machine too fast for this probe)")
+    _wait_until_stopped(partial)
     assert not [p for p in out.iterdir() if not p.name.startswith(".")], (
         "a killed run must not look finished"
     )
@@ -74,6 +81,17 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_model):
     wb = load_file(run / "adapter" / "adapter_model.safetensors")
     for key in wa:
         assert (wa[key] - wb[key]).abs().max() < 1e-5, key
+
+
+def _wait_until_stopped(partial: Path, timeout: float = 60) -> None:
+    """The process that wrote status.json (rank 0 of a launched run) has exited."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        pid = json.loads((partial / "status.json").read_text()).get("pid")
+        if not process_alive(pid):
+            return
+        time.sleep(0.2)
+    pytest.fail(f"training process {pid} still running {timeout} s after its parent was killed")
 
 
 def test_resume_refuses_a_finished_or_unknown_run(tmp_path, tiny_model):

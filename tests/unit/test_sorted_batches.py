@@ -37,3 +37,46 @@ def test_longest_batch_first_and_little_padding():
     shuffled = list(range(400))
     rng.shuffle(shuffled)
     assert _padded(order, lengths, 16) < 1.2 * best < _padded(shuffled, lengths, 16)
+
+
+def test_evaluation_rows_longest_first():
+    from tuneforge.training import longest_first
+
+    lengths = [3, 9, 1, 9, 5]
+    assert longest_first(lengths) == [1, 3, 4, 0, 2]
+    rng = random.Random(1)
+    lengths = [rng.randint(5, 120) for _ in range(100)]
+    order = longest_first(lengths)
+    assert sorted(order) == list(range(100))
+    shuffled = list(range(100))
+    rng.shuffle(shuffled)
+    assert _padded(order, lengths, 16) < _padded(shuffled, lengths, 16)
+
+
+def test_trainer_evaluates_longest_first(tiny_model, tiny_tokenizer, tmp_path):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    from tuneforge.training import _trainer_class
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        train_sampling_strategy="group_by_length",
+        use_cpu=True,
+        report_to=[],
+        per_device_eval_batch_size=4,
+    )
+    trainer = _trainer_class()(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model),
+        args=args,
+        processing_class=tiny_tokenizer,
+    )
+    lengths = [random.Random(i).randint(2, 40) for i in range(50)]
+    data = Dataset.from_dict({"input_ids": [[5] * n for n in lengths]})
+    order = list(trainer._get_eval_sampler(data))
+    assert [lengths[i] for i in order] == sorted(lengths, reverse=True)
+    # through the Trainer's own eval DataLoader: rows arrive longest first
+    seen = [
+        n for b in trainer.get_eval_dataloader(data) for n in b["attention_mask"].sum(1).tolist()
+    ]
+    assert seen == sorted(lengths, reverse=True)
