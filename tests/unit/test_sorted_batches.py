@@ -39,25 +39,29 @@ def test_longest_batch_first_and_little_padding():
     assert _padded(order, lengths, 16) < 1.2 * best < _padded(shuffled, lengths, 16)
 
 
-def test_evaluation_rows_longest_first():
-    from tuneforge.training import longest_first
+def test_evaluation_order_sorted_with_the_shortest_rows_in_the_short_batch():
+    from tuneforge.training import eval_order
 
-    lengths = [3, 9, 1, 9, 5]
-    assert longest_first(lengths) == [1, 3, 4, 0, 2]
+    lengths = [3, 9, 1, 9, 5, 2, 7]
+    # ascending, and the 7 % 3 = 1 shortest row moved last (the short batch)
+    assert eval_order(lengths, 3) == [5, 0, 4, 6, 1, 3, 2]
+    assert eval_order(lengths, 7) == [2, 5, 0, 4, 6, 1, 3]
     rng = random.Random(1)
     lengths = [rng.randint(5, 120) for _ in range(100)]
-    order = longest_first(lengths)
+    order = eval_order(lengths, 16)
     assert sorted(order) == list(range(100))
+    assert [lengths[i] for i in order[:96]] == sorted(lengths)[4:]
+    assert max(lengths[i] for i in order[96:]) == sorted(lengths)[3]  # the short batch: 4 shortest
     shuffled = list(range(100))
     rng.shuffle(shuffled)
     assert _padded(order, lengths, 16) < _padded(shuffled, lengths, 16)
 
 
-def test_trainer_evaluates_longest_first(tiny_model, tiny_tokenizer, tmp_path):
+def test_trainer_evaluates_in_sorted_order(tiny_model, tiny_tokenizer, tmp_path):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainingArguments
 
-    from tuneforge.training import _trainer_class
+    from tuneforge.training import _trainer_class, eval_order
 
     args = TrainingArguments(
         output_dir=str(tmp_path),
@@ -73,10 +77,10 @@ def test_trainer_evaluates_longest_first(tiny_model, tiny_tokenizer, tmp_path):
     )
     lengths = [random.Random(i).randint(2, 40) for i in range(50)]
     data = Dataset.from_dict({"input_ids": [[5] * n for n in lengths]})
-    order = list(trainer._get_eval_sampler(data))
-    assert [lengths[i] for i in order] == sorted(lengths, reverse=True)
-    # through the Trainer's own eval DataLoader: rows arrive longest first
+    expected = eval_order(lengths, 4)
+    assert list(trainer._get_eval_sampler(data)) == expected
+    # through the Trainer's own eval DataLoader: rows arrive in that order
     seen = [
         n for b in trainer.get_eval_dataloader(data) for n in b["attention_mask"].sum(1).tolist()
     ]
-    assert seen == sorted(lengths, reverse=True)
+    assert seen == [lengths[i] for i in expected]
