@@ -438,8 +438,8 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _trainer_class():
-    """The Trainer with length-sorted batches: :class:`SortedBatchesSampler` for training, and
-    evaluation rows longest first."""
+    """The Trainer with length-sorted batches: :class:`SortedBatchesSampler` for training,
+    :func:`eval_order` for evaluation."""
     from transformers import Trainer
     from transformers.trainer_pt_utils import LengthGroupedSampler
 

@@ -39,10 +39,11 @@ def test_layer_values_by_hand():
     lora = MethodSpec("lora", lora_r=4)
     assert layer_values(TINY, lora) == 546
     assert layer_values(TINY, lora, first=True) == 546 - 33  # frozen embeddings: no norm input
-    # adapter dropout: value + 1-byte mask (1.25 values) for 6 hidden-wide and 1 intermediate input
-    assert layer_values(TINY, MethodSpec("lora", lora_r=4, lora_dropout=0.1)) == 546 + 1.25 * (
-        6 * 32 + 64
-    )
+    # adapter dropout: 1-byte masks (0.25 values) for 6 hidden-wide and 1 intermediate input,
+    # and 4h of the adapters' input copies; the first block has no q/k/v masks
+    dropped = MethodSpec("lora", lora_r=4, lora_dropout=0.1)
+    assert layer_values(TINY, dropped) == 546 + 0.25 * (6 * 32 + 64) + 4 * 32
+    assert layer_values(TINY, dropped, first=True) == 546 - 33 + 0.25 * (3 * 32 + 64) + 4 * 32
 
 
 def test_activation_values_by_hand():
@@ -111,6 +112,7 @@ def test_parameter_counts_by_hand(tiny_config):
         ("full", 0.0, "causal"),
         ("lora", 0.0, "causal"),
         ("lora", 0.1, "cls"),
+        ("lora", 0.1, "causal"),
         ("freeze", 0.0, "cls"),
     ],
 )
