@@ -10,7 +10,8 @@ with the multiply) and keeps every property the Trainer relies on:
   (0.050003 for p = 0.05) and the kept ones are scaled so the expectation is unchanged;
 - reproducible and exactly resumable: each call seeds its generator with a number drawn from
   torch's global generator, which `set_seed` sets and the Trainer's checkpoints save;
-- same memory: backward keeps only the boolean mask, like `torch.native_dropout`.
+- less memory: backward keeps a boolean mask, where `nn.Dropout` on CPU keeps a float32 one
+  (measured with saved_tensors_hooks: 3 bytes less per masked element).
 
 On other devices (CUDA), or when not training, it behaves exactly as `nn.Dropout`.
 """
