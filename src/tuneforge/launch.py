@@ -20,6 +20,7 @@ import os
 import pickle
 import signal
 import socket
+import sys
 import traceback
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -180,7 +181,7 @@ def _end_with_parent(parent: int) -> None:
     writing the run. SIGTERM ends them as it ends one process: the run is marked interrupted and
     its last checkpoint resumes.
     """
-    if os.uname().sysname != "Linux":
+    if not sys.platform.startswith("linux"):
         return
     import ctypes
 
