@@ -84,6 +84,8 @@ class Meter:
     loss_positions: int = 0  # positions whose prediction the loss uses
     vocab_rows: int = 0  # positions the output layer projected onto the vocabulary
     sum_sq_lengths: int = 0  # sum over examples of real_length², for attention FLOPs
+    prefix_reused: int = 0  # real tokens not recomputed: a prefix shared by a batch's rows
+    sum_sq_prefix_reused: int = 0  # the same for the attention FLOPs
     train_wall_s: float = 0.0  # Trainer.train(): steps + evaluations + checkpoints
     eval_s: float = 0.0  # evaluations inside Trainer.train()
     eval_after_s: float = 0.0  # evaluations after it (the baseline's final trainer.evaluate())
@@ -106,8 +108,12 @@ class Meter:
         per_token = 4 * m["frozen_linear"] + 6 * m["trained_linear"]
         vocab = (6 if m["vocab_trained"] else 4) * m["vocab_params"]
         # QKᵀ and AV: 2·n²·width each, causal half of that, x3 for forward + backward
-        attention = 6 * m["layers"] * m["attention_width"] * self.sum_sq_lengths
-        return per_token * self.real_tokens + vocab * self.loss_positions + attention
+        # Only what was computed: a prefix shared by a batch's rows runs once, not once per row
+        # (so MFU is not inflated by the tokens it skips).
+        squares = self.sum_sq_lengths - self.sum_sq_prefix_reused
+        attention = 6 * m["layers"] * m["attention_width"] * squares
+        computed = self.real_tokens - self.prefix_reused
+        return per_token * computed + vocab * self.loss_positions + attention
 
 
 def describe_model(model) -> dict[str, Any]:
@@ -252,7 +258,8 @@ def merge_rank_meters(meter: Meter, folder: Path) -> Meter:
     zero = ranks[0]
     merged = Meter(**{k: v for k, v in zero.items() if k in Meter.__dataclass_fields__})
     for key in ("examples", "real_tokens", "padded_tokens", "loss_positions", "vocab_rows",
-                "sum_sq_lengths", "peak_rss_train_mb"):  # fmt: skip
+                "sum_sq_lengths", "prefix_reused", "sum_sq_prefix_reused",
+                "peak_rss_train_mb"):  # fmt: skip
         setattr(merged, key, sum(r[key] for r in ranks.values()))
     merged.eval_after_s += meter.eval_after_s
     return merged
@@ -325,6 +332,11 @@ def count_batch(meter: Meter, inputs: dict[str, Any], tokenizer=None) -> None:
     meter.real_tokens += int(lengths.sum())
     meter.padded_tokens += ids.numel()
     meter.sum_sq_lengths += int((lengths.long() ** 2).sum())
+    prefix = inputs.get("shared_prefix")  # tuneforge.evaluation.shared_prefix.KEY
+    if prefix is not None:
+        copies = ids.shape[0] - 1
+        meter.prefix_reused += copies * int(prefix)
+        meter.sum_sq_prefix_reused += copies * int(prefix) ** 2
     labels = inputs.get("labels")
     if labels is None or labels.dim() == 1:  # classification: one prediction per example
         meter.loss_positions += ids.shape[0]
@@ -360,6 +372,10 @@ def arm_report(meter: Meter, quality: dict[str, Any], wall_s: float, extra: dict
         if meter.padded_tokens
         else 0,
         "loss_positions": meter.loss_positions,
+        "prefix_reused": meter.prefix_reused,
+        "computed_tokens_per_s": (meter.real_tokens - meter.prefix_reused) / train_s
+        if train_s > 0
+        else 0.0,
         "vocab_rows": meter.vocab_rows,
         "real_tokens_per_s": meter.real_tokens / train_s if train_s > 0 else 0.0,
         "padded_tokens_per_s": meter.padded_tokens / train_s if train_s > 0 else 0.0,
@@ -407,6 +423,7 @@ def summarise(results: dict[str, dict], peak: dict[str, Any], quality_keys: list
     t, b = results["tuneforge"], results["baseline"]
     keys = [
         "real_tokens_per_s",
+        "computed_tokens_per_s",
         "padded_tokens_per_s",
         "train_s",
         "wall_s",
@@ -432,6 +449,7 @@ def print_table(results: dict[str, dict], ratios: dict, peak: dict, quality_keys
         ("wall time of the arm (s)", "wall_s", "{:.1f}"),
         ("evaluation time (s)", "eval_s", "{:.1f}"),
         ("real tokens / s", "real_tokens_per_s", "{:.1f}"),
+        ("computed tokens / s", "computed_tokens_per_s", "{:.1f}"),
         ("padded tokens / s", "padded_tokens_per_s", "{:.1f}"),
         ("padding fraction", "padding_fraction", "{:.3f}"),
         ("vocabulary rows computed", "vocab_rows", "{:,}"),

@@ -290,6 +290,13 @@ class SftConfig(_Strict):
     max_new_tokens: int = Field(
         64, ge=1, le=4096, description="Longest answer generated for the generation metrics."
     )
+    share_prefix: bool = Field(
+        True,
+        description="Compute the leading tokens that every row of a batch shares (chat template, "
+        "system prompt) once per batch instead of once per row: the same loss and gradients for "
+        "less compute. With LoRA dropout, the rows then share the dropout masks on that prefix; "
+        "`false` draws them per row. Off with gradient checkpointing.",
+    )
 
 
 class Recipe(_Strict):

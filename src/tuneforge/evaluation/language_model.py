@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from tuneforge.evaluation.shared_prefix import KEY as SHARED_PREFIX
+from tuneforge.evaluation.shared_prefix import continue_after_prefix, shared_prefix_length
 from tuneforge.evaluation.text_metrics import perplexity
 from tuneforge.progress import track
 
@@ -35,10 +37,14 @@ class AnswerLogitsCollator:
     `logits_to_keep` (the positions whose next token is labelled in any row) and the matching
     `shift_labels`; transformers' causal-LM loss and the Trainer's token count both accept them, so
     the loss is the same, computed with a fraction of the output layer's time and memory.
+
+    With `share_prefix`, the batch also says how many leading tokens all its rows share
+    (`shared_prefix.py`: computed once per batch by whoever runs the model).
     """
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, share_prefix: bool = False):
         self.pad = padding_collator(tokenizer)
+        self.share_prefix = share_prefix
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = self.pad(features)
@@ -46,6 +52,10 @@ class AnswerLogitsCollator:
         keep = (targets != -100).any(dim=0).nonzero().squeeze(-1)
         batch["logits_to_keep"] = keep
         batch["shift_labels"] = targets[:, keep].contiguous()
+        if self.share_prefix:
+            prefix = shared_prefix_length(batch["input_ids"], keep)
+            if prefix:
+                batch[SHARED_PREFIX] = torch.tensor(prefix)
         return batch
 
 
@@ -78,7 +88,7 @@ def lm_loss(
             n = int((batch.get("shift_labels", batch["labels"][:, 1:]) != -100).sum())
             if n == 0:
                 continue
-            out = model(**batch)
+            out = model(**continue_after_prefix(model, batch))
             total += float(out.loss) * n
             count += n
     finally:

@@ -39,6 +39,7 @@ from tuneforge.evaluation.language_model import (
     lm_loss,
     padding_collator,
 )
+from tuneforge.evaluation.shared_prefix import can_share_prefix
 from tuneforge.evaluation.text_metrics import GENERATION_METRICS, generation_metrics
 from tuneforge.generation import Sampling, generate
 from tuneforge.progress import console
@@ -176,11 +177,19 @@ class SftTask(CausalLMTask):
         # The Trainer's label smoother takes the labels away from the model and needs every
         # position's logits, so logits are trimmed only without label smoothing.
         self._answer_logits = accepts_logits_to_keep(model) and not recipe.training.label_smoothing
+        # Training shares a prefix only where the cache works (gradient checkpointing turns it
+        # off) and where the recipe accepts shared dropout masks on it.
+        self._share_prefix = (
+            self._answer_logits
+            and recipe.sft.share_prefix
+            and not recipe.training.gradient_checkpointing
+            and can_share_prefix(model)
+        )
         return model
 
     def collator(self, tokenizer):
         if getattr(self, "_answer_logits", False):
-            return AnswerLogitsCollator(tokenizer)
+            return AnswerLogitsCollator(tokenizer, share_prefix=self._share_prefix)
         return padding_collator(tokenizer)
 
     def read_eval_rows(self, path: Path, info: dict) -> list[Row]:
@@ -226,7 +235,8 @@ class SftTask(CausalLMTask):
 
     def _loss_collator(self, model, tokenizer):
         if accepts_logits_to_keep(model):
-            return AnswerLogitsCollator(tokenizer)
+            # Scoring runs without dropout or checkpointing: sharing the prefix is exact.
+            return AnswerLogitsCollator(tokenizer, share_prefix=can_share_prefix(model))
         return padding_collator(tokenizer)
 
     def _generation(
