@@ -705,6 +705,7 @@ def measure_steps(
     import torch
     from transformers import set_seed
 
+    from tuneforge.evaluation.shared_prefix import continue_after_prefix
     from tuneforge.methods import apply_method
     from tuneforge.progress import status
 
@@ -727,7 +728,7 @@ def measure_steps(
         return collate([{c: prepared.train[i][c] for c in columns} for i in idx])
 
     def step(b: dict) -> float:
-        loss = model(**b).loss
+        loss = model(**continue_after_prefix(model, b)).loss  # as the Trainer runs it
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -137,3 +137,47 @@ def test_processes_split_the_batch_and_add_up_memory(sentiment_recipe):
     # each process computes every other batch of the epoch: 24 examples / 2 per batch / 2
     assert two["timing"]["micro_batches_per_epoch"] == 6
     assert one["timing"]["micro_batches_per_epoch"] == 12
+
+
+
+def test_plan_times_sft_steps_with_the_shared_prefix(tmp_path, tiny_model, monkeypatch):
+    """Chats with one system prompt: the timed steps run the way training does, with the prefix
+    every row shares computed once (the model would silently ignore a `shared_prefix` passed on)."""
+    from tuneforge import planning
+    from tuneforge.evaluation import shared_prefix
+
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "Security alert triage."},
+                {"role": "user", "content": f"alert {i}: " + "the quick brown fox " * (1 + i % 3)},
+                {"role": "assistant", "content": "Category: phishing"},
+            ]
+        }
+        for i in range(16)
+    ]
+    for name, part in (("train", rows[:12]), ("validation", rows[12:])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    recipe = tmp_path / "sft.yaml"
+    recipe.write_text(
+        f"""
+name: tiny-sft
+base_model: {tiny_model}
+task: sft
+data: {{train: {tmp_path / "train.jsonl"}, validation: {tmp_path / "validation.jsonl"}}}
+lora: {{r: 4, alpha: 8, dropout: 0.0}}
+training: {{batch_size: 4}}
+output_dir: {tmp_path / "runs"}
+"""
+    )
+    shared: list[int] = []
+    real = shared_prefix.continue_after_prefix
+
+    def spy(model, inputs):
+        shared.append(int(inputs.get(shared_prefix.KEY, 0)))
+        return real(model, inputs)
+
+    monkeypatch.setattr(shared_prefix, "continue_after_prefix", spy)
+    result = planning.plan(recipe, steps=2).to_dict()
+    assert result["timing"]["steps_timed"] == 2 and result["timing"]["tokens_per_second"] > 0
+    assert len(shared) == 3 and min(shared) > 0  # warm-up + 2 timed steps, each shared
