@@ -705,7 +705,7 @@ def measure_steps(
     import torch
     from transformers import set_seed
 
-    from tuneforge.evaluation.shared_prefix import continue_after_prefix
+    from tuneforge.evaluation.answer_forward import model_inputs
     from tuneforge.methods import apply_method
     from tuneforge.progress import status
 
@@ -728,7 +728,8 @@ def measure_steps(
         return collate([{c: prepared.train[i][c] for c in columns} for i in idx])
 
     def step(b: dict) -> float:
-        loss = model(**continue_after_prefix(model, b)).loss  # as the Trainer runs it
+        with model_inputs(model, b) as inputs:  # as the Trainer runs it
+            loss = model(**inputs).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

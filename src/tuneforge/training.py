@@ -17,10 +17,9 @@ from typing import Any
 from tuneforge import checkpointing, distributed, launch, safety, tracking
 from tuneforge.config import Recipe, load_recipe
 from tuneforge.errors import TuneforgeError, did_you_mean
+from tuneforge.evaluation.answer_forward import model_inputs
 from tuneforge.evaluation.metrics import LOWER_IS_BETTER
 from tuneforge.evaluation.overfit import detect_overfitting
-from tuneforge.evaluation.shared_prefix import KEY as SHARED_PREFIX
-from tuneforge.evaluation.shared_prefix import continue_after_prefix
 from tuneforge.lineage import continue_from, start_model
 from tuneforge.lineage import pin as pin_parent
 from tuneforge.methods import apply_method, count_parameters
@@ -472,9 +471,9 @@ def _trainer_class():
             return super()._run_epoch(*args, **kwargs)
 
         def compute_loss(self, model, inputs, *args, **kwargs):
-            if SHARED_PREFIX in inputs:  # sft: rows that start alike (shared_prefix.py)
-                inputs = continue_after_prefix(model, inputs)
-            return super().compute_loss(model, inputs, *args, **kwargs)
+            # sft batches: shared prefix once, output layer on labelled rows (answer_forward.py)
+            with model_inputs(model, inputs) as inputs:
+                return super().compute_loss(model, inputs, *args, **kwargs)
 
         def _get_eval_sampler(self, eval_dataset):
             sampler = super()._get_eval_sampler(eval_dataset)

@@ -139,12 +139,11 @@ def test_processes_split_the_batch_and_add_up_memory(sentiment_recipe):
     assert one["timing"]["micro_batches_per_epoch"] == 12
 
 
-
 def test_plan_times_sft_steps_with_the_shared_prefix(tmp_path, tiny_model, monkeypatch):
     """Chats with one system prompt: the timed steps run the way training does, with the prefix
     every row shares computed once (the model would silently ignore a `shared_prefix` passed on)."""
     from tuneforge import planning
-    from tuneforge.evaluation import shared_prefix
+    from tuneforge.evaluation import answer_forward
 
     rows = [
         {
@@ -171,13 +170,13 @@ output_dir: {tmp_path / "runs"}
 """
     )
     shared: list[int] = []
-    real = shared_prefix.continue_after_prefix
+    real = answer_forward.continue_after_prefix
 
     def spy(model, inputs):
-        shared.append(int(inputs.get(shared_prefix.KEY, 0)))
+        shared.append(int(inputs.get(answer_forward.KEY, 0)))
         return real(model, inputs)
 
-    monkeypatch.setattr(shared_prefix, "continue_after_prefix", spy)
+    monkeypatch.setattr(answer_forward, "continue_after_prefix", spy)
     result = planning.plan(recipe, steps=2).to_dict()
     assert result["timing"]["steps_timed"] == 2 and result["timing"]["tokens_per_second"] > 0
     assert len(shared) == 3 and min(shared) > 0  # warm-up + 2 timed steps, each shared

@@ -94,6 +94,7 @@ def test_answer_logits_collator_gives_the_full_loss_from_fewer_logits(tiny_model
     import torch
 
     from tuneforge.data.chat import encode_chat
+    from tuneforge.evaluation.answer_forward import model_inputs
     from tuneforge.evaluation.language_model import (
         AnswerLogitsCollator,
         accepts_logits_to_keep,
@@ -119,8 +120,11 @@ def test_answer_logits_collator_gives_the_full_loss_from_fewer_logits(tiny_model
     sparse_batch = AnswerLogitsCollator(tiny_tokenizer)(features)
     with torch.no_grad():
         full = model(**full_batch)
-        sparse = model(**sparse_batch)
-    assert sparse.logits.shape[1] == len(sparse_batch["logits_to_keep"]) < full.logits.shape[1]
+        with model_inputs(model, sparse_batch) as inputs:
+            sparse = model(**inputs)
+    labelled = int((full_batch["labels"][:, 1:] != -100).sum())
+    assert sparse.logits.shape[:2] == (1, labelled)  # one vocabulary row per labelled position
+    assert labelled < full.logits.shape[0] * full.logits.shape[1]
     torch.testing.assert_close(sparse.loss, full.loss)
     n_full = (full_batch["labels"][:, 1:] != -100).sum()
     assert (sparse_batch["shift_labels"] != -100).sum() == n_full

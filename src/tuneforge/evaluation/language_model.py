@@ -15,8 +15,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from tuneforge.evaluation.shared_prefix import KEY as SHARED_PREFIX
-from tuneforge.evaluation.shared_prefix import continue_after_prefix, shared_prefix_length
+from tuneforge.evaluation import answer_forward
 from tuneforge.evaluation.text_metrics import perplexity
 from tuneforge.progress import track
 
@@ -34,12 +33,12 @@ class AnswerLogitsCollator:
 
     The output layer turns every position into a vocabulary-sized row (49k floats per token for
     SmolLM2), and with the loss on assistant answers most rows are thrown away. The batch gets
-    `logits_to_keep` (the positions whose next token is labelled in any row) and the matching
-    `shift_labels`; transformers' causal-LM loss and the Trainer's token count both accept them, so
-    the loss is the same, computed with a fraction of the output layer's time and memory.
-
-    With `share_prefix`, the batch also says how many leading tokens all its rows share
-    (`shared_prefix.py`: computed once per batch by whoever runs the model).
+    `logits_to_keep` (the positions whose next token is labelled in any row) and `shift_labels`,
+    which transformers' causal-LM loss and the Trainer's token count both accept, so the loss is
+    the same, computed with a fraction of the output layer's time and memory. Where rows' answers
+    sit at different positions, the batch also says which (row, position) pairs are labelled, and
+    `shift_labels` lists only their targets; with `share_prefix`, it says how many leading tokens
+    all its rows share. Run the model on such a batch through `answer_forward.model_inputs`.
     """
 
     def __init__(self, tokenizer, share_prefix: bool = False):
@@ -51,11 +50,17 @@ class AnswerLogitsCollator:
         targets = batch["labels"][:, 1:]
         keep = (targets != -100).any(dim=0).nonzero().squeeze(-1)
         batch["logits_to_keep"] = keep
-        batch["shift_labels"] = targets[:, keep].contiguous()
+        kept = targets[:, keep]
+        labelled = kept != -100
+        if labelled.all():
+            batch["shift_labels"] = kept.contiguous()
+        else:
+            batch["shift_labels"] = kept[labelled].unsqueeze(0)
+            batch[answer_forward.ROWS] = labelled
         if self.share_prefix:
-            prefix = shared_prefix_length(batch["input_ids"], keep)
+            prefix = answer_forward.shared_prefix_length(batch["input_ids"], keep)
             if prefix:
-                batch[SHARED_PREFIX] = torch.tensor(prefix)
+                batch[answer_forward.KEY] = torch.tensor(prefix)
         return batch
 
 
@@ -88,7 +93,8 @@ def lm_loss(
             n = int((batch.get("shift_labels", batch["labels"][:, 1:]) != -100).sum())
             if n == 0:
                 continue
-            out = model(**continue_after_prefix(model, batch))
+            with answer_forward.model_inputs(model, batch) as inputs:
+                out = model(**inputs)
             total += float(out.loss) * n
             count += n
     finally:

@@ -32,6 +32,7 @@ from tuneforge.data.chat import (
 from tuneforge.data.loading import load_splits, resolve_data_paths
 from tuneforge.data.readers import Row, read_records, row_where
 from tuneforge.errors import TuneforgeError
+from tuneforge.evaluation.answer_forward import can_share_prefix
 from tuneforge.evaluation.language_model import (
     AnswerLogitsCollator,
     GenerationCallback,
@@ -39,7 +40,6 @@ from tuneforge.evaluation.language_model import (
     lm_loss,
     padding_collator,
 )
-from tuneforge.evaluation.shared_prefix import can_share_prefix
 from tuneforge.evaluation.text_metrics import GENERATION_METRICS, generation_metrics
 from tuneforge.generation import Sampling, generate
 from tuneforge.progress import console

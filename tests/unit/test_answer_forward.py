@@ -1,4 +1,6 @@
-"""A prefix shared by every row is computed once: same loss and gradients as the full rows."""
+"""SFT batches without wasted compute (answer_forward.py): the prefix every row shares runs once,
+the output layer only on labelled (row, position) pairs; same loss and gradients as full rows and
+full logits."""
 
 from __future__ import annotations
 
@@ -7,13 +9,15 @@ import torch
 
 from tuneforge.config import LoraConfig
 from tuneforge.data.chat import encode_chat
-from tuneforge.evaluation.language_model import AnswerLogitsCollator, lm_loss
-from tuneforge.evaluation.shared_prefix import (
+from tuneforge.evaluation.answer_forward import (
     KEY,
+    ROWS,
     can_share_prefix,
     continue_after_prefix,
+    model_inputs,
     shared_prefix_length,
 )
+from tuneforge.evaluation.language_model import AnswerLogitsCollator, lm_loss, padding_collator
 from tuneforge.methods import apply_lora
 from tuneforge.models import load_causal_lm
 
@@ -60,14 +64,29 @@ def test_collator_marks_the_prefix_only_when_asked(tiny_tokenizer):
 
 def _loss_and_grads(model, batch):
     model.zero_grad()
-    loss = model(**continue_after_prefix(model, batch)).loss
+    with model_inputs(model, batch) as inputs:
+        loss = model(**inputs).loss
     loss.backward()
     return loss.detach(), {
         n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None
     }
 
 
-def test_same_loss_and_lora_gradients_as_the_full_rows(tiny_model, tiny_tokenizer):
+def test_collator_lists_only_the_labelled_rows_of_the_output_layer(tiny_tokenizer):
+    features = _features(tiny_tokenizer)  # answers of 4, 3, 2, 1 repeats: different positions
+    batch = AnswerLogitsCollator(tiny_tokenizer)(features)
+    labelled = sum(sum(1 for t in f["labels"][1:] if t != -100) for f in features)
+    rows = batch[ROWS]
+    assert rows.shape == (len(features), batch["logits_to_keep"].numel())
+    assert int(rows.sum()) == labelled < rows.numel()  # the union would hold wasted rows
+    assert batch["shift_labels"].shape == (1, labelled)
+    assert (batch["shift_labels"] != -100).all()
+
+
+@pytest.mark.parametrize("share_prefix", [False, True])
+def test_same_loss_and_lora_gradients_as_full_rows_and_logits(
+    tiny_model, tiny_tokenizer, share_prefix
+):
     torch.manual_seed(0)
     model = load_causal_lm(tiny_model)
     model = apply_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0), "CAUSAL_LM")
@@ -79,27 +98,31 @@ def test_same_loss_and_lora_gradients_as_the_full_rows(tiny_model, tiny_tokenize
     model.train()
     assert can_share_prefix(model)
     features = _features(tiny_tokenizer)
-    plain = AnswerLogitsCollator(tiny_tokenizer)(features)
-    shared = AnswerLogitsCollator(tiny_tokenizer, share_prefix=True)(features)
-    assert int(shared[KEY]) > 0
-    loss_a, grads_a = _loss_and_grads(model, plain)
-    loss_b, grads_b = _loss_and_grads(model, shared)
+    full = padding_collator(tiny_tokenizer)(features)
+    sparse = AnswerLogitsCollator(tiny_tokenizer, share_prefix=share_prefix)(features)
+    assert ROWS in sparse and (KEY in sparse) is share_prefix
+    loss_a, grads_a = _loss_and_grads(model, full)
+    loss_b, grads_b = _loss_and_grads(model, sparse)
     torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=1e-6)
     assert grads_a.keys() == grads_b.keys() and len(grads_a) > 0
     for name in grads_a:
         assert grads_a[name].abs().max() > 0, name  # every adapter has a gradient to compare
         torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-6)
+    head = model.get_base_model().get_output_embeddings()
+    assert not head._forward_pre_hooks  # the labelled-rows hook is gone after the call
 
 
 def test_scoring_gives_the_same_loss_and_token_count(tiny_model, tiny_tokenizer):
     model = load_causal_lm(tiny_model)
     features = _features(tiny_tokenizer, n=6)
-    plain = lm_loss(model, AnswerLogitsCollator(tiny_tokenizer), features, 3, "plain")
-    shared = lm_loss(
-        model, AnswerLogitsCollator(tiny_tokenizer, share_prefix=True), features, 3, "shared"
-    )
-    assert shared["tokens"] == plain["tokens"] > 0
-    assert shared["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+    full = lm_loss(model, padding_collator(tiny_tokenizer), features, 3, "full")
+    for collate in (
+        AnswerLogitsCollator(tiny_tokenizer),
+        AnswerLogitsCollator(tiny_tokenizer, share_prefix=True),
+    ):
+        sparse = lm_loss(model, collate, features, 3, "sparse")
+        assert sparse["tokens"] == full["tokens"] > 0
+        assert sparse["loss"] == pytest.approx(full["loss"], rel=1e-5)
 
 
 def test_no_prefix_key_leaves_the_inputs_alone():
