@@ -505,8 +505,9 @@ def _seq_len(ctx: _Context, recipe: Recipe) -> int:
 def _workload(ctx: _Context, recipe: Recipe, b: int) -> Workload:
     s = _seq_len(ctx, recipe)
     if recipe.task == "sft" and not recipe.training.label_smoothing:
-        # logits only at positions whose next token is labelled in some row of the batch
-        positions = min(s, b * max(ctx.max_trained, 1))
+        # logits only where a row's next token is labelled (answer_forward.py): at worst the
+        # example with the most trained tokens, in every row
+        positions = min(s, max(ctx.max_trained, 1))
     else:
         positions = s
     return Workload(
