@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_user_error, run_cli, sentiment_rows, write_csv
+from conftest import assert_user_error, run_cli, sentiment_rows, write_csv, write_jsonl
 
 from tuneforge.deploy.export import describe, export_run
 from tuneforge.errors import TuneforgeError
@@ -49,11 +49,6 @@ def _chat_rows(n: int, offset: int = 0) -> list[dict]:
     ]
 
 
-def _jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
 @pytest.fixture(scope="module")
 def classification_run(tmp_path_factory, tiny_model) -> Path:
     tmp = tmp_path_factory.mktemp("export-cls")
@@ -75,8 +70,8 @@ training: {{max_steps: 4, batch_size: 8, learning_rate: 2.0e-2, logging_steps: 1
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory, tiny_model) -> Path:
     tmp = tmp_path_factory.mktemp("export-sft")
-    train = _jsonl(tmp / "train.jsonl", _chat_rows(8))
-    validation = _jsonl(tmp / "validation.jsonl", _chat_rows(2, offset=100))
+    train = write_jsonl(tmp / "train.jsonl", _chat_rows(8))
+    validation = write_jsonl(tmp / "validation.jsonl", _chat_rows(2, offset=100))
     return _train(
         tmp,
         f"""
@@ -97,9 +92,11 @@ def full_run(tmp_path_factory, tiny_model) -> Path:
     """A pretrain run with method full: the run holds whole weights, no adapter."""
     tmp = tmp_path_factory.mktemp("export-full")
     text = "The quick brown fox jumps over the lazy dog. The film was wonderful and moving. "
-    train = _jsonl(tmp / "train.jsonl", [{"text": text * (3 + i)} for i in range(4)])
+    train = write_jsonl(tmp / "train.jsonl", [{"text": text * (3 + i)} for i in range(4)])
     other = "Security alert: failed login from 203.0.113.7 for user admin, category phishing. "
-    validation = _jsonl(tmp / "validation.jsonl", [{"text": other * (3 + i)} for i in range(2)])
+    validation = write_jsonl(
+        tmp / "validation.jsonl", [{"text": other * (3 + i)} for i in range(2)]
+    )
     return _train(
         tmp,
         f"""

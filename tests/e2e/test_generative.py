@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import assert_user_error, run_cli
+from conftest import assert_user_error, run_cli, write_jsonl
 
 CATEGORIES = ["phishing", "malware", "benign"]
 
@@ -29,11 +29,6 @@ def chat_row(i: int, turns: int = 1) -> dict:
             {"role": "assistant", "content": f"Category: {cat}\nReason: the lazy dog {t}"},
         ]
     return {"messages": messages}
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def _only_run(output_dir: Path) -> Path:

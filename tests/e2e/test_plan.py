@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import assert_user_error, run_cli, sentiment_rows
+from conftest import assert_user_error, run_cli, sentiment_rows, write_jsonl
 
 from tuneforge import launch
 
@@ -156,7 +156,7 @@ def test_plan_times_sft_steps_with_the_shared_prefix(tmp_path, tiny_model, monke
         for i in range(16)
     ]
     for name, part in (("train", rows[:12]), ("validation", rows[12:])):
-        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+        write_jsonl(tmp_path / f"{name}.jsonl", part)
     recipe = tmp_path / "sft.yaml"
     recipe.write_text(
         f"""

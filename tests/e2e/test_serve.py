@@ -25,7 +25,7 @@ import httpx2 as httpx
 import openai
 import pytest
 import torch
-from conftest import assert_user_error, sentiment_rows, write_csv
+from conftest import assert_user_error, sentiment_rows, write_csv, write_jsonl
 
 from tuneforge.data.chat import encode_prompt
 from tuneforge.deploy.server.engine import TextFilter
@@ -103,15 +103,10 @@ def _chat_row(i: int) -> dict:
     }
 
 
-def _jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
 def _recipes(tmp: Path, tiny_model: Path) -> dict[str, Path]:
     """A tiny sft recipe (with a system prompt) and a tiny classification recipe."""
-    train = _jsonl(tmp / "train.jsonl", [_chat_row(i) for i in range(16)])
-    validation = _jsonl(tmp / "validation.jsonl", [_chat_row(i) for i in range(100, 104)])
+    train = write_jsonl(tmp / "train.jsonl", [_chat_row(i) for i in range(16)])
+    validation = write_jsonl(tmp / "validation.jsonl", [_chat_row(i) for i in range(100, 104)])
     (tmp / "sft.yaml").write_text(
         f"""
 name: serve-sft
@@ -834,7 +829,7 @@ def pretrain(tmp_path_factory, tiny_model):
     sentence = "the quick brown fox jumps over the lazy dog and the film was wonderful"
     for split, first, n in (("train", 0, 6), ("validation", 100, 2)):
         docs = [{"text": f"Note {k}: {sentence[k % 7 :]}"} for k in range(first, first + n)]
-        _jsonl(tmp / f"{split}.jsonl", docs)
+        write_jsonl(tmp / f"{split}.jsonl", docs)
     (tmp / "pretrain.yaml").write_text(
         f"""
 name: serve-pretrain

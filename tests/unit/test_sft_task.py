@@ -1,9 +1,9 @@
 """The sft task's data preparation: formats, column names, over-long counts, recipe checks."""
 
 import csv
-import json
 
 import pytest
+from conftest import write_jsonl
 
 from tuneforge.config import validate_recipe
 from tuneforge.errors import TuneforgeError
@@ -22,16 +22,11 @@ def _recipe(tiny_model, train, validation, **extra):
     return validate_recipe(raw)
 
 
-def _jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def test_overlong_examples_are_counted_and_stored(tmp_path, tiny_model, tiny_tokenizer):
     short = {"prompt": "the film", "completion": "great"}
     long_answer = {"prompt": "the film", "completion": "the quick brown fox " * 20}
     long_prompt = {"prompt": "the quick brown fox " * 20, "completion": "great"}
-    data = _jsonl(tmp_path / "d.jsonl", [short, long_answer, long_prompt])
+    data = write_jsonl(tmp_path / "d.jsonl", [short, long_answer, long_prompt])
     recipe = _recipe(tiny_model, data, data, training={"max_length": 80})
     prepared = SftTask().prepare(recipe, tiny_tokenizer)
     info = prepared.info
@@ -64,11 +59,11 @@ def test_alpaca_csv_with_renamed_columns(tmp_path, tiny_model, tiny_tokenizer):
 
 
 def test_unknown_columns_and_missing_fields(tmp_path, tiny_model, tiny_tokenizer):
-    data = _jsonl(tmp_path / "d.jsonl", [{"question": "q", "answer": "a"}])
+    data = write_jsonl(tmp_path / "d.jsonl", [{"question": "q", "answer": "a"}])
     with pytest.raises(TuneforgeError, match=r"cannot tell the sft data format from the columns"):
         SftTask().prepare(_recipe(tiny_model, data, data), tiny_tokenizer)
-    good = _jsonl(tmp_path / "g.jsonl", [{"prompt": "q", "completion": "a"}])
-    bad = _jsonl(tmp_path / "v.jsonl", [{"prompt": "q", "completion": "a"}, {"prompt": "q"}])
+    good = write_jsonl(tmp_path / "g.jsonl", [{"prompt": "q", "completion": "a"}])
+    bad = write_jsonl(tmp_path / "v.jsonl", [{"prompt": "q", "completion": "a"}, {"prompt": "q"}])
     with pytest.raises(TuneforgeError) as e:
         SftTask().prepare(_recipe(tiny_model, good, bad), tiny_tokenizer)
     assert f"data.validation: {bad} line 2: missing field 'completion'" in str(e.value)
@@ -77,7 +72,7 @@ def test_unknown_columns_and_missing_fields(tmp_path, tiny_model, tiny_tokenizer
 def test_selecting_on_a_generation_metric_needs_generation_examples(
     tmp_path, tiny_model, tiny_tokenizer
 ):
-    data = _jsonl(tmp_path / "d.jsonl", [{"prompt": "q", "completion": "a"}])
+    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "q", "completion": "a"}])
     recipe = _recipe(
         tiny_model,
         data,
