@@ -90,28 +90,39 @@ def continue_after_prefix(model, inputs: dict[str, Any]) -> dict[str, Any]:
     from transformers import DynamicCache
 
     base = _unwrapped(model)
+    name = cache_argument(base)
     ids = inputs["input_ids"]
     cache = DynamicCache(config=base.config)
     # The decoder alone: the prefix needs keys and values, not logits.
-    base.get_decoder()(input_ids=ids[:1, :prefix], past_key_values=cache, use_cache=True)
+    base.get_decoder()(input_ids=ids[:1, :prefix], use_cache=True, **{name: cache})
     cache.batch_repeat_interleave(ids.shape[0])
     inputs["input_ids"] = ids[:, prefix:]
     inputs["labels"] = inputs["labels"][:, prefix:]
     inputs["logits_to_keep"] = inputs["logits_to_keep"] - prefix
-    inputs["past_key_values"] = cache
+    inputs[name] = cache
     inputs["use_cache"] = False  # the cache is an input; no need to return it grown
     return inputs  # attention_mask stays whole: it covers the cached prefix too
 
 
 def can_share_prefix(model) -> bool:
     """Whether the (PEFT-unwrapped) model runs as a decoder with a key/value cache input."""
-    import inspect
-
     base = _unwrapped(model)
     get_decoder = getattr(base, "get_decoder", None)
     if get_decoder is None or get_decoder() is None:
         return False
-    return "past_key_values" in inspect.signature(type(base).forward).parameters
+    return cache_argument(base) is not None
+
+
+def cache_argument(model) -> str | None:
+    """The name the model's forward takes its key/value cache under: `cache` from transformers
+    5.24 (where `past_key_values` is a deprecated alias), `past_key_values` before."""
+    import inspect
+
+    parameters = inspect.signature(type(model).forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in parameters:
+            return name
+    return None
 
 
 def _unwrapped(model):
