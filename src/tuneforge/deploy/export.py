@@ -366,13 +366,17 @@ def _greedy(model, ids, n: int):
     """`ids` plus `n` greedy tokens (with the KV cache: one token per step after the prompt)."""
     import torch
 
+    from tuneforge.evaluation.answer_forward import cache_argument
+
+    name = cache_argument(model) or "past_key_values"  # `cache` from transformers 5.24
     out = model(input_ids=ids, use_cache=True)
     seq = ids
     for step in range(n):
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)
         seq = torch.cat([seq, nxt], dim=1)
         if step < n - 1:
-            out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+            cache = out["cache"] if "cache" in out else out["past_key_values"]
+            out = model(input_ids=nxt, use_cache=True, **{name: cache})
     return seq
 
 

@@ -118,7 +118,7 @@ def cache_argument(model) -> str | None:
     5.24 (where `past_key_values` is a deprecated alias), `past_key_values` before."""
     import inspect
 
-    parameters = inspect.signature(type(model).forward).parameters
+    parameters = inspect.signature(type(_unwrapped(model)).forward).parameters
     for name in ("cache", "past_key_values"):
         if name in parameters:
             return name
