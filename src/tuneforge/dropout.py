@@ -51,12 +51,15 @@ class CheapDropout(nn.Dropout):
             return x
         if x.device.type != "cpu":
             return super().forward(x)
+        return _ApplyMask.apply(x, self.keep_mask(x.shape), self.scale)
+
+    def keep_mask(self, shape: torch.Size) -> torch.Tensor:
+        """A bool CPU mask of `shape`: True where an element is kept (then scaled by `self.scale`)."""
         seed = int(torch.randint(0, 2**62, (1,)).item())
         draws = np.random.Generator(np.random.PCG64(seed)).integers(
-            0, _LEVELS, tuple(x.shape), dtype=np.uint16
+            0, _LEVELS, tuple(shape), dtype=np.uint16
         )
-        keep = torch.from_numpy(draws >= self.threshold)
-        return _ApplyMask.apply(x, keep, self.scale)
+        return torch.from_numpy(draws >= self.threshold)
 
 
 def use_cheap_dropout(model: nn.Module) -> int:

@@ -276,9 +276,9 @@ def start_model(parent: Parent, model, recipe: Recipe, peft_task_type: str):
     keep_training = recipe.method == "lora"
     model = PeftModel.from_pretrained(model, adapter, is_trainable=keep_training)
     if keep_training:
-        from tuneforge.dropout import use_cheap_dropout
+        from tuneforge.methods import speed_up_adapters
 
-        use_cheap_dropout(model)
+        speed_up_adapters(model)
         cfg = model.peft_config["default"]
         if (cfg.r, cfg.lora_alpha) != (recipe.lora.r, recipe.lora.alpha):
             console.print(
