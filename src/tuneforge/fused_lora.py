@@ -36,6 +36,8 @@ class _LoraLinear(torch.autograd.Function):
         low = dropped @ lora_a.t()  # (tokens, r)
         out = x2 @ weight.t() if bias is None else torch.addmm(bias, x2, weight.t())
         out.addmm_(low, lora_b.t(), alpha=scaling)
+        if not ctx.needs_input_grad[0]:
+            keep = None  # only the input's gradient reads the mask (not in the first layer)
         ctx.save_for_backward(weight, lora_a, lora_b, dropped, low, keep)
         ctx.scaling, ctx.keep_scale = scaling, keep_scale
         return out.view(*x.shape[:-1], out.shape[-1])
