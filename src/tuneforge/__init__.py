@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+# transformers (>= 5.2x) swaps layers for "hub kernels" fetched from the Hugging Face Hub at load
+# time, on by default on CUDA. tuneforge loads weights from local folders and must work offline; a
+# machine whose `kernels` package has another version failed every `from_pretrained` with it on.
+# Off unless the user turns it on (USE_HUB_KERNELS=1).
+os.environ.setdefault("USE_HUB_KERNELS", "0")
 
 if TYPE_CHECKING:
     from tuneforge.run import Run
@@ -17,10 +24,11 @@ def train(recipe, overrides: list[str] | None = None) -> Run:
     return _train(recipe, overrides)
 
 
-def load_run(path) -> Run:
+def load_run(path, *, device: str | None = None) -> Run:
+    """A finished run; `device` (auto, cpu, cuda, cuda:N) overrides where its model runs."""
     from tuneforge.run import Run
 
-    return Run.load(path)
+    return Run.load(path, device=device)
 
 
 def load_recipe(path, overrides: list[str] | None = None):

@@ -36,6 +36,22 @@ AllowPickle = Annotated[
 ]
 
 
+DeviceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--device",
+        help="Where the model runs: auto (the CUDA GPU when there is one, else the CPU), cpu, "
+        "cuda or cuda:N. Default: the run recipe's `device` (auto).",
+    ),
+]
+
+
+def _load_run(run: Path, device: str | None):
+    from tuneforge.run import Run
+
+    return Run.load(run, device=device)
+
+
 def _allow_pickle(run: Path | None, allowed: bool) -> None:
     """Opt in to pickle weights for this command; a run's own adapter/model folders are checked."""
     from tuneforge import safety
@@ -121,6 +137,7 @@ def predict(
         bool, typer.Option("--json", help="Print JSON lines instead of a table.")
     ] = False,
     allow_pickle: AllowPickle = False,
+    device: DeviceOption = None,
 ) -> None:
     """Predict with a fine-tuned run: texts on the command line or a whole file."""
     from tuneforge.deploy.predict import predict_file, predict_texts
@@ -130,12 +147,13 @@ def predict(
         raise TuneforgeError(
             "predict: give texts on the command line or --input FILE (one of them)"
         )
+    loaded = _load_run(run, device)
     if input is not None:
         target = output or input.with_suffix(".predictions.jsonl")
-        n = predict_file(run, input, target)
+        n = predict_file(loaded, input, target)
         console.print(f"Wrote {n} predictions to {target}")
         return
-    results = predict_texts(run, texts or [])
+    results = predict_texts(loaded, texts or [])
     if as_json:
         for text, r in zip(texts or [], results, strict=True):
             print(json.dumps({"text": text, **r}, ensure_ascii=False))
@@ -169,14 +187,13 @@ def eval_(
         typer.Option("--bias-terms", help="YAML with extra categories/templates for --bias."),
     ] = None,
     allow_pickle: AllowPickle = False,
+    device: DeviceOption = None,
 ) -> None:
     """Metrics of a run on a labelled file (base model too with --base); --bias probes identity swaps."""
-    from tuneforge.run import Run
-
     _allow_pickle(run, allow_pickle)
     if data is None and not bias:
         raise TuneforgeError("eval: give --data FILE (and/or --bias)")
-    loaded = Run.load(run)
+    loaded = _load_run(run, device)
     if bias:
         probe = loaded.bias_probe(bias_terms)
         if as_json and data is None:
@@ -220,13 +237,12 @@ def generate(
     max_new_tokens: MaxNewTokens = 256,
     temperature: Temperature = 0.0,
     top_p: TopP = 1.0,
+    device: DeviceOption = None,
 ) -> None:
     """Answer one prompt with a fine-tuned generative run."""
-    from tuneforge.run import Run
-
     if not prompt.strip():
         raise TuneforgeError("generate: the prompt is empty")
-    loaded = Run.load(run)
+    loaded = _load_run(run, device)
     print(
         loaded.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
     )
@@ -241,11 +257,10 @@ def chat(
     max_new_tokens: MaxNewTokens = 256,
     temperature: Temperature = 0.0,
     top_p: TopP = 1.0,
+    device: DeviceOption = None,
 ) -> None:
     """Talk to a fine-tuned run: one message per line on stdin; /reset starts over, /exit or EOF ends."""
-    from tuneforge.run import Run
-
-    loaded = Run.load(run)
+    loaded = _load_run(run, device)
     start = [{"role": "system", "content": system}] if system else []
     messages = list(start)
     console.print(f"Chatting with {run} (/reset starts over, /exit or Ctrl-D ends)")
@@ -288,12 +303,15 @@ def export(
         ),
     ] = False,
     allow_pickle: AllowPickle = False,
+    device: DeviceOption = None,
 ) -> None:
     """Export a run: its LoRA adapter, merged safetensors, or GGUF for llama.cpp/Ollama; with a model card."""
     from tuneforge.deploy.export import describe, export_run
 
     _allow_pickle(run, allow_pickle)
-    result = export_run(run, format, output, quant=quant, force=force, verify=not no_verify)
+    result = export_run(
+        _load_run(run, device), format, output, quant=quant, force=force, verify=not no_verify
+    )
     for line in describe(result):
         out.print(line, markup=False, highlight=False, soft_wrap=True)
 
@@ -364,6 +382,7 @@ def serve(
             rich_help_panel=LIMITS_PANEL,
         ),
     ] = SERVE_LIMITS.max_waiting,
+    device: DeviceOption = None,
 ) -> None:
     """Serve a run over an OpenAI-compatible HTTP API (chat, completions; /v1/classify)."""
     _allow_pickle(run, allow_pickle)
@@ -380,7 +399,9 @@ def serve(
         default_max_tokens=default_max_tokens,
         max_waiting=max_waiting,
     )
-    serve_run(run, host=host, port=port, api_key=api_key, name=name, limits=limits)
+    serve_run(
+        _load_run(run, device), host=host, port=port, api_key=api_key, name=name, limits=limits
+    )
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Look at training data before spending compute.")

@@ -121,10 +121,11 @@ class TrainingConfig(_Strict):
         description="Keep only each layer's input and recompute the rest in the backward pass: "
         "much less activation memory for about a third more compute (`tuneforge plan` shows both).",
     )
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32",
-        description="fp32, or bf16/fp16 mixed precision (autocast, fp32 master weights); bf16/fp16 "
-        "need a CUDA GPU: CPUs without native bf16 run it about 36x slower than fp32.",
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="auto: bf16 mixed precision on a CUDA GPU that supports it, else fp32. Or fp32, "
+        "or bf16/fp16 mixed precision (autocast, fp32 master weights); bf16/fp16 need a CUDA GPU: "
+        "CPUs without native bf16 run it about 36x slower than fp32.",
     )
     eval_batch_size: int | None = Field(None, ge=1, description="Batch size for evaluation.")
     max_length: int = Field(
@@ -166,7 +167,7 @@ class TrainingConfig(_Strict):
         1,
         description="CPU only: train in this many data-parallel processes of one thread each "
         "(torch.distributed, gloo) instead of one process with that many threads; `auto` = one per "
-        "core. Each process takes batch_size / processes examples of every step, so the step and "
+        "core on a CPU, one process where training runs on a CUDA GPU. Each process takes batch_size / processes examples of every step, so the step and "
         "the results stay those of one process. Small batches of short texts train faster this "
         "way (bench/RESULTS.md); each extra process holds its own copy of the model. On GPUs, use "
         "torchrun or accelerate launch.",
@@ -332,6 +333,11 @@ class Recipe(_Strict):
         description="Continued runs only: mix this many of the parent run's training examples, as "
         "a fraction of the new training set's size (seeded sample), into the training data, so "
         "the model keeps seeing what it learned before and forgets less. 0: new data only.",
+    )
+    device: str = Field(
+        "auto",
+        description="Where the model trains and runs: auto (the CUDA GPU when torch sees one, else "
+        "the CPU), cpu, cuda or cuda:N. Commands that load a run take --device to override it.",
     )
     output_dir: Path = Field(Path("runs"), description="Where run directories are created.")
     registry: Path | None = Field(

@@ -38,19 +38,22 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def resolve(processes: int | str, batch_size: int) -> int:
-    """The number of processes for `training.processes`; `auto` = the most cores that split the batch."""
+def resolve(processes: int | str, batch_size: int, *, on_gpu: bool = False) -> int:
+    """The number of processes for `training.processes`; `auto` = the most cores that split the
+    batch, or 1 when training runs on a GPU (the processes are CPU processes)."""
     if processes != "auto":
         return int(processes)
+    if on_gpu:
+        return 1
     return max(n for n in range(1, cores() + 1) if batch_size % n == 0)
 
 
-def wanted(tc) -> int:
+def wanted(tc, *, on_gpu: bool = False) -> int:
     """How many processes `training.processes` asks for here (`tc`: the recipe's training
     section); 1 inside a process that this module, torchrun or accelerate launch started."""
     if launched() > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return 1
-    return resolve(tc.processes, tc.batch_size)
+    return resolve(tc.processes, tc.batch_size, on_gpu=on_gpu)
 
 
 def launched() -> int:
@@ -153,6 +156,9 @@ def _process_main(rank, world, port, threads, recipe, overrides, resume, results
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
         OMP_NUM_THREADS=str(threads),
+        # CPU training processes (a GPU run is one process): hidden GPUs keep every rank's device,
+        # process group (gloo) and precision those of the CPU, as `device: cpu` asked.
+        CUDA_VISIBLE_DEVICES="",
         **{ENV_PROCESSES: str(world)},
     )
     import torch

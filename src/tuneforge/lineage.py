@@ -264,12 +264,15 @@ def check_labels(parent: Parent, info: dict[str, Any], data_file: str) -> None:
     )
 
 
-def start_model(parent: Parent, model, recipe: Recipe, peft_task_type: str):
-    """The parent's weights on top of `model` (built from `parent.source`), ready to train."""
+def start_model(parent: Parent, model, recipe: Recipe, peft_task_type: str, device=None):
+    """The parent's weights on top of `model` (built from `parent.source`), ready to train on
+    `device` (None: the CPU)."""
     from tuneforge.methods import apply_method
 
     if parent.method != "lora":
-        return apply_method(model, recipe.method, recipe.lora, recipe.freeze, peft_task_type)
+        return apply_method(
+            model, recipe.method, recipe.lora, recipe.freeze, peft_task_type, device
+        )
     from peft import PeftModel
 
     adapter = parent.path / "adapter"
@@ -278,7 +281,7 @@ def start_model(parent: Parent, model, recipe: Recipe, peft_task_type: str):
     if keep_training:
         from tuneforge.methods import speed_up_adapters
 
-        speed_up_adapters(model)
+        speed_up_adapters(model, device)
         cfg = model.peft_config["default"]
         if (cfg.r, cfg.lora_alpha) != (recipe.lora.r, recipe.lora.alpha):
             console.print(
@@ -291,7 +294,7 @@ def start_model(parent: Parent, model, recipe: Recipe, peft_task_type: str):
     model = model.merge_and_unload()
     for p in model.parameters():  # PEFT froze the base while the adapter was on it
         p.requires_grad = True
-    return apply_method(model, recipe.method, recipe.lora, recipe.freeze, peft_task_type)
+    return apply_method(model, recipe.method, recipe.lora, recipe.freeze, peft_task_type, device)
 
 
 # --------------------------------------------------------------------------------------------------

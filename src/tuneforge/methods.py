@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from tuneforge.config import FreezeConfig, LoraConfig, MethodName
 from tuneforge.dropout import use_cheap_dropout
-from tuneforge.fused_lora import use_fused_lora
 from tuneforge.errors import TuneforgeError
+from tuneforge.fused_lora import use_fused_lora
 
 
 def apply_method(
@@ -16,15 +17,19 @@ def apply_method(
     lora: LoraConfig,
     freeze: FreezeConfig,
     peft_task_type: str,
+    device: torch.device | None = None,
 ) -> nn.Module:
+    """`device`: where the model will train (None: the CPU); it decides the CPU-only speed-ups."""
     if method == "lora":
-        return apply_lora(model, lora, peft_task_type)
+        return apply_lora(model, lora, peft_task_type, device)
     if method == "freeze":
         freeze_bottom(model, freeze.trainable_layers)
     return model
 
 
-def apply_lora(model: nn.Module, cfg: LoraConfig, peft_task_type: str) -> nn.Module:
+def apply_lora(
+    model: nn.Module, cfg: LoraConfig, peft_task_type: str, device: torch.device | None = None
+) -> nn.Module:
     """Wrap in PEFT LoRA; for sequence classification PEFT also trains and saves the head.
 
     On a CPU the adapters train faster: see :func:`speed_up_adapters`.
@@ -43,16 +48,24 @@ def apply_lora(model: nn.Module, cfg: LoraConfig, peft_task_type: str) -> nn.Mod
         model = get_peft_model(model, peft_cfg)
     except ValueError as e:
         raise TuneforgeError(f"lora.target_modules: {e}") from None
-    speed_up_adapters(model)
+    speed_up_adapters(model, device)
     return model
 
 
-def speed_up_adapters(model: nn.Module) -> None:
+def speed_up_adapters(model: nn.Module, device: torch.device | None = None) -> bool:
     """The same LoRA, cheaper on a CPU: the dropout mask drawn with numpy
     (:class:`~tuneforge.dropout.CheapDropout`) and the adapter branch fused into the frozen
-    layer's matmuls (:class:`~tuneforge.fused_lora.FusedLoraLinear`)."""
+    layer's matmuls (:class:`~tuneforge.fused_lora.FusedLoraLinear`); returns whether applied.
+
+    Only for CPU training, where both were measured (bench/RESULTS.md). On a GPU the mask would be
+    drawn on the CPU and copied over every step, and the fusion targets the CPU's memory-bound
+    element-wise passes; PEFT's own layers are left as they are there.
+    """
+    if device is not None and device.type != "cpu":
+        return False
     use_cheap_dropout(model)
     use_fused_lora(model)
+    return True
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -121,12 +134,14 @@ def require_cuda_for(recipe) -> None:
     """bf16/fp16 and a 4-bit base need a CUDA GPU (and bitsandbytes): one clear error otherwise."""
     import importlib.util
 
-    import torch
+    from tuneforge import devices
 
     tc = recipe.training
-    if tc.precision != "fp32" and not torch.cuda.is_available():
+    on_gpu = devices.resolve(recipe.device).type == "cuda"
+    if tc.precision in ("bf16", "fp16") and not on_gpu:
         raise TuneforgeError(
-            f"training.precision: {tc.precision} needs a CUDA GPU and none is available",
+            f"training.precision: {tc.precision} needs a CUDA GPU and "
+            + ("none is available" if not torch.cuda.is_available() else "device is cpu"),
             hint="use training.precision: fp32 on a CPU: without native bf16/fp16 arithmetic "
             "(AVX512-BF16/AMX) mixed precision is emulated, measured about 36x slower than fp32",
         )
@@ -136,7 +151,7 @@ def require_cuda_for(recipe) -> None:
                 f"lora.quantize_base: a 4-bit base is for LoRA (QLoRA), not method: {recipe.method}",
                 hint="set method: lora (or method: qlora), or remove lora.quantize_base",
             )
-        if not torch.cuda.is_available():
+        if not on_gpu:
             raise TuneforgeError(
                 "lora.quantize_base: 4bit (QLoRA) needs a CUDA GPU and none is available",
                 hint="bitsandbytes 4-bit kernels run on CUDA; on a CPU use method: lora without "
@@ -153,7 +168,6 @@ def quantization_config(lora: LoraConfig):
     """The transformers BitsAndBytesConfig for a 4-bit NF4 base (QLoRA), or None."""
     if not lora.quantize_base:
         return None
-    import torch
     from transformers import BitsAndBytesConfig
 
     compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -174,7 +188,6 @@ def load_quantized_base(source_path, recipe, peft_task_type: str, labels=None, p
     """
     import os
 
-    import torch
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 

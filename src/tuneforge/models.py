@@ -163,18 +163,78 @@ def _gguf_key(path: Path) -> str:
     return f"{path.stem}-{digest[:12]}"
 
 
+MANIFEST = "tuneforge_source.json"  # written last: a cache entry without it is incomplete
+LOCK_TIMEOUT_S = 30 * 60  # another process converting a large GGUF may take minutes
+
+
+def cached_conversion(target: Path) -> bool:
+    """Whether `target` is a complete conversion: its manifest exists (written last, after every
+    other file) and every file it lists has the size it had when written. Anything else is a
+    partial or damaged entry, rebuilt rather than trusted."""
+    try:
+        manifest = json.loads((target / MANIFEST).read_text())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if not cached_conversion_files(files):
+        return False
+    try:
+        return all((target / name).stat().st_size == size for name, size in files.items())
+    except OSError:
+        return False
+
+
 def _converted_gguf(folder: Path, filename: str, key: str) -> Path:
-    """De-quantize a GGUF file to a float32 safetensors folder, once; atomic (tmp + rename)."""
+    """De-quantize a GGUF file to a float32 safetensors folder, once.
+
+    Safe with several processes (the ranks of `training.processes`, two `tuneforge` commands):
+    a file lock lets one convert while the others wait, then they find its result. The folder is
+    built under a temporary name and renamed when complete; a manifest of file sizes, written
+    last, is what makes an entry count, so an interrupted or damaged conversion is rebuilt.
+    """
     target = models_cache() / key
-    if (target / "config.json").is_file():
+    if cached_conversion(target):
         return target
+    from filelock import FileLock, Timeout
+
+    ensure_cache_dir(target.parent)
+    lock = FileLock(str(target.parent / f".{target.name}.lock"))
+    try:
+        with lock.acquire(timeout=LOCK_TIMEOUT_S):
+            if cached_conversion(target):  # another process converted it while we waited
+                return target
+            _convert(folder, filename, target)
+    except Timeout:
+        raise TuneforgeError(
+            f"base_model: waited {LOCK_TIMEOUT_S // 60} min for another process to convert "
+            f"{folder / filename}",
+            hint=f"if no other tuneforge process is running, delete {lock.lock_file}",
+        ) from None
+    return target
+
+
+def ensure_cache_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TuneforgeError(
+            f"model cache: cannot create {path}: {e.strerror}",
+            hint="set TUNEFORGE_HOME to a writable folder",
+        ) from None
+
+
+def _convert(folder: Path, filename: str, target: Path) -> None:
+    """The conversion itself; the caller holds the lock, so leftovers of killed ones can go."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tuneforge.progress import status
 
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    if target.exists():  # incomplete or damaged (cached_conversion said no): rebuild it
+        shutil.rmtree(target)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.perf_counter()
     with status(f"Converting {filename} to safetensors (once; cached in {target.parent})"):
         try:
@@ -191,19 +251,41 @@ def _converted_gguf(folder: Path, filename: str, key: str) -> Path:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "tuneforge_source.json").write_text(
-            json.dumps(
-                {"gguf": str(folder / filename), "seconds": round(time.perf_counter() - t0, 1)}
+        # save_pretrained writes nothing but the tokenizer on ranks other than 0 of an initialised
+        # process group (transformers >= 5.2x), and any rank may get the lock first: this process
+        # alone writes this folder, so it saves whatever its rank.
+        model.should_save_on_this_rank = lambda is_main_process: True
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
+            if not cached_conversion_files(files):
+                raise RuntimeError(
+                    f"the converted folder {tmp} lacks config.json or safetensors weights "
+                    f"(it holds {sorted(files)})"
+                )
+            seconds = round(time.perf_counter() - t0, 1)
+            write_manifest(
+                tmp, {"gguf": str(folder / filename), "seconds": seconds, "files": files}
             )
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        tmp.rename(target)
-    except OSError:  # another process converted it meanwhile
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+            from tuneforge.checkpointing import fsync_tree
+
+            fsync_tree(tmp)
+            tmp.rename(target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def cached_conversion_files(files: dict[str, int]) -> bool:
+    return "config.json" in files and any(name.endswith(".safetensors") for name in files)
+
+
+def write_manifest(folder: Path, manifest: dict) -> None:
+    with (folder / MANIFEST).open("w") as f:
+        json.dump(manifest, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -303,13 +385,13 @@ def list_local_models() -> list[LocalModel]:
             )
             continue
         cached = models_cache() / f"{name}-{_gguf_key(gguf)}"
-        ready = (cached / "config.json").is_file()
+        ready = cached_conversion(cached)
         where = str(cached) if ready else f"{gguf} (converted on first use)"
         found.append(LocalModel(name, "embedded", where, ready))
     if models_cache().is_dir():
         for folder in sorted(models_cache().iterdir()):
-            source = folder / "tuneforge_source.json"
-            if folder.name.startswith(".") or not source.is_file():
+            source = folder / MANIFEST
+            if folder.name.startswith(".") or not cached_conversion(folder):
                 continue
             if any(folder.name.startswith(f"{n}-") for n in EMBEDDED):
                 continue

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tuneforge import launch
+from tuneforge import devices, launch
 from tuneforge.config import Recipe, load_recipe
 from tuneforge.errors import TuneforgeError
 
@@ -351,7 +351,11 @@ def plan(
     recipe = load_recipe(recipe_path, overrides)
     check_device_options(recipe)
     if recipe.training.processes == "auto":  # fixed once, so a batch-size search keeps it
-        n = launch.resolve("auto", recipe.training.batch_size)
+        n = launch.resolve(
+            "auto",
+            recipe.training.batch_size,
+            on_gpu=devices.resolve(recipe.device).type == "cuda",
+        )
         recipe = _with(recipe, f"training.processes={n}")
     task = get_task(recipe.task)
     source = resolve_base_model(recipe.base_model, trust_remote_code=recipe.trust_remote_code)
@@ -441,7 +445,7 @@ def plan(
             "global_batch": tc.batch_size * tc.gradient_accumulation_steps * world,
             "seq_len": _seq_len(ctx, recipe),
             "gradient_checkpointing": tc.gradient_checkpointing,
-            "precision": tc.precision,
+            "precision": devices.precision(tc.precision, devices.resolve(recipe.device)),
         },
         memory=memory,
         budget=budget,
@@ -561,7 +565,7 @@ def _estimate(ctx: _Context, recipe: Recipe) -> Memory:
         _workload(ctx, recipe, recipe.training.batch_size // n),
         _spec(ctx, recipe),
         checkpointing=recipe.training.gradient_checkpointing,
-        precision=recipe.training.precision,
+        precision=devices.precision(recipe.training.precision, devices.resolve(recipe.device)),
         quantized_base=bool(recipe.lora.quantize_base) and recipe.method == "lora",
         runtime=ctx.runtime,
     ).times(n)
@@ -711,10 +715,16 @@ def measure_steps(
     from tuneforge.progress import status
 
     tc = recipe.training
+    device = devices.resolve(recipe.device)
+    precision = devices.precision(tc.precision, device)
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     set_seed(tc.seed)
     with status("Building the model for a few timed steps"):
         model = task.build_model(source, prepared, recipe, tokenizer)
-        model = apply_method(model, recipe.method, recipe.lora, recipe.freeze, task.peft_task_type)
+        model = apply_method(
+            model, recipe.method, recipe.lora, recipe.freeze, task.peft_task_type, device
+        )
+        model = devices.place(model, device)
         if tc.gradient_checkpointing:
             from tuneforge.methods import enable_gradient_checkpointing
 
@@ -729,7 +739,11 @@ def measure_steps(
         return collate([{c: prepared.train[i][c] for c in columns} for i in idx])
 
     def step(b: dict) -> float:
-        with model_inputs(model, b) as inputs:  # as the Trainer runs it
+        b = devices.to_device(b, device)
+        with (
+            model_inputs(model, b) as inputs,  # as the Trainer runs it
+            torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None),
+        ):
             loss = model(**inputs).loss
         loss.backward()
         optimizer.step()
@@ -747,9 +761,11 @@ def measure_steps(
     try:
         with status(message), PeakRss() as rss:
             step(batch(batches[0]))
+            devices.synchronize(device)
             t0 = time.perf_counter()
             for b in timed:
                 step(b)
+            devices.synchronize(device)
             seconds = time.perf_counter() - t0
         used = torch.get_num_threads()
     finally:

@@ -7,6 +7,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from tuneforge import devices
 from tuneforge.config import Recipe, validate_recipe
 from tuneforge.errors import TuneforgeError
 from tuneforge.generation import Sampling
@@ -23,7 +24,8 @@ class Run:
         self.task = get_task(meta["task"])
 
     @classmethod
-    def load(cls, path: str | Path) -> Run:
+    def load(cls, path: str | Path, *, device: str | None = None) -> Run:
+        """A finished run; `device` (auto, cpu, cuda, cuda:N) overrides the recipe's `device`."""
         path = Path(path)
         if not path.is_dir():
             raise TuneforgeError(f"run directory not found: {path}")
@@ -48,6 +50,9 @@ class Run:
         from tuneforge import safety
 
         safety.check_run(path)  # pickle-only weights are refused unless allowed (--allow-pickle)
+        if device is not None:
+            devices.resolve(device)  # an unknown or absent device: refused before any loading
+            recipe = recipe.model_copy(update={"device": device})
         return cls(path, recipe, meta)
 
     @property
@@ -68,6 +73,12 @@ class Run:
     def tokenizer(self):
         return load_tokenizer(self.path / "tokenizer")
 
+    @property
+    def device(self):
+        """Where this run's model goes: the recipe's `device` (auto: the GPU when there is one),
+        or what `Run.load(..., device=)` / a command's `--device` asked for."""
+        return devices.resolve(self.recipe.device)
+
     @cached_property
     def model(self):
         model = self.task.load_tuned(
@@ -79,7 +90,7 @@ class Run:
             self.recipe,
         )
         model.eval()
-        return model
+        return devices.place(model, self.device)
 
     def predict(self, texts: list) -> list[dict[str, Any]]:
         """One prediction per input (classification: label and probabilities; sft: completion)."""

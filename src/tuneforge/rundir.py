@@ -7,6 +7,7 @@ once finished. An interrupted or failed run keeps its `.incomplete` name and say
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -65,15 +66,17 @@ class RunDir:
     def create(cls, output_dir: Path, name: str) -> RunDir:
         ensure_dir(output_dir, "output_dir")
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        final = output_dir / f"{name}-{stamp}"
-        n = 2
-        while final.exists() or (final.parent / f".{final.name}{INCOMPLETE}").exists():
-            final = output_dir / f"{name}-{stamp}-{n}"
-            n += 1
-        run = cls(final)
-        run.path.mkdir()
-        run.set_status("running")
-        return run
+        for n in itertools.count(1):
+            run = cls(output_dir / (f"{name}-{stamp}" + ("" if n == 1 else f"-{n}")))
+            if run.final.exists():
+                continue
+            try:  # the claim: mkdir is atomic, so runs started in the same second get distinct ids
+                run.path.mkdir()
+            except FileExistsError:
+                continue
+            run.set_status("running")
+            return run
+        raise AssertionError("unreachable")
 
     @classmethod
     def reopen(cls, partial: Path) -> RunDir:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneforge import checkpointing, distributed, launch, safety, tracking
+from tuneforge import checkpointing, devices, distributed, launch, safety, tracking
 from tuneforge.config import Recipe, load_recipe
 from tuneforge.errors import TuneforgeError, did_you_mean
 from tuneforge.evaluation.answer_forward import model_inputs
@@ -53,7 +53,8 @@ def train(
 
 
 def _processes(recipe, overrides, resume) -> int:
-    """`training.processes` for this call (`launch.wanted`); refused on a CUDA machine."""
+    """`training.processes` for this call (`launch.wanted`): `auto` is 1 where training runs on a
+    GPU, and N > 1 there is refused (those processes are CPU processes)."""
     if resume is not None:
         folder = Path(resume)
         hidden = folder.parent / f".{folder.name}{INCOMPLETE}"
@@ -64,12 +65,13 @@ def _processes(recipe, overrides, resume) -> int:
         return 1
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
-    n = launch.wanted(recipe.training)
-    if n > 1 and _cuda():
+    on_gpu = devices.resolve(recipe.device).type == "cuda"
+    n = launch.wanted(recipe.training, on_gpu=on_gpu)
+    if n > 1 and on_gpu:
         raise TuneforgeError(
-            "training.processes is for CPU training; this machine has a CUDA GPU",
-            hint="use torchrun --nproc_per_node N or accelerate launch for several GPUs, "
-            "and set training.processes to 1",
+            f"training.processes: {n} CPU processes asked for, but training runs on the CUDA GPU",
+            hint="set training.processes to 1 or auto (one process per GPU; torchrun --nproc_per_node N "
+            "or accelerate launch for several GPUs), or device: cpu to train on the CPU's cores",
         )
     return n
 
@@ -363,10 +365,13 @@ def build_model(task, source, prepared, recipe: Recipe, tokenizer, parent=None):
         )
     else:
         model = task.build_model(source, prepared, recipe, tokenizer)
+    device = devices.resolve(recipe.device)  # where the Trainer will put it
     if parent is not None:  # the parent's weights: its adapter keeps training, or its model
-        model = start_model(parent, model, recipe, task.peft_task_type)
+        model = start_model(parent, model, recipe, task.peft_task_type, device)
     else:
-        model = apply_method(model, recipe.method, recipe.lora, recipe.freeze, task.peft_task_type)
+        model = apply_method(
+            model, recipe.method, recipe.lora, recipe.freeze, task.peft_task_type, device
+        )
     if recipe.training.gradient_checkpointing:
         enable_gradient_checkpointing(model, recipe.method)
     return model
@@ -601,6 +606,8 @@ def _build_trainer(recipe: Recipe, task, prepared, model, tokenizer, run_path: P
     from transformers import EarlyStoppingCallback, TrainerCallback, TrainingArguments
 
     tc = recipe.training
+    device = devices.resolve(recipe.device)
+    precision = devices.precision(tc.precision, device)
     strategy = "steps" if tc.eval_steps or tc.save_steps else "epoch"
     eval_steps = tc.eval_steps or tc.save_steps
     if tc.save_steps and tc.save_steps % eval_steps:
@@ -631,10 +638,10 @@ def _build_trainer(recipe: Recipe, task, prepared, model, tokenizer, run_path: P
         train_sampling_strategy="group_by_length" if tc.group_by_length else "random",
         report_to=tracking.report_to_argument(tc.report_to),
         run_name=run_path.name.removeprefix(".").removesuffix(INCOMPLETE),  # the run id
-        use_cpu=not _cuda(),
+        use_cpu=device.type == "cpu",
         gradient_checkpointing=False,  # enabled on the model by build_model (LoRA needs more)
-        bf16=tc.precision == "bf16",
-        fp16=tc.precision == "fp16",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         ddp_find_unused_parameters=False,  # every trainable parameter gets a gradient each step
         dataloader_num_workers=0,
         remove_unused_columns=False,
@@ -718,12 +725,6 @@ def _build_trainer(recipe: Recipe, task, prepared, model, tokenizer, run_path: P
     trainer.resume_hint = run_path
     tracking.place_logs(trainer, run_path)
     return trainer, evaluations
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _best(trainer, metric: str) -> dict[str, Any]:

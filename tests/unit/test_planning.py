@@ -155,7 +155,7 @@ def test_recipe_options():
     r = recipe(method="qlora", training={"grad_accum": 4, "gradient_checkpointing": True})
     assert (r.method, r.lora.quantize_base) == ("lora", "4bit")
     assert r.training.gradient_accumulation_steps == 4 and r.training.gradient_checkpointing
-    assert r.training.precision == "fp32"
+    assert r.training.precision == "auto"  # bf16 on a CUDA GPU that has it, else fp32
     with pytest.raises(TuneforgeError, match="training.precision"):
         recipe(training={"precision": "fp8"})
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuneforge import devices
 from tuneforge.deploy.gguf import QUANTS
 from tuneforge.errors import TuneforgeError, did_you_mean
 from tuneforge.progress import status
@@ -383,6 +384,7 @@ def _greedy(model, ids, n: int):
 def _fingerprint(model, ids, task: str) -> dict[str, Any]:
     import torch
 
+    ids = ids.to(devices.model_device(model))
     with torch.no_grad():
         if task == "classification":
             return {"ids": ids, "logits": model(input_ids=ids).logits[0].float()}
@@ -391,8 +393,10 @@ def _fingerprint(model, ids, task: str) -> dict[str, Any]:
 
 
 def _compare(reference: dict[str, Any], model, loader: str, task: str) -> dict[str, Any]:
+    """The reloaded `model` run on the reference's device (the fine-tuned model's), same inputs."""
     import torch
 
+    model = devices.place(model, reference["ids"].device)
     with torch.no_grad():
         if task == "classification":
             logits = model(input_ids=reference["ids"]).logits[0].float()

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from tuneforge.devices import model_device
 from tuneforge.progress import track
 
 DEFAULT_INSTRUCTION = (
@@ -85,11 +86,17 @@ def _last_logprobs(model, tokenizer, batch: list[tuple[int, ...]], keep: int) ->
         ids[i, width - len(seq) :] = torch.tensor(seq)
         mask[i, width - len(seq) :] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep)
+    device = model_device(model)
+    out = model(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=positions.to(device),
+        logits_to_keep=keep,
+    )
     # The last `keep` positions of the prefix predict the candidate tokens: the final position
     # predicts the candidate's last token, so candidate token j of length c sits at index
     # keep - c + j (see zero_shot_scores).
-    lp = torch.log_softmax(out.logits[:, -keep:].float(), dim=-1)
+    lp = torch.log_softmax(out.logits[:, -keep:].float(), dim=-1).cpu()
     if lp.shape[1] < keep:  # a prefix shorter than `keep`: left-fill so indexing stays aligned
         fill = torch.full((lp.shape[0], keep - lp.shape[1], lp.shape[2]), -torch.inf)
         lp = torch.cat([fill, lp], dim=1)

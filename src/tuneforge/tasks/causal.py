@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tuneforge import devices
 from tuneforge.config import Recipe
 from tuneforge.data.chat import encode_prompt, end_of_turn, stop_token_ids, with_system_prompt
 from tuneforge.evaluation.language_model import PerplexityCallback
@@ -41,8 +42,14 @@ class CausalLMTask(TaskDefaults):
     def evaluate_base(
         self, source, tokenizer, rows, info, recipe: Recipe, split: str
     ) -> dict[str, Any]:
-        model = load_causal_lm(source.path, trust_remote_code=recipe.trust_remote_code)
-        return self.evaluate(model, tokenizer, rows, info, recipe, split)
+        model = devices.place(
+            load_causal_lm(source.path, trust_remote_code=recipe.trust_remote_code),
+            devices.resolve(recipe.device),
+        )
+        try:
+            return self.evaluate(model, tokenizer, rows, info, recipe, split)
+        finally:
+            devices.release(model)
 
     def evaluate(self, model, tokenizer, rows, info, recipe: Recipe, split: str) -> dict[str, Any]:
         raise NotImplementedError

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tuneforge import devices
 from tuneforge.config import Recipe
 from tuneforge.data.loading import load_splits, resolve_data_paths
 from tuneforge.data.readers import Row, require_column, row_where
@@ -166,7 +167,10 @@ class ClassificationTask:
     def evaluate_base(
         self, source, tokenizer, rows, info, recipe: Recipe, split: str
     ) -> dict[str, Any]:
-        model = load_causal_lm(source.path, trust_remote_code=recipe.trust_remote_code)
+        model = devices.place(
+            load_causal_lm(source.path, trust_remote_code=recipe.trust_remote_code),
+            devices.resolve(recipe.device),
+        )
         words = [(recipe.baseline.label_words or {}).get(lab, lab) for lab in info["labels"]]
         scores = zero_shot_scores(
             model,
@@ -177,6 +181,7 @@ class ClassificationTask:
             max_length=recipe.training.max_length + 64,
             description=f"Base model zero-shot on {split}",
         )
+        devices.release(model)
         return self._score(softmax(scores), rows, info)
 
     def evaluate(self, model, tokenizer, rows, info, recipe: Recipe, split: str) -> dict[str, Any]:
@@ -201,6 +206,7 @@ class ClassificationTask:
         batch_size = recipe.training.eval_batch_size or recipe.training.batch_size
         max_length = recipe.training.max_length
         enc = encode(tokenizer, texts, max_length)
+        device = devices.model_device(model)
         out = np.zeros((len(texts), model.config.num_labels))
         batches = padding_capped_batches([len(ids) for ids in enc["input_ids"]], batch_size)
         rows = batches if len(batches) <= 1 else track(batches, f"Scoring {split or 'inputs'}")
@@ -214,9 +220,10 @@ class ClassificationTask:
                 return_tensors="pt",
             )
             logits = model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
             ).logits
-            out[idx] = torch.softmax(logits.float(), dim=-1).numpy()
+            out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         return out
 
     def predict(self, model, tokenizer, texts, info, recipe: Recipe) -> list[dict[str, Any]]:
@@ -246,7 +253,10 @@ class ClassificationTask:
             )
         }
         if recipe.baseline.enabled:
-            base_lm = load_causal_lm(source.path, trust_remote_code=recipe.trust_remote_code)
+            base_lm = devices.place(
+                load_causal_lm(source.path, trust_remote_code=recipe.trust_remote_code),
+                devices.model_device(model),  # beside the tuned model
+            )
             words = [(recipe.baseline.label_words or {}).get(lab, lab) for lab in labels]
             instruction = recipe.baseline.instruction or DEFAULT_INSTRUCTION
 
@@ -263,6 +273,7 @@ class ClassificationTask:
                 )
 
             result["base"] = run_probe(base, labels, probe)
+            devices.release(base_lm)
         return result
 
     def check_splits(self, recipe: Recipe, recipe_dir: Path):

@@ -1,0 +1,97 @@
+"""Where models and tensors live: one place picks the device and the precision.
+
+Every model call moves its inputs to the model's device (:func:`to_device`), and every result
+comes back to the CPU before numpy sees it. A model loaded for inference (base-model scoring,
+predict, eval, the bias probe, the server, export checks) goes to :func:`inference_device`: the
+GPU when there is one, unless a recipe's `device` or a command's `--device` says otherwise.
+Training leaves placement to the Trainer, which takes the same choice (`use_cpu`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from tuneforge.errors import TuneforgeError
+
+ENV_DEVICE = "TUNEFORGE_DEVICE"  # a default for every command, below a recipe's or --device
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def resolve(requested: str | None = None) -> torch.device:
+    """`auto` (the default): this process's GPU when torch sees one (cuda:LOCAL_RANK under
+    torchrun), else the CPU. `cpu`, `cuda` or `cuda:N` are taken as given, refused when absent."""
+    requested = (requested or os.environ.get(ENV_DEVICE) or "auto").strip().lower()
+    if requested == "auto":
+        if cuda_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise TuneforgeError(
+            f"device: '{requested}' is not a device", hint="use auto, cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise TuneforgeError(
+            f"device: '{requested}' is not supported", hint="use auto, cpu, cuda or cuda:N"
+        )
+    if not cuda_available():
+        raise TuneforgeError(
+            f"device: {requested} asked for, but torch sees no CUDA GPU on this machine",
+            hint="use device: auto (or cpu)",
+        )
+    index = device.index if device.index is not None else 0
+    if index >= torch.cuda.device_count():
+        raise TuneforgeError(
+            f"device: {requested} asked for, but this machine has {torch.cuda.device_count()} GPU(s)"
+        )
+    return torch.device("cuda", index)
+
+
+def precision(requested: str, device: torch.device) -> str:
+    """`auto`: bf16 mixed precision on a GPU that supports it, else fp32 (a CPU without native
+    bf16 runs it about 36x slower; an older GPU's fp16 needs loss scaling that fp32 avoids)."""
+    if requested != "auto":
+        return requested
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def model_device(model) -> torch.device:
+    """The device of the model's first parameter (or buffer); CPU for a model without either."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """A batch with every tensor on `device` (other values as they are)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def place(model, device: torch.device):
+    """Move a model loaded for inference to `device` (a no-op where it already is)."""
+    return model if model_device(model) == device else model.to(device)
+
+
+def release(model=None) -> None:
+    """Let a model loaded only for scoring go, and give its GPU memory back to other processes."""
+    del model
+    if cuda_available():
+        torch.cuda.empty_cache()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work, so a wall-clock time covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
