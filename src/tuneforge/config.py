@@ -240,6 +240,14 @@ class DataChecksConfig(_Strict):
         3, ge=1, description="Texts shorter than this many characters are flagged."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_off(cls, data: Any) -> Any:
+        """YAML reads an unquoted `off` as false: `leakage: off` means the severity off."""
+        if isinstance(data, dict):
+            return {k: "off" if v is False else v for k, v in data.items()}
+        return data
+
     def severities(self) -> dict[str, str]:
         return self.model_dump(exclude={"imbalance_ratio", "short_chars"})
 

@@ -88,11 +88,12 @@ def lm_loss(
     try:
         for idx in batches if len(batches) <= 1 else track(batches, description):
             batch = collate([{k: features[i][k] for k in ("input_ids", "labels")} for i in idx])
-            batch = {k: v.to(device) for k, v in batch.items()}
-            # the model shifts labels by one (or the collator did, into shift_labels)
+            # the model shifts labels by one (or the collator did, into shift_labels); counted
+            # before the batch moves, so no GPU sync
             n = int((batch.get("shift_labels", batch["labels"][:, 1:]) != -100).sum())
             if n == 0:
                 continue
+            batch = {k: v.to(device) for k, v in batch.items()}
             with answer_forward.model_inputs(model, batch) as inputs:
                 out = model(**inputs)
             total += float(out.loss) * n
