@@ -272,6 +272,14 @@ def _convert(folder: Path, filename: str, target: Path) -> None:
 
             fsync_tree(tmp)
             tmp.rename(target)
+        except OSError as e:  # disk full, no permission: the user can fix it
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise TuneforgeError(
+                f"base_model: cannot write the converted model to {target.parent}: "
+                f"{e.strerror or e}",
+                hint="free some disk space there (a 135M model takes about 0.5 GB in float32), "
+                "or set TUNEFORGE_HOME to another folder",
+            ) from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
