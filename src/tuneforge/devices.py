@@ -26,12 +26,11 @@ def cuda_available() -> bool:
 
 def resolve(requested: str | None = None) -> torch.device:
     """`auto` (the default): this process's GPU when torch sees one (cuda:LOCAL_RANK under
-    torchrun), else the CPU. `cpu`, `cuda` or `cuda:N` are taken as given, refused when absent."""
+    torchrun), else the CPU. `cuda` is this process's GPU; `cpu` and `cuda:N` are taken as given;
+    a GPU that is not there is refused."""
     requested = (requested or os.environ.get(ENV_DEVICE) or "auto").strip().lower()
     if requested == "auto":
-        if cuda_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
+        return local_gpu() if cuda_available() else torch.device("cpu")
     try:
         device = torch.device(requested)
     except (RuntimeError, ValueError):
@@ -49,12 +48,18 @@ def resolve(requested: str | None = None) -> torch.device:
             f"device: {requested} asked for, but torch sees no CUDA GPU on this machine",
             hint="use device: auto (or cpu)",
         )
-    index = device.index if device.index is not None else 0
-    if index >= torch.cuda.device_count():
+    if device.index is None:
+        return local_gpu()
+    if device.index >= torch.cuda.device_count():
         raise TuneforgeError(
             f"device: {requested} asked for, but this machine has {torch.cuda.device_count()} GPU(s)"
         )
-    return torch.device("cuda", index)
+    return device
+
+
+def local_gpu() -> torch.device:
+    """This process's GPU: the one torchrun / accelerate assigned (LOCAL_RANK), else the first."""
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def precision(requested: str, device: torch.device) -> str:
@@ -84,9 +89,9 @@ def place(model, device: torch.device):
     return model if model_device(model) == device else model.to(device)
 
 
-def release(model=None) -> None:
-    """Let a model loaded only for scoring go, and give its GPU memory back to other processes."""
-    del model
+def empty_cache() -> None:
+    """Give the GPU memory of models already let go (`del`) back, for the next one and for other
+    processes; a no-op without a GPU."""
     if cuda_available():
         torch.cuda.empty_cache()
 

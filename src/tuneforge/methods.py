@@ -137,7 +137,14 @@ def require_cuda_for(recipe) -> None:
     from tuneforge import devices
 
     tc = recipe.training
-    on_gpu = devices.resolve(recipe.device).type == "cuda"
+    device = devices.resolve(recipe.device)
+    on_gpu = device.type == "cuda"
+    if on_gpu and device != devices.local_gpu():
+        raise TuneforgeError(
+            f"device: {recipe.device}: training runs on this process's GPU ({devices.local_gpu()})",
+            hint=f"to train on GPU {device.index}, run with CUDA_VISIBLE_DEVICES={device.index} "
+            "and device: auto (torchrun / accelerate launch give each process its own GPU)",
+        )
     if tc.precision in ("bf16", "fp16") and not on_gpu:
         raise TuneforgeError(
             f"training.precision: {tc.precision} needs a CUDA GPU and "

@@ -175,7 +175,12 @@ def test_resolve_and_precision(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert devices.resolve() == torch.device("cuda", 1)  # this rank's GPU under torchrun
+    assert devices.resolve("cuda") == torch.device("cuda", 1)
+    assert devices.resolve("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(TuneforgeError, match="2 GPU"):
+        devices.resolve("cuda:5")
     assert devices.precision("auto", torch.device("cuda", 1)) == "bf16"
     assert devices.precision("fp16", torch.device("cuda", 1)) == "fp16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
@@ -243,3 +248,24 @@ def test_cpu_speed_ups_only_where_training_runs_on_the_cpu(tiny_model):
     on_gpu = lora_layers(torch.device("cuda", 0))  # built on the CPU, trained on the GPU
     assert on_gpu and not any(isinstance(m, FusedLoraLinear) for m in on_gpu)
     assert not any(isinstance(m.lora_dropout["default"], CheapDropout) for m in on_gpu)
+
+
+def test_training_on_another_processes_gpu_is_refused(monkeypatch, tiny_model):
+    """The Trainer trains on this process's GPU; `device: cuda:N` elsewhere says how instead."""
+    from tuneforge.config import validate_recipe
+    from tuneforge.errors import TuneforgeError
+    from tuneforge.methods import require_cuda_for
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    raw = {
+        "name": "x",
+        "base_model": str(tiny_model),
+        "task": "classification",
+        "data": {"train": "t.csv", "validation_split": 0.2},
+    }
+    require_cuda_for(validate_recipe({**raw, "device": "cuda:0"}))
+    with pytest.raises(TuneforgeError, match="cuda:1") as e:
+        require_cuda_for(validate_recipe({**raw, "device": "cuda:1"}))
+    assert "CUDA_VISIBLE_DEVICES=1" in e.value.hint

@@ -49,7 +49,8 @@ class CausalLMTask(TaskDefaults):
         try:
             return self.evaluate(model, tokenizer, rows, info, recipe, split)
         finally:
-            devices.release(model)
+            del model  # scored: its GPU memory goes back before training needs it
+            devices.empty_cache()
 
     def evaluate(self, model, tokenizer, rows, info, recipe: Recipe, split: str) -> dict[str, Any]:
         raise NotImplementedError

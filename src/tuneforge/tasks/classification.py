@@ -181,7 +181,8 @@ class ClassificationTask:
             max_length=recipe.training.max_length + 64,
             description=f"Base model zero-shot on {split}",
         )
-        devices.release(model)
+        del model  # scored: its GPU memory goes back before training needs it
+        devices.empty_cache()
         return self._score(softmax(scores), rows, info)
 
     def evaluate(self, model, tokenizer, rows, info, recipe: Recipe, split: str) -> dict[str, Any]:
@@ -273,7 +274,8 @@ class ClassificationTask:
                 )
 
             result["base"] = run_probe(base, labels, probe)
-            devices.release(base_lm)
+            del base_lm, base
+            devices.empty_cache()
         return result
 
     def check_splits(self, recipe: Recipe, recipe_dir: Path):
