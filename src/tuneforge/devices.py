@@ -62,6 +62,45 @@ def local_gpu() -> torch.device:
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def require_cuda_for(recipe) -> None:
+    """bf16/fp16 and a 4-bit base need a CUDA GPU (and bitsandbytes): one clear error otherwise."""
+    import importlib.util
+
+    tc = recipe.training
+    device = resolve(recipe.device)
+    on_gpu = device.type == "cuda"
+    if on_gpu and device != local_gpu():
+        raise TuneforgeError(
+            f"device: {recipe.device}: training runs on this process's GPU ({local_gpu()})",
+            hint=f"to train on GPU {device.index}, run with CUDA_VISIBLE_DEVICES={device.index} "
+            "and device: auto (torchrun / accelerate launch give each process its own GPU)",
+        )
+    if tc.precision in ("bf16", "fp16") and not on_gpu:
+        raise TuneforgeError(
+            f"training.precision: {tc.precision} needs a CUDA GPU and "
+            + ("none is available" if not torch.cuda.is_available() else "device is cpu"),
+            hint="use training.precision: fp32 on a CPU: without native bf16/fp16 arithmetic "
+            "(AVX512-BF16/AMX) mixed precision is emulated, measured about 36x slower than fp32",
+        )
+    if recipe.lora.quantize_base:
+        if recipe.method != "lora":
+            raise TuneforgeError(
+                f"lora.quantize_base: a 4-bit base is for LoRA (QLoRA), not method: {recipe.method}",
+                hint="set method: lora (or method: qlora), or remove lora.quantize_base",
+            )
+        if not on_gpu:
+            raise TuneforgeError(
+                "lora.quantize_base: 4bit (QLoRA) needs a CUDA GPU and none is available",
+                hint="bitsandbytes 4-bit kernels run on CUDA; on a CPU use method: lora without "
+                "quantize_base (the 135M default model fits easily in fp32)",
+            )
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise TuneforgeError(
+                "lora.quantize_base: 4bit (QLoRA) needs the bitsandbytes package",
+                hint="pip install bitsandbytes",
+            )
+
+
 def precision(requested: str, device: torch.device) -> str:
     """`auto`: bf16 mixed precision on a GPU that supports it, else fp32 (a CPU without native
     bf16 runs it about 36x slower; an older GPU's fp16 needs loss scaling that fp32 avoids)."""

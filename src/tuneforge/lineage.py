@@ -279,7 +279,7 @@ def start_model(parent: Parent, model, recipe: Recipe, peft_task_type: str, devi
     keep_training = recipe.method == "lora"
     model = PeftModel.from_pretrained(model, adapter, is_trainable=keep_training)
     if keep_training:
-        from tuneforge.methods import speed_up_adapters
+        from tuneforge.methods.lora import speed_up_adapters
 
         speed_up_adapters(model, device)
         cfg = model.peft_config["default"]

@@ -346,10 +346,9 @@ def plan(
 
     from tuneforge.models import load_tokenizer, resolve_base_model
     from tuneforge.tasks import get_task
-    from tuneforge.training import check_device_options
 
     recipe = load_recipe(recipe_path, overrides)
-    check_device_options(recipe)
+    devices.require_cuda_for(recipe)
     if recipe.training.processes == "auto":  # fixed once, so a batch-size search keeps it
         n = launch.resolve(
             "auto",

@@ -286,7 +286,7 @@ def _set_up(recipe, overrides, resume_path: Path | None) -> _Setup:
         recipe = load_recipe(recipe, overrides)
     safety.allow_pickle(recipe.allow_pickle)
     tracking.check_available(recipe.training.report_to)
-    check_device_options(recipe)
+    devices.require_cuda_for(recipe)  # mixed precision, QLoRA: refused before any data is read
     task = get_task(recipe.task)
     metric = selection_metric(recipe, task)
 
@@ -356,7 +356,8 @@ def _train_worker(recipe, overrides, *, resume) -> None:
 
 def build_model(task, source, prepared, recipe: Recipe, tokenizer, parent=None):
     """The task's model with the method applied (or the parent run's weights), ready to train."""
-    from tuneforge.methods import enable_gradient_checkpointing, load_quantized_base
+    from tuneforge.methods import enable_gradient_checkpointing
+    from tuneforge.methods.qlora import load_quantized_base
 
     if recipe.lora.quantize_base and parent is None:
         labels = prepared.info.get("labels")
@@ -375,13 +376,6 @@ def build_model(task, source, prepared, recipe: Recipe, tokenizer, parent=None):
     if recipe.training.gradient_checkpointing:
         enable_gradient_checkpointing(model, recipe.method)
     return model
-
-
-def check_device_options(recipe: Recipe) -> None:
-    """Mixed precision and QLoRA need CUDA: refuse before any data is read (clear, exit 2)."""
-    from tuneforge.methods import require_cuda_for
-
-    require_cuda_for(recipe)
 
 
 def _parent(recipe: Recipe):

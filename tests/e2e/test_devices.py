@@ -226,9 +226,9 @@ def test_cpu_speed_ups_only_where_training_runs_on_the_cpu(tiny_model):
     from transformers import AutoModelForCausalLM
 
     from tuneforge.config import FreezeConfig, LoraConfig
-    from tuneforge.dropout import CheapDropout
-    from tuneforge.fused_lora import FusedLoraLinear
     from tuneforge.methods import apply_method
+    from tuneforge.methods.fused_lora import FusedLoraLinear
+    from tuneforge.methods.lora_dropout import CheapDropout
 
     def lora_layers(device):
         model = AutoModelForCausalLM.from_pretrained(tiny_model)
@@ -253,8 +253,8 @@ def test_cpu_speed_ups_only_where_training_runs_on_the_cpu(tiny_model):
 def test_training_on_another_processes_gpu_is_refused(monkeypatch, tiny_model):
     """The Trainer trains on this process's GPU; `device: cuda:N` elsewhere says how instead."""
     from tuneforge.config import validate_recipe
+    from tuneforge.devices import require_cuda_for
     from tuneforge.errors import TuneforgeError
-    from tuneforge.methods import require_cuda_for
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

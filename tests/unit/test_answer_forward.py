@@ -18,7 +18,7 @@ from tuneforge.evaluation.answer_forward import (
     shared_prefix_length,
 )
 from tuneforge.evaluation.language_model import AnswerLogitsCollator, lm_loss, padding_collator
-from tuneforge.methods import apply_lora
+from tuneforge.methods.lora import apply_lora
 from tuneforge.models import load_causal_lm
 
 SYSTEM = "Security alert: failed login from 203.0.113.7 for user admin; category phishing."

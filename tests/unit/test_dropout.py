@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from tuneforge.dropout import CheapDropout, use_cheap_dropout
+from tuneforge.methods.lora_dropout import CheapDropout, use_cheap_dropout
 
 
 def test_drops_at_the_rate_and_keeps_the_expectation():
@@ -81,7 +81,7 @@ def test_apply_lora_uses_it(tiny_model):
     from transformers import AutoModelForCausalLM
 
     from tuneforge.config import LoraConfig
-    from tuneforge.methods import apply_lora
+    from tuneforge.methods.lora import apply_lora
 
     model = apply_lora(AutoModelForCausalLM.from_pretrained(tiny_model), LoraConfig(), "CAUSAL_LM")
     assert any(isinstance(m, CheapDropout) for m in model.modules())

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from tuneforge.config import LoraConfig
-from tuneforge.fused_lora import FusedLoraLinear, use_fused_lora
-from tuneforge.methods import apply_lora
+from tuneforge.methods.fused_lora import FusedLoraLinear, use_fused_lora
+from tuneforge.methods.lora import apply_lora
 from tuneforge.models import load_causal_lm
 
 

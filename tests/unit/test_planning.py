@@ -162,7 +162,7 @@ def test_recipe_options():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU refusals")
 def test_cuda_only_options_refused_on_cpu():
-    from tuneforge.methods import require_cuda_for
+    from tuneforge.devices import require_cuda_for
 
     with pytest.raises(TuneforgeError, match="bf16 needs a CUDA GPU") as e:
         require_cuda_for(recipe(training={"precision": "bf16"}))
@@ -175,7 +175,8 @@ def test_cuda_only_options_refused_on_cpu():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_options_accepted():
-    from tuneforge.methods import quantization_config, require_cuda_for
+    from tuneforge.devices import require_cuda_for
+    from tuneforge.methods.qlora import quantization_config
 
     require_cuda_for(recipe(training={"precision": "bf16"}))
     r = recipe(method="qlora")

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tuneforge.dropout import CheapDropout
+from tuneforge.methods.lora_dropout import CheapDropout
 
 
 class _LoraLinear(torch.autograd.Function):
