@@ -718,7 +718,7 @@ def data_check(
 ) -> None:
     """Check a recipe's data: counts, balance, duplicates, leakage, lengths, unparseable rows."""
     from tuneforge.config import load_recipe
-    from tuneforge.datacheck import (
+    from tuneforge.data.recipe_check import (
         check_recipe_data,
         findings_table,
         refuse_on_errors,

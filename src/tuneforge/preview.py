@@ -11,7 +11,7 @@ from pathlib import Path
 from tuneforge.config import load_recipe
 from tuneforge.models import load_tokenizer, resolve_base_model
 from tuneforge.progress import status
-from tuneforge.tasks import get_task, hook
+from tuneforge.tasks import get_task
 from tuneforge.tasks.base import Preview
 
 
@@ -23,4 +23,4 @@ def preview_recipe(
     source = resolve_base_model(recipe.base_model, trust_remote_code=recipe.trust_remote_code)
     with status(f"Loading tokenizer of {recipe.base_model}"):
         tokenizer = load_tokenizer(source.path, trust_remote_code=recipe.trust_remote_code)
-    return hook(task, "preview")(recipe, tokenizer, Path(recipe_path).parent, n)
+    return task.preview(recipe, tokenizer, Path(recipe_path).parent, n)

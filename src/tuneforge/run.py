@@ -13,7 +13,7 @@ from tuneforge.errors import TuneforgeError
 from tuneforge.generation import Sampling
 from tuneforge.models import ModelSource, load_tokenizer, resolve_base_model
 from tuneforge.rundir import INCOMPLETE
-from tuneforge.tasks import get_task, hook
+from tuneforge.tasks import get_task
 
 
 class Run:
@@ -111,7 +111,7 @@ class Run:
         """The model's answer to one prompt (sft: a user turn in the chat template; pretrain: a
         plain continuation). Greedy unless `temperature` > 0."""
         sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
-        out = hook(self.task, "generate")(
+        out = self.task.generate(
             self.model, self.tokenizer, [prompt], self.meta["info"], self.recipe, sampling
         )
         return out[0].text
@@ -126,7 +126,7 @@ class Run:
     ) -> str:
         """The next assistant reply to a conversation ({role, content} messages, ending with the user)."""
         sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
-        return hook(self.task, "chat")(
+        return self.task.chat(
             self.model, self.tokenizer, messages, self.meta["info"], self.recipe, sampling
         ).text
 
@@ -134,7 +134,7 @@ class Run:
         self, extra_terms: str | Path | None = None, *, save: bool = True
     ) -> dict[str, Any]:
         """Counterfactual identity swaps (classification); saved to bias.json and the report."""
-        result = hook(self.task, "bias_probe")(
+        result = self.task.bias_probe(
             self.model,
             self.source,
             self.tokenizer,

@@ -27,7 +27,7 @@ from tuneforge.models import load_tokenizer, resolve_base_model
 from tuneforge.progress import console, status
 from tuneforge.registry import data_lineage as registry_data_lineage
 from tuneforge.rundir import INCOMPLETE, RunDir, write_json, write_text
-from tuneforge.tasks import get_task, hook
+from tuneforge.tasks import get_task
 
 
 class TrainingDiverged(TuneforgeError):
@@ -576,7 +576,7 @@ def _restore_sigterm(previous) -> None:
 
 def check_data(recipe: Recipe, tokenizer, task, recipe_dir: Path):
     """`data check` before any compute is spent; refuses to train on an error finding."""
-    from tuneforge.datacheck import check_recipe_data, findings_table, refuse_on_errors
+    from tuneforge.data.recipe_check import check_recipe_data, findings_table, refuse_on_errors
 
     with status("Checking data"):
         report = check_recipe_data(recipe, tokenizer, task, recipe_dir)
@@ -687,7 +687,7 @@ def _build_trainer(recipe: Recipe, task, prepared, model, tokenizer, run_path: P
 
     # The task's callbacks come first: they may add metrics that the others read.
     callbacks: list = [
-        *hook(task, "trainer_callbacks")(prepared, tokenizer, recipe, run_path),
+        *task.trainer_callbacks(prepared, tokenizer, recipe, run_path),
         RecordEvaluations(),
         StopOnNonFiniteLoss(),
     ]

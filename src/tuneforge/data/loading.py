@@ -107,3 +107,16 @@ def resolve_data_paths(cfg: DataConfig, base: Path) -> DataConfig:
         ):
             updates[key] = base / value
     return cfg.model_copy(update=updates)
+
+
+def lenient_splits(
+    recipe, recipe_dir: Path, stratify=None
+) -> tuple[dict[str, list], dict[str, list]]:
+    """Rows per split read with broken rows skipped and recorded, split as `train` splits them."""
+    cfg = resolve_data_paths(recipe.data, recipe_dir)
+    parse_errors: dict[str, list] = {}
+    splits = load_splits(cfg, recipe.training.seed, stratify=stratify, skipped=parse_errors)
+    out = {"train": splits.train, "validation": splits.validation}
+    if splits.test is not None:
+        out["test"] = splits.test
+    return out, parse_errors

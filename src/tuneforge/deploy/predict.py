@@ -11,7 +11,6 @@ from tuneforge.data.readers import read_records
 from tuneforge.errors import TuneforgeError
 from tuneforge.run import Run
 from tuneforge.rundir import ensure_dir
-from tuneforge.tasks import hook
 
 
 def predict_texts(run: str | Path | Run, texts: list[str]) -> list[dict[str, Any]]:
@@ -29,7 +28,7 @@ def predict_file(run: str | Path | Run, input_path: Path, output_path: Path) -> 
     """
     loaded = run if isinstance(run, Run) else Run.load(run)
     rows = read_records(input_path, what="--input")
-    inputs = hook(loaded.task, "inputs_from_rows")(rows, input_path, loaded.meta["info"])
+    inputs = loaded.task.inputs_from_rows(rows, input_path, loaded.meta["info"])
     results = loaded.predict(inputs)
     ensure_dir(output_path.parent, "--output")
     tmp = output_path.with_name(f".{output_path.name}.tmp")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tuneforge import plots
+from tuneforge.report import plots
 
 
 def write_figures(run_path: Path) -> dict[str, str]:

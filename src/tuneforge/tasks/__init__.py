@@ -7,7 +7,7 @@ directory and the CLI never branch on the task name.
 from __future__ import annotations
 
 from tuneforge.errors import TuneforgeError
-from tuneforge.tasks.base import Task, hook
+from tuneforge.tasks.base import Task
 
 
 def get_task(name: str) -> Task:
@@ -26,4 +26,4 @@ def get_task(name: str) -> Task:
     raise TuneforgeError(f"task '{name}' is not available")
 
 
-__all__ = ["Task", "get_task", "hook"]
+__all__ = ["Task", "get_task"]

@@ -1,16 +1,14 @@
 """The shape every task shares.
 
-The trainer, the run and the CLI talk to a task only through these methods, so they never branch
-on the task name. Hooks added after the first task (callbacks, generation, preview, prediction
-inputs) have defaults in :class:`TaskDefaults`; :func:`hook` finds a task's own implementation or
-the default, so an older task keeps working without them.
+The trainer, the run and the CLI talk to a task only through the methods of :class:`Task`, which
+every task subclasses, so they never branch on the task name.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from tuneforge.config import Recipe
 from tuneforge.data.loading import Splits
@@ -37,23 +35,34 @@ class Preview:
     note: str = ""
 
 
-class Task(Protocol):
-    name: str
+class Task:
+    """What every task implements, and the defaults a task may keep.
+
+    Each task writes the methods that raise NotImplementedError here (`prepare` ... `predict`);
+    the rest have defaults that a task overrides where they apply to it. The trainer, the run,
+    the data check and the CLI call these methods and never branch on the task's name.
+    """
+
+    name: str = "task"
     peft_task_type: str  # peft.TaskType name
     default_metric: str  # used to select the best checkpoint
     metric_names: tuple[str, ...]  # metrics a recipe may select on ("loss" always included)
 
     def prepare(self, recipe: Recipe, tokenizer, recipe_dir: Path = Path(".")) -> Prepared:
         """Read, validate and tokenise the data; errors name the file and line."""
+        raise NotImplementedError
 
     def build_model(self, source: ModelSource, prepared: Prepared, recipe: Recipe, tokenizer=None):
         """The base model with the task's head, before the method (LoRA, freeze) is applied."""
+        raise NotImplementedError
 
     def collator(self, tokenizer):
         """Batches examples for the Trainer (padding each batch to its own longest example)."""
+        raise NotImplementedError
 
     def trainer_metrics(self, prepared: Prepared, history: list[dict[str, Any]]):
         """A `compute_metrics` for the Trainer, or None to gather no logits (loss only)."""
+        raise NotImplementedError
 
     def evaluate_base(
         self,
@@ -65,30 +74,31 @@ class Task(Protocol):
         split: str,
     ) -> dict[str, Any]:
         """Score the untouched base model the same way the tuned one is scored."""
+        raise NotImplementedError
 
     def evaluate(
         self, model, tokenizer, rows: list[dict], info: dict, recipe: Recipe, split: str
     ) -> dict[str, Any]:
         """Score a tuned model on labelled rows."""
+        raise NotImplementedError
 
     def read_eval_rows(self, path: Path, info: dict) -> list[dict]:
         """Rows of a file for `eval --data`, checked like training data."""
+        raise NotImplementedError
 
     def load_tuned(
         self, run_dir: Path, source: ModelSource, info: dict, method: str, tokenizer, recipe: Recipe
     ):
         """Rebuild the tuned model from a run directory."""
+        raise NotImplementedError
 
     def predict(
         self, model, tokenizer, inputs: list, info: dict, recipe: Recipe
     ) -> list[dict[str, Any]]:
         """Predictions for raw inputs, one dict per input."""
+        raise NotImplementedError
 
-
-class TaskDefaults:
-    """Default hooks; a task overrides what applies to it."""
-
-    name = "task"
+    # ---------------------------------------------------------------- defaults
 
     def trainer_callbacks(
         self, prepared: Prepared, tokenizer, recipe: Recipe, run_path: Path
@@ -118,9 +128,9 @@ class TaskDefaults:
         self, recipe: Recipe, recipe_dir: Path
     ) -> tuple[dict[str, list], dict[str, list]]:
         """Rows per split for `data check`, broken rows skipped and recorded (split -> lines)."""
-        from tuneforge.datacheck import default_check_splits
+        from tuneforge.data.loading import lenient_splits
 
-        return default_check_splits(recipe, recipe_dir)
+        return lenient_splits(recipe, recipe_dir)
 
     def check_examples(self, rows: list[dict], recipe: Recipe, split: str) -> list:
         """What `data check` inspects for each row: by default the text column, or the whole row.
@@ -155,11 +165,3 @@ class TaskDefaults:
 
     def preview(self, recipe: Recipe, tokenizer, recipe_dir: Path, n: int) -> list[Preview]:
         raise TuneforgeError(f"data preview is not available for task {self.name}")
-
-
-def hook(task: Any, name: str):
-    """`task.<name>`, or the default from TaskDefaults bound to `task`."""
-    own = getattr(task, name, None)
-    if own is not None:
-        return own
-    return getattr(TaskDefaults, name).__get__(task)

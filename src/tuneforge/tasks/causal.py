@@ -15,10 +15,10 @@ from tuneforge.data.chat import encode_prompt, end_of_turn, stop_token_ids, with
 from tuneforge.evaluation.language_model import PerplexityCallback
 from tuneforge.generation import Generation, Sampling, generate
 from tuneforge.models import ModelSource, load_causal_lm
-from tuneforge.tasks.base import Prepared, TaskDefaults
+from tuneforge.tasks.base import Prepared, Task
 
 
-class CausalLMTask(TaskDefaults):
+class CausalLMTask(Task):
     peft_task_type = "CAUSAL_LM"
     default_metric = "loss"
 

@@ -22,7 +22,7 @@ from tuneforge.evaluation.metrics import classification_metrics
 from tuneforge.evaluation.zero_shot import DEFAULT_INSTRUCTION, softmax, zero_shot_scores
 from tuneforge.models import ModelSource, load_causal_lm, load_sequence_classifier
 from tuneforge.progress import track
-from tuneforge.tasks.base import Prepared
+from tuneforge.tasks.base import Prepared, Task
 
 
 def label_of(row: Row, field: str) -> str:
@@ -57,7 +57,7 @@ def check_rows(
             )
 
 
-class ClassificationTask:
+class ClassificationTask(Task):
     name = "classification"
     peft_task_type = "SEQ_CLS"
     default_metric = "macro_f1"
@@ -279,10 +279,10 @@ class ClassificationTask:
         return result
 
     def check_splits(self, recipe: Recipe, recipe_dir: Path):
-        from tuneforge.datacheck import default_check_splits
+        from tuneforge.data.loading import lenient_splits
 
         field = recipe.data.label_field
-        return default_check_splits(recipe, recipe_dir, stratify=lambda r: str(r.get(field, "")))
+        return lenient_splits(recipe, recipe_dir, stratify=lambda r: str(r.get(field, "")))
 
     def check_examples(self, rows: list[Row], recipe: Recipe, split: str) -> list:
         from tuneforge.data.check import Example

@@ -1,4 +1,4 @@
-"""`tuneforge data check`: read a recipe's data leniently and report what is wrong with it.
+"""A recipe's data check: read its data leniently, run the checks on it, report and refuse.
 
 Runs on its own and at the start of every `train`; findings go to the terminal, to
 `data_check.json` in the run directory and to the report.
@@ -13,17 +13,15 @@ from rich.table import Table
 
 from tuneforge.config import Recipe
 from tuneforge.data.check import CheckReport, run_checks
-from tuneforge.data.loading import load_splits, resolve_data_paths
 from tuneforge.errors import TuneforgeError
-from tuneforge.tasks.base import hook
 
 
 def check_recipe_data(recipe: Recipe, tokenizer, task, recipe_dir: Path = Path(".")) -> CheckReport:
     """All findings for the recipe's data (reading never stops at the first broken row)."""
-    splits, parse_errors = hook(task, "check_splits")(recipe, recipe_dir)
+    splits, parse_errors = task.check_splits(recipe, recipe_dir)
     examples = {}
     for split, rows in splits.items():
-        found = hook(task, "check_examples")(rows, recipe, split)
+        found = task.check_examples(rows, recipe, split)
         texts = [e.text for e in found]
         lengths = (
             [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
@@ -41,19 +39,6 @@ def check_recipe_data(recipe: Recipe, tokenizer, task, recipe_dir: Path = Path("
         short_chars=cfg.short_chars,
         truncates=getattr(task, "truncates", True),
     )
-
-
-def default_check_splits(
-    recipe: Recipe, recipe_dir: Path, stratify=None
-) -> tuple[dict[str, list], dict[str, list]]:
-    """Rows per split read with broken rows skipped and recorded, split as `train` splits them."""
-    cfg = resolve_data_paths(recipe.data, recipe_dir)
-    parse_errors: dict[str, list] = {}
-    splits = load_splits(cfg, recipe.training.seed, stratify=stratify, skipped=parse_errors)
-    out = {"train": splits.train, "validation": splits.validation}
-    if splits.test is not None:
-        out["test"] = splits.test
-    return out, parse_errors
 
 
 def refuse_on_errors(report: CheckReport) -> None:
