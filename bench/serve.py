@@ -350,7 +350,7 @@ def drive(url: str, path: str, bodies: list[dict], clients: int) -> tuple[float,
 
 
 def bench_classify(run_dir: Path, texts: list[str], plan: dict, threads, workdir: Path) -> dict:
-    from tuneforge.run import Run
+    from tuneforge.runs.run import Run
 
     print(f"== classify: {run_dir.name}, {len(texts)} requests of one text", flush=True)
     with served(run_dir, workdir, threads) as server:
@@ -397,7 +397,7 @@ def bench_classify(run_dir: Path, texts: list[str], plan: dict, threads, workdir
 
 def bench_chat(run_dir: Path, chats: list[list[dict]], plan: dict, threads, workdir: Path) -> dict:
     from tuneforge.data.chat import stop_token_ids, with_system_prompt
-    from tuneforge.run import Run
+    from tuneforge.runs.run import Run
 
     max_tokens = plan["max_tokens"]
     print(f"== chat: {run_dir.name}, {len(chats)} requests, max_tokens={max_tokens}", flush=True)
@@ -524,7 +524,7 @@ def meta(plan: dict, threads, quick: bool, cls_run: Path, chat_run: Path) -> dic
     import transformers
 
     import tuneforge
-    from tuneforge.run import Run
+    from tuneforge.runs.run import Run
 
     return {
         "quick": quick,

@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 os.environ.setdefault("USE_HUB_KERNELS", "0")
 
 if TYPE_CHECKING:
-    from tuneforge.run import Run
+    from tuneforge.runs.run import Run
 
 
 def train(recipe, overrides: list[str] | None = None) -> Run:
@@ -26,7 +26,7 @@ def train(recipe, overrides: list[str] | None = None) -> Run:
 
 def load_run(path, *, device: str | None = None) -> Run:
     """A finished run; `device` (auto, cpu, cuda, cuda:N) overrides where its model runs."""
-    from tuneforge.run import Run
+    from tuneforge.runs.run import Run
 
     return Run.load(path, device=device)
 

@@ -13,12 +13,12 @@ clear message before anything is written, and the last good checkpoint stays as 
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
 
 from tuneforge.errors import TuneforgeError
+from tuneforge.files import fsync_dir, fsync_tree
 
 STAGING_PREFIX = ".tmp-"
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -34,29 +34,6 @@ class NotEnoughDiskSpace(TuneforgeError):
 
 # --------------------------------------------------------------------------------------------------
 # Durable, atomic publication
-
-
-def fsync_tree(root: Path) -> None:
-    """Flush every file under `root`, then every folder (bottom-up), to the disk."""
-    for folder, _dirs, files in os.walk(root, topdown=False):
-        for name in files:
-            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(Path(folder))
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def publish(staged: Path, final: Path) -> None:

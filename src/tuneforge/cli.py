@@ -47,7 +47,7 @@ DeviceOption = Annotated[
 
 
 def _load_run(run: Path, device: str | None):
-    from tuneforge.run import Run
+    from tuneforge.runs.run import Run
 
     return Run.load(run, device=device)
 
@@ -72,7 +72,7 @@ def train(
     allow_pickle: AllowPickle = False,
 ) -> None:
     """Fine-tune a base model as the recipe describes; prints base vs fine-tuned at the end."""
-    from tuneforge.run import Run
+    from tuneforge.runs.run import Run
     from tuneforge.training import train as run_training
 
     if (recipe is None) == (resume is None):
@@ -467,8 +467,8 @@ def models(ctx: typer.Context, registry: RegistryOption = None) -> None:
 @models_app.command("list")
 def models_list(registry: RegistryOption = None) -> None:
     """Base models available offline, then registered fine-tuned model versions."""
-    from tuneforge import registry as reg
     from tuneforge.models import list_local_models
+    from tuneforge.runs import registry as reg
 
     table = Table(title="Local base models")
     for col in ("name", "kind", "location", "ready"):
@@ -493,7 +493,7 @@ def models_register(
     registry: RegistryOption = None,
 ) -> None:
     """Register a finished run as the next version of a named model."""
-    from tuneforge import registry as reg
+    from tuneforge.runs import registry as reg
 
     version = reg.register_model(name, run, registry)
     out.print(f"Registered {name}@{version} ← {reg.get_run(run, registry).id}")
@@ -516,7 +516,7 @@ def models_promote(
     registry: RegistryOption = None,
 ) -> None:
     """Move a version to a stage; refused if it is worse than the current holder of that stage."""
-    from tuneforge.promotion import promote
+    from tuneforge.runs.promotion import promote
 
     result = promote(name, version, stage, data=data, tolerance=tolerance, force=force, db=registry)
     if result.get("compared_with"):
@@ -532,7 +532,7 @@ def models_promote(
 @runs_app.command("list")
 def runs_list(registry: RegistryOption = None) -> None:
     """Every recorded run with its status and headline metric."""
-    from tuneforge import registry as reg
+    from tuneforge.runs import registry as reg
 
     table = Table(title=f"Runs ({reg.registry_path(registry)})")
     for col in ("run", "task", "method", "base model", "status", "metric (base → tuned)"):
@@ -567,8 +567,8 @@ def runs_show(
     registry: RegistryOption = None,
 ) -> None:
     """A run's lineage: base weights, data hashes, versions, commit, metrics, parent chain."""
-    from tuneforge import registry as reg
     from tuneforge.lineage import chain_text as lineage_text
+    from tuneforge.runs import registry as reg
 
     chain = reg.lineage_chain(run, registry)
     record = chain[0]
@@ -602,7 +602,7 @@ def runs_compare(
     registry: RegistryOption = None,
 ) -> None:
     """Recipes diffed and metrics side by side."""
-    from tuneforge import registry as reg
+    from tuneforge.runs import registry as reg
 
     a, b = reg.get_run(run_a, registry), reg.get_run(run_b, registry)
     table = Table(title="Recipe differences")
@@ -643,7 +643,7 @@ def runs_rm(
     registry: RegistryOption = None,
 ) -> None:
     """Remove a run from the registry and delete its folder (refused if a model version uses it)."""
-    from tuneforge import registry as reg
+    from tuneforge.runs import registry as reg
 
     record = reg.remove_run(run, registry, delete_files=not keep_files)
     out.print(f"Removed {record.id}" + ("" if keep_files else f" and {record.path}"))
@@ -700,7 +700,7 @@ def report(
 ) -> None:
     """Regenerate a run's report.md, figures and self-contained report.html."""
     from tuneforge.report import write_report
-    from tuneforge.run import Run
+    from tuneforge.runs.run import Run
 
     loaded = Run.load(run)
     path = write_report(loaded.path)

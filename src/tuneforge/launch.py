@@ -89,11 +89,11 @@ def _free_port() -> int:
 
 
 def run(n: int, recipe, overrides, resume):
-    """Train in `n` processes; returns rank 0's :class:`tuneforge.run.Run`."""
+    """Train in `n` processes; returns rank 0's :class:`tuneforge.runs.run.Run`."""
     import multiprocessing
 
     from tuneforge.progress import console
-    from tuneforge.run import Run
+    from tuneforge.runs.run import Run
 
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
     results = ctx.SimpleQueue()

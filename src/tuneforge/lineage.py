@@ -21,11 +21,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tuneforge import registry
 from tuneforge.config import Recipe, validate_recipe
 from tuneforge.errors import TuneforgeError
-from tuneforge.models import ModelSource, resolve_base_model, tuneforge_home
+from tuneforge.models import ModelSource, resolve_base_model
+from tuneforge.paths import tuneforge_home
 from tuneforge.progress import console
+from tuneforge.runs import registry
+from tuneforge.runs.provenance import sha256_path
 
 PREFIXES = ("run:", "model:")
 
@@ -319,7 +321,7 @@ def parent_data_problems(parent: Parent) -> tuple[dict[str, Path], list[str]]:
         if path is None:
             problems.append(f"its {split} file {record.get('path') or configured} is gone")
             continue
-        if record.get("sha256") and registry.sha256_path(path) != record["sha256"]:
+        if record.get("sha256") and sha256_path(path) != record["sha256"]:
             problems.append(
                 f"its {split} file {path} changed since that run (sha256 "
                 f"{record['sha256'][:12]} recorded)"

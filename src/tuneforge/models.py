@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneforge.errors import TuneforgeError
+from tuneforge.files import fsync_tree
+from tuneforge.paths import models_cache
 
 
 @dataclass(frozen=True)
@@ -43,14 +45,6 @@ class ModelSource:
     spec: str  # what the recipe said
     path: Path  # local Hugging Face folder (config.json + safetensors + tokenizer)
     kind: str  # embedded | local | gguf | hub
-
-
-def tuneforge_home() -> Path:
-    return Path(os.environ.get("TUNEFORGE_HOME", Path.home() / ".cache" / "tuneforge"))
-
-
-def models_cache() -> Path:
-    return tuneforge_home() / "models"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -268,8 +262,6 @@ def _convert(folder: Path, filename: str, target: Path) -> None:
             write_manifest(
                 tmp, {"gguf": str(folder / filename), "seconds": seconds, "files": files}
             )
-            from tuneforge.checkpointing import fsync_tree
-
             fsync_tree(tmp)
             tmp.rename(target)
         except OSError as e:  # disk full, no permission: the user can fix it

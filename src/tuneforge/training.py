@@ -20,13 +20,14 @@ from tuneforge.errors import TuneforgeError, did_you_mean
 from tuneforge.evaluation.answer_forward import model_inputs
 from tuneforge.evaluation.metrics import LOWER_IS_BETTER
 from tuneforge.evaluation.overfit import detect_overfitting
+from tuneforge.files import write_json, write_text
 from tuneforge.lineage import continue_from, start_model
 from tuneforge.lineage import pin as pin_parent
 from tuneforge.methods import apply_method, count_parameters
 from tuneforge.models import load_tokenizer, resolve_base_model
 from tuneforge.progress import console, status
-from tuneforge.registry import data_lineage as registry_data_lineage
-from tuneforge.rundir import INCOMPLETE, RunDir, write_json, write_text
+from tuneforge.runs.directory import INCOMPLETE, RunDir
+from tuneforge.runs.provenance import provenance
 from tuneforge.tasks import get_task
 
 
@@ -40,7 +41,7 @@ def train(
     *,
     resume: Path | None = None,
 ):
-    """Fine-tune as the recipe says; returns the finished :class:`tuneforge.run.Run`.
+    """Fine-tune as the recipe says; returns the finished :class:`tuneforge.runs.run.Run`.
 
     With `resume` (an interrupted run's folder), the run continues from its last checkpoint with
     the recipe it was started with: same data order, optimiser, scheduler and RNG state.
@@ -79,7 +80,7 @@ def _processes(recipe, overrides, resume) -> int:
 def _train(recipe, overrides, *, resume):
     from transformers import set_seed
 
-    from tuneforge.run import Run
+    from tuneforge.runs.run import Run
 
     distributed.init()  # no-op in a single process
     if not distributed.is_main():
@@ -101,13 +102,14 @@ def _train(recipe, overrides, *, resume):
     run.set_status("running", recipe_dir=str(recipe_dir.resolve()))
     previous_handler = _sigterm_as_interrupt()
     console.print(f"Run directory: {run.final} (written as {run.path.name} until finished)")
+    inputs = provenance(recipe, source, prepared.splits.sources)  # every file hashed once
     _record(
         recipe,
         run,
         status="running",
         created=time.time(),
         **{
-            **lineage(recipe, source, prepared.splits.sources),
+            **inputs,
             **({"base_model": parent.spec, "parent": parent.run_id} if parent is not None else {}),
         },
     )
@@ -205,12 +207,12 @@ def _train(recipe, overrides, *, resume):
                 "base_model": parent.spec if parent is not None else recipe.base_model,
                 "base_model_path": str(source.path),
                 "data_sources": prepared.splits.sources,
-                "data": registry_data_lineage(prepared.splits.sources),
+                "data": inputs["data"],
                 **({"parent": continued.record()} if continued is not None else {}),
                 "info": prepared.info,
                 "parameters": {"trainable": trainable, "total": total},
                 "timings": {k: round(v, 1) for k, v in timings.items()},
-                "environment": environment(),
+                "environment": inputs["versions"],
             },
         )
         from tuneforge.report import write_report
@@ -389,26 +391,9 @@ def _parent(recipe: Recipe):
     return parent
 
 
-def lineage(recipe: Recipe, source, sources: dict[str, str]) -> dict[str, Any]:
-    """What identifies this run's inputs: base weights, data content, versions, code."""
-    from tuneforge import registry
-
-    return {
-        "name": recipe.name,
-        "task": recipe.task,
-        "method": recipe.method,
-        "base_model": recipe.base_model,
-        "base_weights_sha256": registry.weights_hash(source.path),
-        "recipe": recipe.to_yaml_dict(),
-        "data": registry.data_lineage(sources),
-        "versions": environment(),
-        "git_commit": registry.git_commit(),
-    }
-
-
 def _record(recipe: Recipe, run: RunDir, /, **fields: Any) -> None:
     """Write to the registry; a registry problem warns but never loses the run."""
-    from tuneforge import registry
+    from tuneforge.runs import registry
 
     try:
         registry.record_run(
@@ -751,23 +736,3 @@ def _yaml(recipe: Recipe) -> str:
     import yaml
 
     return yaml.safe_dump(recipe.to_yaml_dict(), sort_keys=False)
-
-
-def environment() -> dict[str, Any]:
-    import os
-    import platform
-
-    import peft
-    import torch
-    import transformers
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "cuda": torch.cuda.is_available(),
-    }

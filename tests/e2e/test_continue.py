@@ -124,7 +124,7 @@ def test_continue_production_version_with_replay(world):
     )
 
     # the continued run loads back and predicts with its own (continued) adapter
-    from tuneforge.run import Run
+    from tuneforge.runs.run import Run
 
     loaded = Run.load(b)
     assert loaded.source.path == Path(world["tiny"]).resolve()
@@ -228,7 +228,7 @@ def test_continue_a_full_fine_tune(world, tmp_path):
     assert before["loss"] == pytest.approx(parent_final["loss"], rel=1e-5)
     assert _json(g / "run.json")["parent"]["method"] == "full"
 
-    from tuneforge.run import Run
+    from tuneforge.runs.run import Run
 
     assert Run.load(g).predict(["a waste of two hours #3"])[0]["label"] in {"negative", "positive"}
 

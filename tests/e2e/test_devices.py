@@ -92,7 +92,7 @@ def _reaches_model(call) -> None:
 
 
 def test_classification_predict_and_eval_feed_the_models_device(runs, on_meta, tmp_path):
-    from tuneforge.run import Run
+    from tuneforge.runs.run import Run
 
     run = Run.load(runs["cls"])
     assert devices.model_device(run.model) == META  # loaded for inference where the GPU would be
@@ -103,7 +103,7 @@ def test_classification_predict_and_eval_feed_the_models_device(runs, on_meta, t
 
 
 def test_base_model_zero_shot_feeds_the_models_device(runs, on_meta):
-    from tuneforge.run import Run
+    from tuneforge.runs.run import Run
 
     run = Run.load(runs["cls"])
     rows = sentiment_rows(4, offset=300)
@@ -115,7 +115,7 @@ def test_base_model_zero_shot_feeds_the_models_device(runs, on_meta):
 
 
 def test_generation_and_loss_feed_the_models_device(runs, on_meta):
-    from tuneforge.run import Run
+    from tuneforge.runs.run import Run
 
     run = Run.load(runs["sft"])
     _reaches_model(lambda: run.generate("Summarise report 3", max_new_tokens=2))
@@ -145,7 +145,7 @@ def test_export_check_runs_on_the_fine_tuned_models_device(runs, tiny_model):
 
 def test_the_check_catches_an_input_left_on_the_cpu(runs, on_meta):
     """The hook itself: a forward with a CPU input on a meta model is named, not passed."""
-    from tuneforge.run import Run
+    from tuneforge.runs.run import Run
 
     model = Run.load(runs["cls"]).model
     with pytest.raises(AssertionError, match="input_ids"):

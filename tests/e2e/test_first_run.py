@@ -198,7 +198,7 @@ def test_a_broken_gguf_is_one_clear_error_and_no_run_directory(tmp_path, empty_h
 
 
 def test_run_ids_are_unique_when_runs_start_in_the_same_second(tmp_path, monkeypatch):
-    from tuneforge import rundir
+    from tuneforge.runs import directory as rundir
 
     class Frozen(rundir.datetime):  # every run starts in the same second
         @classmethod

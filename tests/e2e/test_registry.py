@@ -8,6 +8,8 @@ import os
 import pytest
 from conftest import assert_user_error, run_cli
 
+from tuneforge.runs.provenance import sha256_path
+
 
 @pytest.fixture
 def registry(tmp_path, monkeypatch):
@@ -27,7 +29,7 @@ def _train(recipe, *sets):
 def test_runs_are_recorded_with_lineage_and_promotion_is_gated(
     registry, sentiment_recipe, sentiment_files
 ):
-    from tuneforge import registry as reg
+    from tuneforge.runs import registry as reg
 
     _train(sentiment_recipe, "name=good", "training.epochs=3")
     _train(sentiment_recipe, "name=bad", "training.max_steps=1", "training.learning_rate=1e-9")
@@ -35,7 +37,7 @@ def test_runs_are_recorded_with_lineage_and_promotion_is_gated(
     assert set(runs) == {"good", "bad"} and all(r.status == "finished" for r in runs.values())
     good, bad = runs["good"], runs["bad"]
     data = good.json("data")
-    assert data["train"]["sha256"] == reg.sha256_path(sentiment_files["train"])
+    assert data["train"]["sha256"] == sha256_path(sentiment_files["train"])
     assert data["test"]["sha256"] == bad.json("data")["test"]["sha256"]
     assert len(good.row["base_weights_sha256"]) == 64
     assert good.json("versions")["torch"] and good.json("recipe")["name"] == "good"
@@ -79,7 +81,7 @@ def test_runs_are_recorded_with_lineage_and_promotion_is_gated(
 
 
 def test_killed_run_shows_as_interrupted(registry, tmp_path):
-    from tuneforge import registry as reg
+    from tuneforge.runs import registry as reg
 
     final = tmp_path / "runs" / "x-1"
     partial = tmp_path / "runs" / ".x-1.incomplete"
@@ -92,7 +94,7 @@ def test_killed_run_shows_as_interrupted(registry, tmp_path):
 
 
 def test_rm_deletes_an_unregistered_run(registry, sentiment_recipe):
-    from tuneforge import registry as reg
+    from tuneforge.runs import registry as reg
 
     _train(sentiment_recipe, "training.max_steps=1")
     [run] = reg.list_runs(registry)

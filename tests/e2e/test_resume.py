@@ -14,7 +14,7 @@ import pytest
 from conftest import assert_user_error, run_cli, sentiment_rows, write_csv
 from safetensors.torch import load_file
 
-from tuneforge.rundir import process_alive
+from tuneforge.runs.directory import process_alive
 
 
 def _recipe(tmp: Path, tiny_model: Path, out: Path, processes: int = 1) -> Path:

@@ -170,7 +170,7 @@ def test_label_sets_must_match():
 
 def test_chain_text():
     from tuneforge.lineage import chain_text
-    from tuneforge.registry import RunRecord
+    from tuneforge.runs.registry import RunRecord
 
     chain = [
         RunRecord("c-3", "/r/c-3", "finished", {"base_model": "run:/r/b-2"}),

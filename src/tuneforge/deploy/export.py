@@ -56,12 +56,12 @@ def export_run(
     force: bool = False,
     verify: bool = True,
 ) -> ExportResult:
-    """Export `run` (a :class:`tuneforge.run.Run` or its directory) to the folder `output`.
+    """Export `run` (a :class:`tuneforge.runs.run.Run` or its directory) to the folder `output`.
 
     `format`: adapter | merged | gguf; `quant` (gguf only): f32 | f16 | q8_0 (default). `verify` loads the
     written model back and compares it with the fine-tuned one (merged and gguf).
     """
-    from tuneforge.run import Run
+    from tuneforge.runs.run import Run
 
     t0 = time.perf_counter()
     fmt = _one_of(format, FORMATS, "format")

@@ -9,8 +9,8 @@ from typing import Any
 
 from tuneforge.data.readers import read_records
 from tuneforge.errors import TuneforgeError
-from tuneforge.run import Run
-from tuneforge.rundir import ensure_dir
+from tuneforge.files import ensure_dir
+from tuneforge.runs.run import Run
 
 
 def predict_texts(run: str | Path | Run, texts: list[str]) -> list[dict[str, Any]]:

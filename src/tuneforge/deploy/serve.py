@@ -14,7 +14,7 @@ from pathlib import Path
 from tuneforge.deploy.server import Limits, create_app
 from tuneforge.errors import TuneforgeError
 from tuneforge.progress import console, status
-from tuneforge.run import Run
+from tuneforge.runs.run import Run
 
 __all__ = ["Limits", "create_app", "serve"]
 

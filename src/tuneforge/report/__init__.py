@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tuneforge.files import write_text
 from tuneforge.report.figures import write_figures
 from tuneforge.report.html import render_html
 from tuneforge.report.markdown import render_report, summary_rows
-from tuneforge.rundir import write_text
 
 
 def write_report(run_path: Path, title: str | None = None) -> Path:

@@ -42,7 +42,7 @@ from tuneforge.deploy.server.schemas import (
 )
 from tuneforge.errors import TuneforgeError
 from tuneforge.generation import Generation
-from tuneforge.run import Run
+from tuneforge.runs.run import Run
 
 log = logging.getLogger("tuneforge.serve")
 

@@ -24,7 +24,7 @@ from tuneforge.data.chat import (
 )
 from tuneforge.deploy.limits import Limits
 from tuneforge.generation import Generation, Sampling, generate
-from tuneforge.run import Run
+from tuneforge.runs.run import Run
 
 
 class RequestError(Exception):

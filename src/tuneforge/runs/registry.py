@@ -9,11 +9,9 @@ the evaluation metric and every forced promotion is recorded.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import sqlite3
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.errors import TuneforgeError
+from tuneforge.paths import default_registry
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -42,11 +41,7 @@ def registry_path(override: Path | None = None) -> Path:
     """Recipe/CLI override, else $TUNEFORGE_REGISTRY, else <tuneforge home>/registry.sqlite."""
     if override is not None:
         return Path(override)
-    if os.environ.get("TUNEFORGE_REGISTRY"):
-        return Path(os.environ["TUNEFORGE_REGISTRY"])
-    from tuneforge.models import tuneforge_home
-
-    return tuneforge_home() / "registry.sqlite"
+    return default_registry()
 
 
 @contextlib.contextmanager
@@ -61,71 +56,6 @@ def connect(path: Path | None = None) -> Iterator[sqlite3.Connection]:
             yield conn
     finally:
         conn.close()
-
-
-# --------------------------------------------------------------------------------------------------
-# Lineage facts
-
-
-def sha256_path(path: Path) -> str:
-    """Content hash of a file, or of every file below a folder (names included)."""
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        if path.is_dir():
-            h.update(str(f.relative_to(path)).encode())
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
-def weights_hash(model_dir: Path) -> str:
-    """sha256 over the model's safetensors files, cached beside them by size and mtime."""
-    files = sorted(model_dir.glob("*.safetensors"))
-    key = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-    cache = model_dir / ".tuneforge_weights_sha256.json"
-    with contextlib.suppress(Exception):
-        cached = json.loads(cache.read_text())
-        if cached["key"] == [list(k) for k in key]:
-            return cached["sha256"]
-    h = hashlib.sha256()
-    for f in files:
-        h.update(sha256_path(f).encode())
-    digest = h.hexdigest()
-    with contextlib.suppress(OSError):
-        cache.write_text(json.dumps({"key": key, "sha256": digest}))
-    return digest
-
-
-def git_commit(cwd: Path = Path(".")) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def data_lineage(sources: dict[str, str | Path]) -> dict[str, dict[str, Any]]:
-    out = {}
-    for split, src in sources.items():
-        path = Path(str(src))
-        if path.exists():
-            # the absolute path too: a continued run finds its parent's files from any folder
-            out[split] = {
-                "path": str(path),
-                "resolved": str(path.resolve()),
-                "sha256": sha256_path(path),
-            }
-        else:  # e.g. "train.csv (validation_split=0.1, seed=0)"
-            out[split] = {"path": str(src)}
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Runs
 
 
 def record_run(run_id: str, **fields: Any) -> None:
@@ -191,7 +121,7 @@ def _alive(record: RunRecord) -> RunRecord:
     """A 'running' run whose process is gone was killed: report it as interrupted."""
     if record.status == "running":
         status = Path(record.path).parent / f".{Path(record.path).name}.incomplete" / "status.json"
-        from tuneforge.rundir import process_alive
+        from tuneforge.runs.directory import process_alive
 
         with contextlib.suppress(Exception):
             pid = json.loads(status.read_text())["pid"]

@@ -11,9 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tuneforge import registry
 from tuneforge.errors import TuneforgeError
 from tuneforge.evaluation.metrics import LOWER_IS_BETTER
+from tuneforge.runs import registry
+from tuneforge.runs.provenance import sha256_path
 
 
 def promote(
@@ -70,10 +71,10 @@ def promote(
 
 def _compare(cand, cur, metric: str, data: Path | None) -> tuple[float, float, str]:
     if data is not None:
-        from tuneforge.run import Run
+        from tuneforge.runs.run import Run
 
         values = [Run.load(r.path).evaluate(data)["tuned"][metric] for r in (cand, cur)]
-        return values[0], values[1], f"{data} (sha256 {registry.sha256_path(data)[:12]})"
+        return values[0], values[1], f"{data} (sha256 {sha256_path(data)[:12]})"
     cand_data, cur_data = cand.json("data") or {}, cur.json("data") or {}
     cand_metrics = json.loads(Path(cand.path, "metrics.json").read_text())["tuned"]
     cur_metrics = json.loads(Path(cur.path, "metrics.json").read_text())["tuned"]

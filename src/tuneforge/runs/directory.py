@@ -16,44 +16,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tuneforge.checkpointing import fsync_dir, fsync_tree
+from tuneforge.errors import TuneforgeError
+from tuneforge.files import ensure_dir, fsync_dir, fsync_tree, write_json
 
 INCOMPLETE = ".incomplete"
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically: a reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
-def ensure_dir(path: Path, what: str) -> None:
-    """mkdir -p with a clear error when a file (or something unwritable) is in the way."""
-    from tuneforge.errors import TuneforgeError
-
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise TuneforgeError(
-            f"{what}: {path} (or one of its parents) is a file, not a folder"
-        ) from None
-    except PermissionError:
-        raise TuneforgeError(f"{what}: no permission to create {path}") from None
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write text atomically and durably (temporary name, fsync, rename), like :func:`write_json`."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
 
 
 class RunDir:
@@ -81,7 +47,6 @@ class RunDir:
     @classmethod
     def reopen(cls, partial: Path) -> RunDir:
         """An interrupted or failed run, to be resumed in place."""
-        from tuneforge.errors import TuneforgeError
 
         partial = Path(partial)
         if (

@@ -12,7 +12,7 @@ from tuneforge.config import Recipe, validate_recipe
 from tuneforge.errors import TuneforgeError
 from tuneforge.generation import Sampling
 from tuneforge.models import ModelSource, load_tokenizer, resolve_base_model
-from tuneforge.rundir import INCOMPLETE
+from tuneforge.runs.directory import INCOMPLETE
 from tuneforge.tasks import get_task
 
 
@@ -143,8 +143,8 @@ class Run:
             Path(extra_terms) if extra_terms else None,
         )
         if save:
+            from tuneforge.files import write_json
             from tuneforge.report import write_report
-            from tuneforge.rundir import write_json
 
             write_json(self.path / "bias.json", result)
             write_report(self.path)
