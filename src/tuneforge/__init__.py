@@ -17,11 +17,12 @@ if TYPE_CHECKING:
     from tuneforge.runs.run import Run
 
 
-def train(recipe, overrides: list[str] | None = None) -> Run:
-    """Run a recipe (a path or a :class:`tuneforge.config.Recipe`); returns the finished run."""
-    from tuneforge.training import train as _train
+def train(recipe=None, overrides: list[str] | None = None, *, resume=None) -> Run:
+    """Run a recipe (a path or a :class:`tuneforge.config.Recipe`); returns the finished run.
+    With `resume` (an interrupted run's folder) it continues that run instead."""
+    from tuneforge.training.job import train as _train  # the job: imported by entry points only
 
-    return _train(recipe, overrides)
+    return _train(recipe, overrides, resume=resume)
 
 
 def load_run(path, *, device: str | None = None) -> Run:

@@ -73,7 +73,7 @@ def train(
 ) -> None:
     """Fine-tune a base model as the recipe describes; prints base vs fine-tuned at the end."""
     from tuneforge.runs.run import Run
-    from tuneforge.training import train as run_training
+    from tuneforge.training.job import train as run_training
 
     if (recipe is None) == (resume is None):
         raise TuneforgeError("train: give a recipe file, or --resume RUN (one of them)")
@@ -567,8 +567,8 @@ def runs_show(
     registry: RegistryOption = None,
 ) -> None:
     """A run's lineage: base weights, data hashes, versions, commit, metrics, parent chain."""
-    from tuneforge.lineage import chain_text as lineage_text
     from tuneforge.runs import registry as reg
+    from tuneforge.runs.parents import chain_text as lineage_text
 
     chain = reg.lineage_chain(run, registry)
     record = chain[0]
@@ -724,11 +724,12 @@ def data_check(
         refuse_on_errors,
         summary_table,
     )
-    from tuneforge.models import load_tokenizer, resolve_base_model
+    from tuneforge.models import load_tokenizer
+    from tuneforge.runs.parents import base_source
     from tuneforge.tasks import get_task
 
     loaded = load_recipe(recipe, set_ or [])
-    source = resolve_base_model(loaded.base_model, trust_remote_code=loaded.trust_remote_code)
+    source = base_source(loaded.base_model, trust_remote_code=loaded.trust_remote_code)
     tokenizer = load_tokenizer(source.path, trust_remote_code=loaded.trust_remote_code)
     result = check_recipe_data(loaded, tokenizer, get_task(loaded.task), recipe.parent)
     out.print(summary_table(result))

@@ -12,7 +12,7 @@ DEMO_RECIPE = PROJECT_ROOT / "recipes" / "sentiment.yaml"
 
 
 def run_demo(overrides: list[str]):
-    from tuneforge.training import train
+    from tuneforge import train
 
     if not DEMO_RECIPE.is_file():
         raise TuneforgeError(

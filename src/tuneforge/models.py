@@ -53,10 +53,10 @@ class ModelSource:
 
 def resolve_base_model(spec: str, *, trust_remote_code: bool = False) -> ModelSource:
     """Turn a recipe's `base_model` into a local folder, converting and caching GGUF once."""
-    if spec.startswith(("run:", "model:")):  # an earlier fine-tuned version (continued training)
-        from tuneforge.lineage import resolve
-
-        return resolve(spec).source
+    if spec.startswith(("run:", "model:")):
+        raise TuneforgeError(  # the caller should have used tuneforge.runs.parents.base_source
+            f"base_model: {spec} names an earlier run, not a base model"
+        )
     if spec in EMBEDDED:
         return ModelSource(spec, _embedded_folder(spec), "embedded")
     path = Path(spec).expanduser()

@@ -20,9 +20,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tuneforge import devices, launch
+from tuneforge import devices
 from tuneforge.config import Recipe, load_recipe
 from tuneforge.errors import TuneforgeError
+from tuneforge.training import launch
 
 GB = 1024**3
 BYTES_PER_VALUE = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -344,7 +345,8 @@ def plan(
     """Count, estimate and time a recipe; raises a TuneforgeError (exit 2) when it cannot fit."""
     import psutil
 
-    from tuneforge.models import load_tokenizer, resolve_base_model
+    from tuneforge.models import load_tokenizer
+    from tuneforge.runs.parents import base_source
     from tuneforge.tasks import get_task
 
     recipe = load_recipe(recipe_path, overrides)
@@ -357,7 +359,7 @@ def plan(
         )
         recipe = _with(recipe, f"training.processes={n}")
     task = get_task(recipe.task)
-    source = resolve_base_model(recipe.base_model, trust_remote_code=recipe.trust_remote_code)
+    source = base_source(recipe.base_model, trust_remote_code=recipe.trust_remote_code)
     tokenizer = load_tokenizer(source.path, trust_remote_code=recipe.trust_remote_code)
     runtime = psutil.Process().memory_info().rss
     prepared = task.prepare(recipe, tokenizer, Path(recipe_path).parent)
@@ -675,7 +677,7 @@ def epoch_batches(lengths: list[int], per_process: int, tc, processes: int = 1) 
     by the processes), else a seeded random order. Process r computes batches r, r+n, r+2n..."""
     import torch
 
-    from tuneforge.training import SortedBatchesSampler
+    from tuneforge.training.samplers import SortedBatchesSampler
 
     if tc.group_by_length:
         group = per_process * tc.gradient_accumulation_steps * processes

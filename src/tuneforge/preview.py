@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from tuneforge.config import load_recipe
-from tuneforge.models import load_tokenizer, resolve_base_model
+from tuneforge.models import load_tokenizer
 from tuneforge.progress import status
+from tuneforge.runs.parents import base_source
 from tuneforge.tasks import get_task
 from tuneforge.tasks.base import Preview
 
@@ -20,7 +21,7 @@ def preview_recipe(
 ) -> list[Preview]:
     recipe = load_recipe(recipe_path, overrides)
     task = get_task(recipe.task)
-    source = resolve_base_model(recipe.base_model, trust_remote_code=recipe.trust_remote_code)
+    source = base_source(recipe.base_model, trust_remote_code=recipe.trust_remote_code)
     with status(f"Loading tokenizer of {recipe.base_model}"):
         tokenizer = load_tokenizer(source.path, trust_remote_code=recipe.trust_remote_code)
     return task.preview(recipe, tokenizer, Path(recipe_path).parent, n)

@@ -188,9 +188,9 @@ def test_resolve_and_precision(monkeypatch):
 
 
 def test_processes_auto_is_one_on_a_gpu_and_n_is_refused_there(monkeypatch, tiny_model, tmp_path):
-    from tuneforge import launch, training
     from tuneforge.config import TrainingConfig, validate_recipe
     from tuneforge.errors import TuneforgeError
+    from tuneforge.training import launch
 
     monkeypatch.setattr(launch, "cores", lambda: 2)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
@@ -213,11 +213,11 @@ def test_processes_auto_is_one_on_a_gpu_and_n_is_refused_there(monkeypatch, tiny
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert training._processes(recipe("auto"), None, None) == 1  # shipped recipes run unchanged
+    assert launch.processes(recipe("auto")) == 1  # shipped recipes run unchanged
     with pytest.raises(TuneforgeError, match="training.processes: 2") as e:
-        training._processes(recipe(2), None, None)
+        launch.processes(recipe(2))
     assert "device: cpu" in e.value.hint
-    assert training._processes(recipe(2, device="cpu"), None, None) == 2
+    assert launch.processes(recipe(2, device="cpu")) == 2
 
 
 def test_cpu_speed_ups_only_where_training_runs_on_the_cpu(tiny_model):

@@ -16,8 +16,7 @@ from conftest import sentiment_rows, write_csv
 from safetensors.torch import load_file
 
 from tuneforge import train
-from tuneforge.checkpointing import NotEnoughDiskSpace
-from tuneforge.training import train as train_or_resume
+from tuneforge.training.checkpointing import NotEnoughDiskSpace
 
 
 def _recipe(tmp: Path, tiny_model: Path, out: Path) -> Path:
@@ -106,7 +105,7 @@ def test_kill_during_a_save_keeps_the_last_good_checkpoint(
     fake.mkdir()
     (fake / "adapter_model.safetensors").write_bytes(b"\x00" * 100)
 
-    run = train_or_resume(resume=partial)
+    run = train(resume=partial)
     _assert_same_run(run, reference)
     assert not (run.path / "checkpoints").exists()
 
@@ -171,5 +170,5 @@ def test_full_disk_mid_run_keeps_the_last_checkpoint_and_resume_finishes(
     assert status["status"] == "failed" and "checkpoint-6" in status["error"]
     monkeypatch.undo()
 
-    run = train_or_resume(resume=partial)
+    run = train(resume=partial)
     _assert_same_run(run, reference)

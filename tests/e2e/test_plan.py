@@ -8,7 +8,7 @@ import json
 import pytest
 from conftest import assert_user_error, run_cli, sentiment_rows, write_jsonl
 
-from tuneforge import launch
+from tuneforge.training import launch
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -104,7 +104,7 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path, tiny_model, monkeypatch):
     import transformers
 
     from tuneforge import train
-    from tuneforge.training import TrainingDiverged
+    from tuneforge.training.trainer import TrainingDiverged
 
     original = transformers.Trainer.compute_loss
 

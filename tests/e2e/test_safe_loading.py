@@ -88,7 +88,7 @@ def test_pickle_adapter_in_a_run_is_refused_then_allowed(pickled, tmp_path):
 
 
 def test_resume_refuses_a_pickle_only_checkpoint(tmp_path):
-    from tuneforge.training import _last_checkpoint
+    from tuneforge.training.checkpointing import resume_checkpoint
 
     good = tmp_path / "checkpoints" / "checkpoint-4"
     good.mkdir(parents=True)
@@ -96,12 +96,12 @@ def test_resume_refuses_a_pickle_only_checkpoint(tmp_path):
     torch.save({"w": torch.zeros(2)}, good / "adapter_model.bin")
     torch.save({}, good / "optimizer.pt")  # trainer state pickles are not weights
     with pytest.raises(TuneforgeError) as e:
-        _last_checkpoint(tmp_path)
+        resume_checkpoint(tmp_path)
     assert e.value.message.startswith(
         f"checkpoint: {good} only has pickle weights (adapter_model.bin)"
     )
     with safety.pickle_scope(True):
-        assert _last_checkpoint(tmp_path) == str(good)
+        assert resume_checkpoint(tmp_path) == str(good)
     assert not safety.pickle_allowed()  # the scope ended
 
 

@@ -143,8 +143,8 @@ def test_tensorboard_events_in_the_run_folder(tracked_run):
 
 
 def test_missing_tracker_package_names_the_pip_install(monkeypatch):
-    from tuneforge import tracking
     from tuneforge.errors import TuneforgeError
+    from tuneforge.training import tracking
 
     real = tracking.importlib.util.find_spec
     monkeypatch.setattr(
@@ -177,8 +177,9 @@ def test_report_to_accepts_one_name_or_none():
 
 def test_trackers_need_the_package_before_any_compute(tmp_path: Path, tiny_model, monkeypatch):
     """Checked right after the recipe is read: no run folder, no model loaded."""
-    from tuneforge import tracking, train
+    from tuneforge import train
     from tuneforge.errors import TuneforgeError
+    from tuneforge.training import tracking
 
     monkeypatch.setattr(tracking.importlib.util, "find_spec", lambda name, *a: None)
     train_csv = write_csv(tmp_path / "train.csv", sentiment_rows(8))

@@ -149,7 +149,8 @@ def test_replay_needs_a_parent_and_a_fraction():
 
 
 def test_label_sets_must_match():
-    from tuneforge.lineage import Parent, check_labels
+    from tuneforge.runs.parents import Parent
+    from tuneforge.training.continuation import check_labels
 
     parent = Parent(
         spec="model:s@production",
@@ -169,7 +170,7 @@ def test_label_sets_must_match():
 
 
 def test_chain_text():
-    from tuneforge.lineage import chain_text
+    from tuneforge.runs.parents import chain_text
     from tuneforge.runs.registry import RunRecord
 
     chain = [

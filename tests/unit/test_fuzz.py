@@ -222,8 +222,8 @@ def test_broken_recipe_through_data_check(workdir, mutations):
 
 def prepare_and_check(recipe_path: Path, tokenizer) -> None:
     """What `train` runs before the model loads: the task's strict reading, then the data check."""
+    from tuneforge.data.recipe_check import check_data
     from tuneforge.tasks import get_task
-    from tuneforge.training import check_data
 
     recipe = load_recipe(recipe_path)
     task = get_task(recipe.task)

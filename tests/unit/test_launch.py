@@ -6,8 +6,8 @@ import pickle
 
 import pytest
 
-from tuneforge import launch
 from tuneforge.errors import TuneforgeError
+from tuneforge.training import launch
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from tuneforge.training import SortedBatchesSampler
+from tuneforge.training.samplers import SortedBatchesSampler
 
 
 def _padded(order: list[int], lengths: list[int], batch_size: int) -> int:
@@ -40,7 +40,7 @@ def test_longest_batch_first_and_little_padding():
 
 
 def test_evaluation_order_sorted_with_the_shortest_rows_in_the_short_batch():
-    from tuneforge.training import eval_order
+    from tuneforge.training.samplers import eval_order
 
     lengths = [3, 9, 1, 9, 5, 2, 7]
     # ascending, and the 7 % 3 = 1 shortest row moved last (the short batch)
@@ -61,7 +61,8 @@ def test_trainer_evaluates_in_sorted_order(tiny_model, tiny_tokenizer, tmp_path)
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainingArguments
 
-    from tuneforge.training import _trainer_class, eval_order
+    from tuneforge.training.samplers import eval_order
+    from tuneforge.training.trainer import FineTuningTrainer
 
     args = TrainingArguments(
         output_dir=str(tmp_path),
@@ -70,7 +71,7 @@ def test_trainer_evaluates_in_sorted_order(tiny_model, tiny_tokenizer, tmp_path)
         report_to=[],
         per_device_eval_batch_size=4,
     )
-    trainer = _trainer_class()(
+    trainer = FineTuningTrainer(
         model=AutoModelForCausalLM.from_pretrained(tiny_model),
         args=args,
         processing_class=tiny_tokenizer,

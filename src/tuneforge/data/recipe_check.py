@@ -14,6 +14,7 @@ from rich.table import Table
 from tuneforge.config import Recipe
 from tuneforge.data.check import CheckReport, run_checks
 from tuneforge.errors import TuneforgeError
+from tuneforge.progress import console, status
 
 
 def check_recipe_data(recipe: Recipe, tokenizer, task, recipe_dir: Path = Path(".")) -> CheckReport:
@@ -96,3 +97,13 @@ def summary_table(report: CheckReport) -> Table:
             str(tokens.get("over_max_length", "")),
         )
     return table
+
+
+def check_data(recipe: Recipe, tokenizer, task, recipe_dir: Path):
+    """`data check` before any compute is spent; refuses to train on an error finding."""
+    with status("Checking data"):
+        report = check_recipe_data(recipe, tokenizer, task, recipe_dir)
+    if report.findings:
+        console.print(findings_table(report))
+    refuse_on_errors(report)
+    return report

@@ -48,21 +48,7 @@ class RunDir:
     def reopen(cls, partial: Path) -> RunDir:
         """An interrupted or failed run, to be resumed in place."""
 
-        partial = Path(partial)
-        if (
-            not partial.name.endswith(INCOMPLETE)
-            and (partial.parent / f".{partial.name}{INCOMPLETE}").is_dir()
-        ):
-            partial = partial.parent / f".{partial.name}{INCOMPLETE}"
-        if (
-            not partial.is_dir()
-            or not partial.name.startswith(".")
-            or not partial.name.endswith(INCOMPLETE)
-        ):
-            raise TuneforgeError(
-                f"--resume: {partial} is not an unfinished run",
-                hint="pass the run's .<name>-<timestamp>.incomplete folder (or its final name)",
-            )
+        partial = unfinished_folder(partial)
         status = (
             json.loads((partial / "status.json").read_text())
             if (partial / "status.json").is_file()
@@ -97,6 +83,25 @@ class RunDir:
     def discard(self) -> None:
         """Remove everything (used when the run stopped on a user error before producing anything)."""
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def unfinished_folder(path: Path) -> Path:
+    """The `.<name>-<timestamp>.incomplete` folder of an unfinished run, given it or its final
+    name; a clear error for anything else."""
+    partial = Path(path)
+    hidden = partial.parent / f".{partial.name}{INCOMPLETE}"
+    if not partial.name.endswith(INCOMPLETE) and hidden.is_dir():
+        partial = hidden
+    if (
+        not partial.is_dir()
+        or not partial.name.startswith(".")
+        or not partial.name.endswith(INCOMPLETE)
+    ):
+        raise TuneforgeError(
+            f"--resume: {partial} is not an unfinished run",
+            hint="pass the run's .<name>-<timestamp>.incomplete folder (or its final name)",
+        )
+    return partial
 
 
 def process_alive(pid: int | None) -> bool:

@@ -11,8 +11,9 @@ from tuneforge import devices
 from tuneforge.config import Recipe, validate_recipe
 from tuneforge.errors import TuneforgeError
 from tuneforge.generation import Sampling
-from tuneforge.models import ModelSource, load_tokenizer, resolve_base_model
+from tuneforge.models import ModelSource, load_tokenizer
 from tuneforge.runs.directory import INCOMPLETE
+from tuneforge.runs.parents import base_source
 from tuneforge.tasks import get_task
 
 
@@ -65,9 +66,7 @@ class Run:
 
     @cached_property
     def source(self) -> ModelSource:
-        return resolve_base_model(
-            self.recipe.base_model, trust_remote_code=self.recipe.trust_remote_code
-        )
+        return base_source(self.recipe.base_model, trust_remote_code=self.recipe.trust_remote_code)
 
     @cached_property
     def tokenizer(self):

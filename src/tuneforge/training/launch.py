@@ -25,6 +25,7 @@ import traceback
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from tuneforge import devices
 from tuneforge.errors import TuneforgeError
 
 ENV_PROCESSES = "TUNEFORGE_PROCESSES"  # set in each launched process: how many there are
@@ -54,6 +55,20 @@ def wanted(tc, *, on_gpu: bool = False) -> int:
     if launched() > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return 1
     return resolve(tc.processes, tc.batch_size, on_gpu=on_gpu)
+
+
+def processes(recipe) -> int:
+    """`training.processes` for this call (`launch.wanted`): `auto` is 1 where training runs on a
+    GPU, and N > 1 there is refused (those processes are CPU processes)."""
+    on_gpu = devices.resolve(recipe.device).type == "cuda"
+    n = wanted(recipe.training, on_gpu=on_gpu)
+    if n > 1 and on_gpu:
+        raise TuneforgeError(
+            f"training.processes: {n} CPU processes asked for, but training runs on the CUDA GPU",
+            hint="set training.processes to 1 or auto (one process per GPU; torchrun --nproc_per_node N "
+            "or accelerate launch for several GPUs), or device: cpu to train on the CPU's cores",
+        )
+    return n
 
 
 def launched() -> int:
@@ -88,8 +103,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(n: int, recipe, overrides, resume):
-    """Train in `n` processes; returns rank 0's :class:`tuneforge.runs.run.Run`."""
+def run(n: int, target, job):
+    """Run `target(job)` in `n` processes (the job module passes its one-process entry point);
+    returns rank 0's :class:`tuneforge.runs.run.Run`."""
     import multiprocessing
 
     from tuneforge.progress import console
@@ -103,7 +119,7 @@ def run(n: int, recipe, overrides, resume):
     procs = [
         ctx.Process(
             target=_process_main,
-            args=(rank, n, port, threads, recipe, overrides, resume, results, os.getpid()),
+            args=(rank, n, port, threads, target, job, results, os.getpid()),
             name=f"tuneforge-rank{rank}",
         )
         for rank in range(n)
@@ -146,7 +162,7 @@ def _forward_sigterm(procs):
     return handler
 
 
-def _process_main(rank, world, port, threads, recipe, overrides, resume, results, parent) -> None:
+def _process_main(rank, world, port, threads, target, job, results, parent) -> None:
     _end_with_parent(parent)
     os.environ.update(
         RANK=str(rank),
@@ -164,10 +180,8 @@ def _process_main(rank, world, port, threads, recipe, overrides, resume, results
     import torch
 
     torch.set_num_threads(threads)
-    from tuneforge.training import train
-
     try:
-        run = train(recipe, overrides, resume=resume)
+        run = target(job)
     except KeyboardInterrupt:
         _report(results, (rank, "interrupted", None))
         raise SystemExit(130) from None

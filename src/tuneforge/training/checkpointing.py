@@ -17,8 +17,10 @@ import re
 import shutil
 from pathlib import Path
 
+from tuneforge import safety
 from tuneforge.errors import TuneforgeError
 from tuneforge.files import fsync_dir, fsync_tree
+from tuneforge.progress import console
 
 STAGING_PREFIX = ".tmp-"
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -142,6 +144,20 @@ def human(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{n} B"
+
+
+def resume_checkpoint(run_path: Path, *, tidy: bool = True) -> str | None:
+    """The newest complete checkpoint; with `tidy` (rank 0), a half-written one (a kill during a
+    save) is removed first."""
+    folder = run_path / "checkpoints"
+    if tidy:
+        for stale in remove_staging(folder):
+            console.print(f"Removed a half-written checkpoint: {stale.name}")
+    last = last_good_checkpoint(folder)
+    if last is None:
+        return None
+    safety.check_weights(last, "checkpoint")
+    return str(last)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,99 @@
+"""The layout's rules, checked on the source: no import cycles, and nothing imports the job.
+
+Read statically (ast), so the check is exact and fast: every `import` of a tuneforge module is an
+edge, inside functions too, so a deferred import cannot hide a cycle (importing `a.b.c` also runs
+`a/__init__` and `a/b/__init__`, so those are edges too, except a module's own packages, which are
+loaded before it).
+"""
+
+from __future__ import annotations
+
+import ast
+import graphlib
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+PACKAGE = SRC / "tuneforge"
+JOB = "tuneforge.training.job"
+# The entry points: the public API and the command line (imported inside the functions that run
+# a job, so `import tuneforge` and `tuneforge --help` stay fast).
+MAY_IMPORT_JOB = {"tuneforge", "tuneforge.cli"}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _targets(node: ast.AST, module: str) -> set[str]:
+    """The tuneforge modules an import statement loads (parent packages included)."""
+    names: list[str] = []
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        for alias in node.names:  # `from pkg import submodule` names the submodule
+            sub = f"{node.module}.{alias.name}"
+            names.append(sub if sub in MODULES else node.module)
+    found = set()
+    for name in names:
+        if not name.startswith("tuneforge"):
+            continue
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):
+            candidate = ".".join(parts[:i])
+            implicit = i < len(parts)  # a parent package of what was named
+            own_ancestor = module.startswith(candidate + ".")  # already loaded before `module`
+            if candidate in MODULES and candidate != module and not (implicit and own_ancestor):
+                found.add(candidate)
+    return found
+
+
+def all_imports(module: str) -> set[str]:
+    """Every tuneforge module it imports anywhere, inside functions too."""
+    tree = ast.parse(MODULES[module].read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        found |= _targets(node, module)
+    return found
+
+
+def test_the_module_graph_has_no_cycles():
+    """Not even through imports inside functions (a deferred import must not hide a cycle)."""
+    graph = {module: all_imports(module) for module in MODULES}
+    try:
+        order = list(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as e:
+        pytest.fail(f"import cycle: {' -> '.join(e.args[1])}")
+    assert set(order) == set(MODULES)
+
+
+def test_nothing_imports_the_training_job_but_the_entry_points():
+    importers = {m for m in MODULES if JOB in all_imports(m)}
+    assert importers <= MAY_IMPORT_JOB, sorted(importers - MAY_IMPORT_JOB)
+
+
+def test_the_checker_sees_a_cycle(tmp_path, monkeypatch):
+    """The check itself: two modules importing each other are reported."""
+    pkg = tmp_path / "tuneforge"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from tuneforge.b import x\n")
+    (pkg / "b.py").write_text("def f():\n    from tuneforge import a\n")  # hidden in a function
+    monkeypatch.setattr(
+        __import__(__name__, fromlist=["MODULES"]),
+        "MODULES",
+        {
+            "tuneforge": pkg / "__init__.py",
+            "tuneforge.a": pkg / "a.py",
+            "tuneforge.b": pkg / "b.py",
+        },
+    )
+    monkeypatch.setattr(__import__(__name__, fromlist=["SRC"]), "SRC", tmp_path)
+    assert all_imports("tuneforge.b") == {"tuneforge.a"}
+    with pytest.raises(pytest.fail.Exception, match="import cycle"):
+        test_the_module_graph_has_no_cycles()
