@@ -132,15 +132,15 @@ def test_export_check_runs_on_the_fine_tuned_models_device(runs, tiny_model):
     """The export check: the reference fingerprint and the reloaded copy, on one device."""
     from transformers import AutoModelForSequenceClassification
 
-    from tuneforge.deploy.export import _compare, _fingerprint
+    from tuneforge.deploy.export import compare, fingerprint
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
     model.to(META).register_forward_pre_hook(_check_inputs, with_kwargs=True)
     ids = torch.tensor([[1, 2, 3]])
-    _reaches_model(lambda: _fingerprint(model, ids, "classification"))
+    _reaches_model(lambda: fingerprint(model, ids, "classification"))
     reloaded = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
     reloaded.register_forward_pre_hook(_check_inputs, with_kwargs=True)
-    _reaches_model(lambda: _compare({"ids": ids.to(META)}, reloaded, "reload", "classification"))
+    _reaches_model(lambda: compare({"ids": ids.to(META)}, reloaded, "reload", "classification"))
 
 
 def test_the_check_catches_an_input_left_on_the_cpu(runs, on_meta):

@@ -161,4 +161,4 @@ def test_sft_training_shares_the_prefix_unless_the_recipe_rules_it_out(
     batch = task.collator(tiny_tokenizer)(_features(tiny_tokenizer))
     assert (KEY in batch) is shared
     # scoring (no dropout, no checkpointing) always shares: it is exact
-    assert task._loss_collator(model, tiny_tokenizer).share_prefix
+    assert task.loss_collator(model, tiny_tokenizer).share_prefix

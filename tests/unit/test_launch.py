@@ -32,7 +32,7 @@ def test_per_process_batch_only_when_launched(monkeypatch):
 
 
 def test_user_error_keeps_message_and_hint():
-    e = launch._unpickled(launch._picklable(TuneforgeError("bad column 'text'", hint="rename it")))
+    e = launch.unpickled(launch.picklable(TuneforgeError("bad column 'text'", hint="rename it")))
     assert isinstance(e, TuneforgeError)
     assert (e.message, e.hint) == ("bad column 'text'", "rename it")
 
@@ -45,7 +45,7 @@ class _Unpicklable(Exception):
 def test_exception_that_does_not_pickle_becomes_a_message():
     with pytest.raises(TypeError):
         pickle.loads(pickle.dumps(_Unpicklable(1, 2)))
-    e = launch._unpickled(launch._picklable(_Unpicklable(1, 2)))
+    e = launch.unpickled(launch.picklable(_Unpicklable(1, 2)))
     assert isinstance(e, TuneforgeError) and str(e) == "_Unpicklable: 1-2"
 
 

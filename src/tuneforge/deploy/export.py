@@ -217,7 +217,7 @@ def _export_merged(
     if verify:
         with phases("check", "Checking the export (loading it back with transformers)"):
             reloaded = _load_merged(folder, run.meta["task"])
-            verification = _compare(
+            verification = compare(
                 reference, reloaded, "transformers from_pretrained(folder)", run.meta["task"]
             )
         _require_exact(verification, "merged")
@@ -270,7 +270,7 @@ def _export_gguf(
             reloaded = AutoModelForCausalLM.from_pretrained(
                 folder, gguf_file=name, dtype=torch.float32
             ).eval()
-            verification = _compare(
+            verification = compare(
                 reference,
                 reloaded,
                 "transformers from_pretrained(folder, gguf_file=...)",
@@ -323,7 +323,7 @@ def _tuned_model(run, phases: Phases):
 def _reference(run, phases: Phases) -> dict[str, Any]:
     model = _tuned_model(run, phases)
     with phases("reference", "Recording the fine-tuned model's logits and greedy output"):
-        return _fingerprint(model, _probe_ids(run), run.meta["task"])
+        return fingerprint(model, _probe_ids(run), run.meta["task"])
 
 
 def merged_model(run, phases: Phases | None = None):
@@ -381,7 +381,7 @@ def _greedy(model, ids, n: int):
     return seq
 
 
-def _fingerprint(model, ids, task: str) -> dict[str, Any]:
+def fingerprint(model, ids, task: str) -> dict[str, Any]:
     import torch
 
     ids = ids.to(devices.model_device(model))
@@ -392,7 +392,7 @@ def _fingerprint(model, ids, task: str) -> dict[str, Any]:
         return {"ids": ids, "sequence": seq, "logits": model(input_ids=seq).logits[0].float()}
 
 
-def _compare(reference: dict[str, Any], model, loader: str, task: str) -> dict[str, Any]:
+def compare(reference: dict[str, Any], model, loader: str, task: str) -> dict[str, Any]:
     """The reloaded `model` run on the reference's device (the fine-tuned model's), same inputs."""
     import torch
 

@@ -47,7 +47,7 @@ def promote(
     cand_run = registry.get_run(candidate["run_id"], db)
     cur_run = registry.get_run(current["run_id"], db)
     metric = json.loads(Path(cand_run.path, "metrics.json").read_text())["selection_metric"]
-    cand_value, cur_value, where = _compare(cand_run, cur_run, metric, data)
+    cand_value, cur_value, where = compare(cand_run, cur_run, metric, data)
     lower = metric in LOWER_IS_BETTER
     worse = cand_value > cur_value + tolerance if lower else cand_value < cur_value - tolerance
     detail.update(
@@ -69,7 +69,7 @@ def promote(
     return {**detail, "promoted": True, "forced": worse}
 
 
-def _compare(cand, cur, metric: str, data: Path | None) -> tuple[float, float, str]:
+def compare(cand, cur, metric: str, data: Path | None) -> tuple[float, float, str]:
     if data is not None:
         from tuneforge.runs.run import Run
 

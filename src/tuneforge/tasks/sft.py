@@ -221,7 +221,7 @@ class SftTask(CausalLMTask):
         result.update(
             lm_loss(
                 model,
-                self._loss_collator(model, tokenizer),
+                self.loss_collator(model, tokenizer),
                 features,
                 batch_size,
                 f"Loss on {split}",
@@ -233,7 +233,7 @@ class SftTask(CausalLMTask):
             result["samples"] = samples
         return result
 
-    def _loss_collator(self, model, tokenizer):
+    def loss_collator(self, model, tokenizer):
         if accepts_logits_to_keep(model):
             # Scoring runs without dropout or checkpointing: sharing the prefix is exact.
             return AnswerLogitsCollator(tokenizer, share_prefix=can_share_prefix(model))

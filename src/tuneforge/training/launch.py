@@ -145,7 +145,7 @@ def run(n: int, target, job):
     for rank in sorted(outcomes):
         kind, payload = outcomes[rank]
         if kind == "error":
-            raise _unpickled(payload)
+            raise unpickled(payload)
     if any(kind == "interrupted" for kind, _ in outcomes.values()):
         raise KeyboardInterrupt
     codes = ", ".join(f"rank {r}: exit code {p.exitcode}" for r, p in enumerate(procs))
@@ -188,7 +188,7 @@ def _process_main(rank, world, port, threads, target, job, results, parent) -> N
     except BaseException as e:  # noqa: BLE001 - handed to the parent, which re-raises it
         if not isinstance(e, TuneforgeError):  # a bug: keep where it happened
             traceback.print_exc()
-        _report(results, (rank, "error", _picklable(e)))
+        _report(results, (rank, "error", picklable(e)))
         raise SystemExit(1) from None
     if run is not None:
         _report(results, (rank, "ok", str(run.path)))
@@ -216,7 +216,7 @@ def _report(results, outcome) -> None:
         results.put(outcome)
 
 
-def _picklable(e: BaseException) -> bytes:
+def picklable(e: BaseException) -> bytes:
     try:
         data = pickle.dumps(e)
         pickle.loads(data)
@@ -226,5 +226,5 @@ def _picklable(e: BaseException) -> bytes:
         return pickle.dumps(TuneforgeError(f"{type(e).__name__}: {e}", hint=hint))
 
 
-def _unpickled(data: bytes) -> BaseException:
+def unpickled(data: bytes) -> BaseException:
     return pickle.loads(data)
