@@ -175,9 +175,8 @@ def _main_rank(setup: _Setup, run: RunDir, job: Job, t0: float, load_seconds: fl
     if seconds is not None:
         timings["base_eval"] = seconds
 
-    t = time.perf_counter()
     trainer = _fit(setup, run.path, job.resume is not None)
-    timings["train"] = time.perf_counter() - t
+    timings["train"] = trainer.seconds
     model, tokenizer = trainer.model, setup.tokenizer
     _save_model(model, recipe.method, run.path)
     tokenizer.save_pretrained(run.path / "tokenizer")
@@ -263,6 +262,7 @@ def _fit(setup: _Setup, run_path: Path, resumed: bool):
     if setup.continued is not None and main:  # the parent itself, on the parent's validation set
         with launch.all_cores():
             forgetting_before = setup.continued.measure(task, model, tokenizer, "before")
+    t = time.perf_counter()
     trainer = build_trainer(recipe, task, prepared, model, tokenizer, run_path, setup.metric)
     trainer.parameters = {"trainable": trainable, "total": total}
     trainer.forgetting_before = forgetting_before
@@ -276,6 +276,7 @@ def _fit(setup: _Setup, run_path: Path, resumed: bool):
         )
     trainer.train(resume_from_checkpoint=checkpoint)
     distributed.barrier()  # the other ranks have loaded the best checkpoint before it goes
+    trainer.seconds = time.perf_counter() - t
     diverged = trainer.guard.diverged
     if diverged and main:
         raise TrainingDiverged(

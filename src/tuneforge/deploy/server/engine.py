@@ -108,6 +108,25 @@ class ModelService:
     def labels(self) -> list[str] | None:
         return self.run.labels
 
+    def check_model(self, model: str | None) -> None:
+        """A request's `model` must be this server's (or absent)."""
+        if model is not None and model != self.name:
+            raise RequestError(
+                404,
+                f"the model '{model}' does not exist; this server serves '{self.name}'",
+                param="model",
+                code="model_not_found",
+            )
+
+    def require_generative(self, endpoint: str) -> None:
+        if not self.generative:
+            raise RequestError(
+                400,
+                f"{endpoint} needs a generative (sft or pretrain) run; '{self.name}' is a "
+                "classification run: use POST /v1/classify",
+                code="unsupported_task",
+            )
+
     @property
     def busy(self) -> bool:
         """A generation holds the model."""
