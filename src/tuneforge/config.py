@@ -213,7 +213,10 @@ CheckSeverity = Literal["error", "warning", "info", "off"]
 
 
 class DataChecksConfig(_Strict):
-    """Severity of each `data check` finding; `train` refuses to start on an error."""
+    """Severity of each `data check` finding; `train` refuses to start on an error.
+
+    The one place the defaults are written: `tuneforge.data.check` takes its own from here.
+    """
 
     parse_errors: CheckSeverity = Field("error", description="Rows that could not be parsed.")
     leakage: CheckSeverity = Field("error", description="Validation/test examples also in train.")
@@ -248,7 +251,8 @@ class DataChecksConfig(_Strict):
             return {k: "off" if v is False else v for k, v in data.items()}
         return data
 
-    def severities(self) -> dict[str, str]:
+    def severities(self) -> dict[str, CheckSeverity]:
+        """Each check's severity (every field but the thresholds)."""
         return self.model_dump(exclude={"imbalance_ratio", "short_chars"})
 
 

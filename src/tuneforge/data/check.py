@@ -3,7 +3,8 @@
 Pure logic over already-read examples, so every task can feed it: counts, label balance,
 duplicates (exact and normalised), train/validation/test overlap (leakage), empty / very short /
 very long texts, token lengths against max_length, rows that failed to parse.
-Each finding has a severity from :data:`DEFAULT_SEVERITY`, overridable in the recipe.
+Each finding has a severity, overridable in the recipe; the defaults are those of
+:class:`tuneforge.config.DataChecksConfig` (the recipe's `data_checks`, one place for both).
 """
 
 from __future__ import annotations
@@ -13,20 +14,13 @@ import statistics
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-Severity = Literal["error", "warning", "info", "off"]
+from tuneforge.config import CheckSeverity as Severity
+from tuneforge.config import DataChecksConfig
 
-DEFAULT_SEVERITY: dict[str, Severity] = {
-    "parse_errors": "error",
-    "leakage": "error",
-    "empty_text": "error",
-    "duplicates": "warning",
-    "imbalance": "warning",
-    "short_text": "warning",
-    "long_text": "warning",
-    "truncation": "warning",
-}
+_DEFAULTS = DataChecksConfig()
+DEFAULT_SEVERITY: dict[str, Severity] = _DEFAULTS.severities()
 
 
 @dataclass(frozen=True)
@@ -72,8 +66,8 @@ def run_checks(
     max_length: int,
     severity: dict[str, Severity] | None = None,
     parse_errors: dict[str, list[tuple[int, str]]] | None = None,
-    imbalance_ratio: float = 3.0,
-    short_chars: int = 3,
+    imbalance_ratio: float = _DEFAULTS.imbalance_ratio,
+    short_chars: int = _DEFAULTS.short_chars,
     long_factor: float = 4.0,
     truncates: bool = True,
 ) -> CheckReport:
