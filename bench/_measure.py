@@ -332,7 +332,7 @@ def count_batch(meter: Meter, inputs: dict[str, Any], tokenizer=None) -> None:
     meter.real_tokens += int(lengths.sum())
     meter.padded_tokens += ids.numel()
     meter.sum_sq_lengths += int((lengths.long() ** 2).sum())
-    prefix = inputs.get("shared_prefix")  # tuneforge.evaluation.answer_forward.KEY
+    prefix = inputs.get("shared_prefix")  # tuneforge.answer_forward.KEY
     if prefix is not None:
         copies = ids.shape[0] - 1
         meter.prefix_reused += copies * int(prefix)
@@ -346,7 +346,7 @@ def count_batch(meter: Meter, inputs: dict[str, Any], tokenizer=None) -> None:
         shift = labels[:, 1:]
     meter.loss_positions += int((shift != -100).sum())
     keep = inputs.get("logits_to_keep", 0)
-    rows = inputs.get("answer_positions")  # tuneforge.evaluation.answer_forward.ROWS
+    rows = inputs.get("answer_positions")  # tuneforge.answer_forward.ROWS
     if rows is not None:
         meter.vocab_rows += int(rows.sum())
     elif isinstance(keep, torch.Tensor):

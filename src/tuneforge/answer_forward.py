@@ -1,6 +1,7 @@
 """How an SFT batch runs through the causal LM without computing what the loss never reads.
 
-`AnswerLogitsCollator` (language_model.py) marks a batch with two things this module acts on:
+`AnswerLogitsCollator` (evaluation/language_model.py) marks a batch with two things this module
+acts on:
 
 **A prefix every row shares** (`shared_prefix`). Chat data usually starts every example with the
 same tokens: the template's opening and one system prompt (26 tokens of ~120 in the alert-triage

@@ -711,7 +711,7 @@ def measure_steps(
     import torch
     from transformers import set_seed
 
-    from tuneforge.evaluation.answer_forward import model_inputs
+    from tuneforge.answer_forward import model_inputs
     from tuneforge.methods import apply_method
     from tuneforge.progress import status
 

@@ -142,8 +142,7 @@ def test_processes_split_the_batch_and_add_up_memory(sentiment_recipe):
 def test_plan_times_sft_steps_with_the_shared_prefix(tmp_path, tiny_model, monkeypatch):
     """Chats with one system prompt: the timed steps run the way training does, with the prefix
     every row shares computed once (the model would silently ignore a `shared_prefix` passed on)."""
-    from tuneforge import planning
-    from tuneforge.evaluation import answer_forward
+    from tuneforge import answer_forward, planning
 
     rows = [
         {

@@ -7,9 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tuneforge.config import LoraConfig
-from tuneforge.data.chat import encode_chat
-from tuneforge.evaluation.answer_forward import (
+from tuneforge.answer_forward import (
     KEY,
     ROWS,
     can_share_prefix,
@@ -17,6 +15,8 @@ from tuneforge.evaluation.answer_forward import (
     model_inputs,
     shared_prefix_length,
 )
+from tuneforge.config import LoraConfig
+from tuneforge.data.chat import encode_chat
 from tuneforge.evaluation.language_model import AnswerLogitsCollator, lm_loss, padding_collator
 from tuneforge.methods.lora import apply_lora
 from tuneforge.models import load_causal_lm

@@ -88,8 +88,8 @@ def test_answer_logits_collator_gives_the_full_loss_from_fewer_logits(tiny_model
     """Logits only where a label follows: same loss (and token count) as the full output layer."""
     import torch
 
+    from tuneforge.answer_forward import model_inputs
     from tuneforge.data.chat import encode_chat
-    from tuneforge.evaluation.answer_forward import model_inputs
     from tuneforge.evaluation.language_model import (
         AnswerLogitsCollator,
         accepts_logits_to_keep,

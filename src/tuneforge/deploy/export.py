@@ -367,7 +367,7 @@ def _greedy(model, ids, n: int):
     """`ids` plus `n` greedy tokens (with the KV cache: one token per step after the prompt)."""
     import torch
 
-    from tuneforge.evaluation.answer_forward import cache_argument
+    from tuneforge.answer_forward import cache_argument
 
     name = cache_argument(model) or "past_key_values"  # `cache` from transformers 5.24
     out = model(input_ids=ids, use_cache=True)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from tuneforge.evaluation import answer_forward
+from tuneforge import answer_forward
 from tuneforge.evaluation.text_metrics import perplexity
 from tuneforge.progress import track
 

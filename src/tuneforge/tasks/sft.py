@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tuneforge.answer_forward import can_share_prefix
 from tuneforge.config import Recipe
 from tuneforge.data.chat import (
     FALLBACK_TEMPLATE,
@@ -32,7 +33,6 @@ from tuneforge.data.chat import (
 from tuneforge.data.loading import load_splits, resolve_data_paths
 from tuneforge.data.readers import Row, read_records, row_where
 from tuneforge.errors import TuneforgeError
-from tuneforge.evaluation.answer_forward import can_share_prefix
 from tuneforge.evaluation.language_model import (
     AnswerLogitsCollator,
     GenerationCallback,

@@ -15,9 +15,9 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from tuneforge import devices
+from tuneforge.answer_forward import model_inputs
 from tuneforge.config import Recipe
 from tuneforge.errors import TuneforgeError
-from tuneforge.evaluation.answer_forward import model_inputs
 from tuneforge.evaluation.metrics import LOWER_IS_BETTER
 from tuneforge.evaluation.overfit import detect_overfitting
 from tuneforge.files import write_json
