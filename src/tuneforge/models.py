@@ -2,6 +2,10 @@
 
 Every source ends up as a local Hugging Face folder with safetensors weights: a GGUF file is
 de-quantized to float32 once and cached, so later loads take seconds, not a conversion.
+
+torch, transformers and huggingface_hub are imported inside the functions that use them: commands
+that load no model (`tuneforge models list`, `runs show`) import this module through `tasks` and
+`runs.parents`, and stay fast to start.
 """
 
 from __future__ import annotations
@@ -16,9 +20,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from tuneforge.errors import TuneforgeError
 from tuneforge.files import fsync_tree
 from tuneforge.paths import models_cache
+from tuneforge.progress import status
+from tuneforge.safety import check_weights, use_safetensors
 
 
 @dataclass(frozen=True)
@@ -88,8 +96,8 @@ def _looks_like_hub_id(spec: str) -> bool:
 
 def _hub_snapshot(repo_id: str) -> Path:
     """A hub model from the local Hugging Face cache; downloading only when online."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub import snapshot_download  # deferred: CLI start (huggingface_hub)
+    from huggingface_hub.errors import HFValidationError  # deferred: CLI start (huggingface_hub)
 
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
     try:
@@ -120,8 +128,6 @@ def _hub_snapshot(repo_id: str) -> Path:
 
 def _check_safe_weights(path: Path) -> None:
     """Pickle-only weights are refused unless --allow-pickle (see tuneforge.safety)."""
-    from tuneforge.safety import check_weights
-
     check_weights(path, "base_model")
 
 
@@ -189,8 +195,6 @@ def _converted_gguf(folder: Path, filename: str, key: str) -> Path:
     target = models_cache() / key
     if cached_conversion(target):
         return target
-    from filelock import FileLock, Timeout
-
     ensure_cache_dir(target.parent)
     lock = FileLock(str(target.parent / f".{target.name}.lock"))
     try:
@@ -219,10 +223,11 @@ def ensure_cache_dir(path: Path) -> None:
 
 def _convert(folder: Path, filename: str, target: Path) -> None:
     """The conversion itself; the caller holds the lock, so leftovers of killed ones can go."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from tuneforge.progress import status
+    import torch  # deferred: CLI start (torch)
+    from transformers import (  # deferred: CLI start (transformers)
+        AutoModelForCausalLM,
+        AutoTokenizer,
+    )
 
     for stale in target.parent.glob(f".{target.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
@@ -294,7 +299,7 @@ def write_manifest(folder: Path, manifest: dict) -> None:
 
 def load_tokenizer(path: Path | str, *, trust_remote_code: bool = False):
     """The tokenizer, with a pad token (the EOS token when the model defines none)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # deferred: CLI start (transformers)
 
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
@@ -303,13 +308,11 @@ def load_tokenizer(path: Path | str, *, trust_remote_code: bool = False):
 
 
 def load_causal_lm(path: Path | str, *, trust_remote_code: bool = False):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from tuneforge.safety import use_safetensors
+    import torch  # deferred: CLI start (torch)
+    from transformers import AutoModelForCausalLM  # deferred: CLI start (transformers)
 
     safetensors = use_safetensors(path, "model")
-    with _quiet_transformers():
+    with quiet_transformers():
         return AutoModelForCausalLM.from_pretrained(
             path,
             dtype=torch.float32,
@@ -322,13 +325,13 @@ def load_sequence_classifier(
     path: Path | str, labels: list[str], pad_token_id: int, *, trust_remote_code: bool = False
 ):
     """The base LLM with a fresh linear head scoring the last real token of each sequence."""
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
-    from tuneforge.safety import use_safetensors
+    import torch  # deferred: CLI start (torch)
+    from transformers import (  # deferred: CLI start (transformers)
+        AutoModelForSequenceClassification,
+    )
 
     safetensors = use_safetensors(path, "model")
-    with _quiet_transformers():
+    with quiet_transformers():
         model = AutoModelForSequenceClassification.from_pretrained(
             path,
             num_labels=len(labels),
@@ -344,9 +347,9 @@ def load_sequence_classifier(
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
+def quiet_transformers():
     """Hide 'newly initialized weights' notices: a fresh head is what we asked for."""
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # deferred: CLI start (transformers)
 
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
@@ -398,7 +401,7 @@ def list_local_models() -> list[LocalModel]:
             gguf = json.loads(source.read_text())["gguf"]
             found.append(LocalModel(gguf, "gguf", str(folder), True))
     with contextlib.suppress(Exception):
-        from huggingface_hub import scan_cache_dir
+        from huggingface_hub import scan_cache_dir  # deferred: CLI start (huggingface_hub)
 
         for repo in scan_cache_dir().repos:
             if repo.repo_type == "model":

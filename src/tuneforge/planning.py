@@ -488,14 +488,14 @@ def count_on_meta(config, recipe: Recipe, peft_task_type: str) -> tuple[int, int
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from tuneforge.methods import apply_method, count_parameters
-    from tuneforge.models import _quiet_transformers
+    from tuneforge.models import quiet_transformers
 
     auto = (
         AutoModelForSequenceClassification
         if recipe.task == "classification"
         else AutoModelForCausalLM
     )
-    with torch.device("meta"), _quiet_transformers():
+    with torch.device("meta"), quiet_transformers():
         model = auto.from_config(config, trust_remote_code=recipe.trust_remote_code)
         model = apply_method(model, recipe.method, recipe.lora, recipe.freeze, peft_task_type)
     return count_parameters(model)
