@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tuneforge import train
 from tuneforge.errors import TuneforgeError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -12,8 +13,6 @@ DEMO_RECIPE = PROJECT_ROOT / "recipes" / "sentiment.yaml"
 
 
 def run_demo(overrides: list[str]):
-    from tuneforge import train
-
     if not DEMO_RECIPE.is_file():
         raise TuneforgeError(
             f"demo: {DEMO_RECIPE} not found",

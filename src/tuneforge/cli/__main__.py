@@ -1,0 +1,5 @@
+"""`python -m tuneforge.cli` (what torchrun and `accelerate launch -m` run)."""
+
+from tuneforge.cli import main
+
+main()

@@ -1,0 +1,101 @@
+"""Measuring a finished run: eval (metrics, the bias probe) and its report rewritten."""
+
+from __future__ import annotations
+
+import json
+import webbrowser
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from tuneforge.cli.common import (
+    AllowPickle,
+    DeviceOption,
+    load_run,
+    opt_in_to_pickle,
+    print_comparison,
+)
+from tuneforge.errors import TuneforgeError
+from tuneforge.progress import console, out
+
+
+def eval_(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    data: Annotated[
+        Path | None, typer.Option("--data", "-d", help="Labelled file to evaluate on.")
+    ] = None,
+    base: Annotated[
+        bool, typer.Option("--base", help="Also measure the untouched base model.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    bias: Annotated[
+        bool, typer.Option("--bias", help="Run the counterfactual bias probe (classification).")
+    ] = False,
+    bias_terms: Annotated[
+        Path | None,
+        typer.Option("--bias-terms", help="YAML with extra categories/templates for --bias."),
+    ] = None,
+    allow_pickle: AllowPickle = False,
+    device: DeviceOption = None,
+) -> None:
+    """Metrics of a run on a labelled file (base model too with --base); --bias probes identity swaps."""
+    opt_in_to_pickle(run, allow_pickle)
+    if data is None and not bias:
+        raise TuneforgeError("eval: give --data FILE (and/or --bias)")
+    loaded = load_run(run, device)
+    if bias:
+        probe = loaded.bias_probe(bias_terms)
+        if as_json and data is None:
+            print(json.dumps(probe, ensure_ascii=False))
+            return
+        print_bias(probe)
+        console.print(f"Bias probe saved to {loaded.path / 'bias.json'}; report updated")
+        if data is None:
+            return
+    result = loaded.evaluate(data, base=base)
+    if as_json:
+        payload = dict(result["tuned"])
+        if base:
+            payload = {**payload, "base": result["base"]}
+        print(json.dumps(payload, ensure_ascii=False))
+        return
+    print_comparison(f"{run} on {data}", result.get("base", {}), result["tuned"])
+
+
+def print_bias(probe: dict) -> None:
+    table = Table(title="Bias probe: label flip rate under identity swaps (lower is better)")
+    for col in (
+        "category",
+        "base flip rate",
+        "tuned flip rate",
+        "tuned max prob. shift",
+        "worst template (tuned)",
+    ):
+        table.add_column(col)
+    for category, tuned in probe["tuned"]["categories"].items():
+        base = probe.get("base", {}).get("categories", {}).get(category, {})
+        worst = tuned["worst"][0] if tuned["worst"] else {}
+        table.add_row(
+            category,
+            f"{base['flip_rate']:.2f}" if base else "—",
+            f"{tuned['flip_rate']:.2f}",
+            f"{tuned['max_abs_shift']:.3f}",
+            f"{worst.get('template', '')} ({worst.get('lowest', '')} vs {worst.get('highest', '')})",
+        )
+    out.print(table)
+
+
+def report(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    open_: Annotated[bool, typer.Option("--open", help="Open report.html in a browser.")] = False,
+) -> None:
+    """Regenerate a run's report.md, figures and self-contained report.html."""
+    from tuneforge.report import write_report  # deferred: CLI start (matplotlib)
+
+    loaded = load_run(run, None)
+    path = write_report(loaded.path)
+    console.print(f"Report: {path} (and {loaded.path / 'report.md'})")
+    if open_:
+        webbrowser.open(path.resolve().as_uri())

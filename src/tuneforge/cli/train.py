@@ -1,0 +1,95 @@
+"""Training: train (or resume) a recipe, plan one before training, the demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from tuneforge.cli.common import AllowPickle, SetOption, print_comparison
+from tuneforge.demo import run_demo
+from tuneforge.errors import TuneforgeError
+from tuneforge.evaluation import forgetting
+from tuneforge.progress import console, out
+
+if TYPE_CHECKING:
+    from tuneforge.runs.run import Run
+
+
+def train(
+    recipe: Annotated[Path | None, typer.Argument(help="Recipe YAML file.")] = None,
+    set_: SetOption = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option("--resume", help="Continue an interrupted run from its last checkpoint."),
+    ] = None,
+    allow_pickle: AllowPickle = False,
+) -> None:
+    """Fine-tune a base model as the recipe describes; prints base vs fine-tuned at the end."""
+    from tuneforge.training.job import train as run_training  # deferred: CLI start (torch)
+
+    if (recipe is None) == (resume is None):
+        raise TuneforgeError("train: give a recipe file, or --resume RUN (one of them)")
+    overrides = [*(set_ or []), *(["allow_pickle=true"] if allow_pickle else [])]
+    run: Run | None = run_training(recipe, overrides, resume=resume)
+    if run is not None:  # None on ranks other than 0 of a distributed run: rank 0 reports
+        print_summary(run)
+
+
+def plan(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    set_: SetOption = None,
+    auto_batch_size: Annotated[
+        bool,
+        typer.Option(
+            "--auto-batch-size",
+            help="Pick the largest batch size that fits the budget (by the estimate).",
+        ),
+    ] = False,
+    memory_budget: Annotated[
+        float | None,
+        typer.Option(
+            "--memory-budget", min=0.01, help="Memory budget in GB (default: available RAM)."
+        ),
+    ] = None,
+    steps: Annotated[
+        int, typer.Option("--steps", min=1, max=50, help="Training steps timed (after 1 warm-up).")
+    ] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Before training: parameters, data size, estimated peak memory, measured time per epoch, fit."""
+    from tuneforge.planning import describe  # deferred: CLI start (torch)
+    from tuneforge.planning import plan as make_plan  # deferred: CLI start (torch)
+
+    result = make_plan(
+        recipe,
+        set_ or [],
+        auto_batch_size=auto_batch_size,
+        memory_budget_gb=memory_budget,
+        steps=steps,
+    )
+    if as_json:
+        print(json.dumps(result.to_dict(), default=str))
+        return
+    for line in describe(result):
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def demo(
+    set_: SetOption = None,
+) -> None:
+    """Fine-tune the embedded model on movie-review sentiment and show base vs fine-tuned."""
+    run = run_demo(set_ or [])
+    print_summary(run)
+
+
+def print_summary(run: Run) -> None:
+    """Base vs fine-tuned for every split, the forgetting check of a continued run, the report."""
+    metrics = run.metrics
+    for split, tuned in metrics["tuned"].items():
+        print_comparison(f"{run.path.name}: {split}", metrics.get("base", {}).get(split, {}), tuned)
+    if metrics.get("forgetting"):  # continued runs: the parent's validation set before and after
+        out.print(forgetting.describe(metrics["forgetting"]), highlight=False)
+    console.print(f"Report: {run.path / 'report.html'} (and report.md)")
