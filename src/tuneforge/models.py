@@ -334,16 +334,23 @@ def load_sequence_classifier(
     with quiet_transformers():
         model = AutoModelForSequenceClassification.from_pretrained(
             path,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
-            pad_token_id=pad_token_id,
+            **classifier_head(labels, pad_token_id),
             dtype=torch.float32,
             trust_remote_code=trust_remote_code,
             use_safetensors=safetensors,
         )
     model.config.pad_token_id = pad_token_id
     return model
+
+
+def classifier_head(labels: list[str], pad_token_id: int | None) -> dict:
+    """`from_pretrained`'s arguments for a fresh head with one output per label (fp32 or 4-bit)."""
+    return {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+        "pad_token_id": pad_token_id,
+    }
 
 
 @contextlib.contextmanager

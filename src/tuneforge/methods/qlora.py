@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
+from peft import prepare_model_for_kbit_training
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    BitsAndBytesConfig,
+)
 
 from tuneforge.config import LoraConfig
+from tuneforge.models import classifier_head
 
 
 def quantization_config(lora: LoraConfig):
     """The transformers BitsAndBytesConfig for a 4-bit NF4 base (QLoRA), or None."""
     if not lora.quantize_base:
         return None
-    from transformers import BitsAndBytesConfig
-
     compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return BitsAndBytesConfig(
         load_in_4bit=True,
@@ -29,11 +36,6 @@ def load_quantized_base(source_path, recipe, peft_task_type: str, labels=None, p
     through transformers' bitsandbytes integration, then PEFT's `prepare_model_for_kbit_training`
     (fp32 norms and head, input grads for checkpointing). Only reached on CUDA (require_cuda_for).
     """
-    import os
-
-    from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
     kwargs = {
         "quantization_config": quantization_config(recipe.lora),
         "device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))},
@@ -43,12 +45,7 @@ def load_quantized_base(source_path, recipe, peft_task_type: str, labels=None, p
     }
     if peft_task_type == "SEQ_CLS":
         model = AutoModelForSequenceClassification.from_pretrained(
-            source_path,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
-            pad_token_id=pad_token_id,
-            **kwargs,
+            source_path, **classifier_head(labels, pad_token_id), **kwargs
         )
     else:
         model = AutoModelForCausalLM.from_pretrained(source_path, **kwargs)
