@@ -16,14 +16,31 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import psutil
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    set_seed,
+)
+
 from tuneforge import devices
-from tuneforge.config import Recipe, load_recipe
+from tuneforge.answer_forward import model_inputs
+from tuneforge.config import Recipe, apply_override, load_recipe, validate_recipe
 from tuneforge.errors import TuneforgeError
+from tuneforge.methods import apply_method, count_parameters, enable_gradient_checkpointing
+from tuneforge.models import load_tokenizer, quiet_transformers
+from tuneforge.progress import status
+from tuneforge.runs.parents import base_source
+from tuneforge.tasks import get_task
 from tuneforge.training import launch
+from tuneforge.training.samplers import SortedBatchesSampler
 
 GB = 1024**3
 BYTES_PER_VALUE = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -220,8 +237,6 @@ def saved_activation_bytes(model, batch: dict) -> tuple[int, Any]:
 
     This is exactly the memory activations hold until backward; returns (bytes, loss).
     """
-    import torch
-
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
 
@@ -240,8 +255,6 @@ class PeakRss:
     """Peak resident memory of this process while the block runs (sampled every few ms)."""
 
     def __init__(self, interval: float = 0.002) -> None:
-        import psutil
-
         self._proc = psutil.Process()
         self.interval = interval
         self.start = self.peak = 0
@@ -270,19 +283,9 @@ class PeakRss:
 
 def available_memory() -> int:
     """Memory a new job can use: the first GPU's free memory, else available RAM."""
-    import torch
-
     if torch.cuda.is_available():
         return int(torch.cuda.mem_get_info(0)[0])
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:  # pragma: no cover - psutil comes with accelerate
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-        raise
+    return int(psutil.virtual_memory().available)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -343,28 +346,75 @@ def plan(
     steps: int = 3,
 ) -> Plan:
     """Count, estimate and time a recipe; raises a TuneforgeError (exit 2) when it cannot fit."""
-    import psutil
+    recipe = _load(recipe_path, overrides)
+    task = get_task(recipe.task)
+    source = base_source(recipe.base_model, trust_remote_code=recipe.trust_remote_code)
+    tokenizer = load_tokenizer(source.path, trust_remote_code=recipe.trust_remote_code)
+    runtime = psutil.Process().memory_info().rss
+    prepared = task.prepare(recipe, tokenizer, Path(recipe_path).parent)
+    lengths = [len(ids) for ids in prepared.train["input_ids"]]
+    dataset, max_trained = _dataset_summary(recipe, prepared, lengths)
+    ctx = _context(recipe, source.path, prepared, lengths, max_trained, runtime)
+    trainable, total = _counts(ctx, recipe)
 
-    from tuneforge.models import load_tokenizer
-    from tuneforge.runs.parents import base_source
-    from tuneforge.tasks import get_task
+    budget, budget_source = _budget(memory_budget_gb)
+    notes = list(ESTIMATE_NOTES)
+    chosen = None
+    if auto_batch_size:
+        chosen = _auto_batch_size(ctx, budget, budget_source, examples=len(lengths))
+        recipe = ctx.recipe = _with(recipe, f"training.batch_size={chosen}")
+        notes.append(
+            f"--auto-batch-size: {chosen} is the largest batch size whose estimated peak fits "
+            f"the budget (by the estimate, not measured); use --set training.batch_size={chosen}"
+        )
+    memory = _estimate(ctx, recipe)
+    if memory.total > budget:
+        raise _does_not_fit(ctx, budget, budget_source)
 
+    timing = _time_epoch(task, source, prepared, recipe, tokenizer, lengths, steps)
+    return Plan(
+        recipe=recipe.name,
+        task=recipe.task,
+        method=recipe.method + (" (4-bit base)" if recipe.lora.quantize_base else ""),
+        parameters={"total": total, "trainable": trainable},
+        dataset=dataset,
+        batch=_batch_summary(ctx, recipe),
+        memory=memory,
+        budget=budget,
+        budget_source=budget_source,
+        fits=True,
+        timing=timing,
+        auto_batch_size=chosen,
+        notes=notes,
+    )
+
+
+ESTIMATE_NOTES = (
+    "memory is an estimate (Llama-style decoder formula, worst batch: longest example x "
+    "batch_size); time is measured",
+    "activations match what autograd saves within ~2% (SmolLM2-135M, LoRA); the process's "
+    "RSS grew 1.4-1.6x that during a real step (backward buffers, allocator): keep headroom",
+)
+
+
+def _load(recipe_path: str | Path, overrides: list[str] | None) -> Recipe:
+    """The recipe, with `training.processes: auto` fixed to a number once (so a batch-size
+    search keeps it)."""
     recipe = load_recipe(recipe_path, overrides)
     devices.require_cuda_for(recipe)
-    if recipe.training.processes == "auto":  # fixed once, so a batch-size search keeps it
+    if recipe.training.processes == "auto":
         n = launch.resolve(
             "auto",
             recipe.training.batch_size,
             on_gpu=devices.resolve(recipe.device).type == "cuda",
         )
         recipe = _with(recipe, f"training.processes={n}")
-    task = get_task(recipe.task)
-    source = base_source(recipe.base_model, trust_remote_code=recipe.trust_remote_code)
-    tokenizer = load_tokenizer(source.path, trust_remote_code=recipe.trust_remote_code)
-    runtime = psutil.Process().memory_info().rss
-    prepared = task.prepare(recipe, tokenizer, Path(recipe_path).parent)
+    return recipe
 
-    lengths = [len(ids) for ids in prepared.train["input_ids"]]
+
+def _dataset_summary(recipe: Recipe, prepared, lengths: list[int]) -> tuple[dict[str, Any], int]:
+    """The training data as the plan reports it, and (sft, pretrain) the most label positions in
+    one example (0 for classification)."""
     dataset: dict[str, Any] = {
         "examples": len(lengths),
         "tokens": int(sum(lengths)),
@@ -377,9 +427,15 @@ def plan(
         trained = [sum(x != -100 for x in row) for row in prepared.train["labels"]]
         max_trained = max(trained)
         dataset["trained_tokens"] = int(sum(trained))
+    return dataset, max_trained
 
-    config = _model_config(source.path, prepared, recipe)
-    ctx = _Context(
+
+def _context(
+    recipe: Recipe, path: Path, prepared, lengths: list[int], max_trained: int, runtime: int
+) -> _Context:
+    """What the estimates share: the architecture's config and shape, and the data's sizes."""
+    config = _model_config(path, prepared, recipe)
+    return _Context(
         recipe=recipe,
         config=config,
         shape=DecoderShape.from_config(config),
@@ -389,84 +445,79 @@ def plan(
         logit_width=config.num_labels if recipe.task == "classification" else config.vocab_size,
         runtime=runtime,
     )
-    trainable, total = _counts(ctx, recipe)
 
-    budget = int(memory_budget_gb * GB) if memory_budget_gb else available_memory()
-    budget_source = (
-        f"--memory-budget {memory_budget_gb:g} GB" if memory_budget_gb else _default_budget_name()
-    )
-    notes = [
-        "memory is an estimate (Llama-style decoder formula, worst batch: longest example x "
-        "batch_size); time is measured",
-        "activations match what autograd saves within ~2% (SmolLM2-135M, LoRA); the process's "
-        "RSS grew 1.4-1.6x that during a real step (backward buffers, allocator): keep headroom",
-    ]
-    chosen = None
-    if auto_batch_size:
-        # a batch larger than the training set is never used in full: cap the search there
-        chosen = largest_fitting_batch(ctx, budget, upper=len(lengths))
-        if chosen is None:
-            raise _does_not_fit(ctx, budget, budget_source, batch_size=1)
-        recipe = ctx.recipe = _with(recipe, f"training.batch_size={chosen}")
-        notes.append(
-            f"--auto-batch-size: {chosen} is the largest batch size whose estimated peak fits "
-            f"the budget (by the estimate, not measured); use --set training.batch_size={chosen}"
-        )
-    memory = _estimate(ctx, recipe)
-    if memory.total > budget:
-        raise _does_not_fit(ctx, budget, budget_source)
 
+def _budget(memory_budget_gb: float | None) -> tuple[int, str]:
+    """(bytes, where the figure comes from): --memory-budget, else what this machine has free."""
+    if memory_budget_gb:
+        return int(memory_budget_gb * GB), f"--memory-budget {memory_budget_gb:g} GB"
+    return available_memory(), _default_budget_name()
+
+
+def _auto_batch_size(ctx: _Context, budget: int, budget_source: str, examples: int) -> int:
+    """--auto-batch-size: the largest batch whose estimate fits; a batch larger than the training
+    set is never used in full, so the search stops there."""
+    chosen = largest_fitting_batch(ctx, budget, upper=examples)
+    if chosen is None:
+        raise _does_not_fit(ctx, budget, budget_source, batch_size=1)
+    return chosen
+
+
+def _parallelism(recipe: Recipe) -> tuple[int, int, int]:
+    """(world, processes, per-process batch): torchrun's WORLD_SIZE, where batch_size is per
+    process, and training.processes, between which the batch is split."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    processes = _processes(recipe)
+    return world, processes, recipe.training.batch_size // processes
+
+
+def _batch_summary(ctx: _Context, recipe: Recipe) -> dict[str, Any]:
     tc = recipe.training
-    world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun: batch_size is per process
-    processes = _processes(recipe)  # training.processes: the batch is split between them
-    per_process = tc.batch_size // processes
+    world, processes, per_process = _parallelism(recipe)
+    return {
+        "batch_size": tc.batch_size,
+        "gradient_accumulation_steps": tc.gradient_accumulation_steps,
+        "per_process_batch": per_process,
+        "processes": world * processes,
+        "global_batch": tc.batch_size * tc.gradient_accumulation_steps * world,
+        "seq_len": _seq_len(ctx, recipe),
+        "gradient_checkpointing": tc.gradient_checkpointing,
+        "precision": devices.precision(tc.precision, devices.resolve(recipe.device)),
+    }
+
+
+def _time_epoch(
+    task, source, prepared, recipe: Recipe, tokenizer, lengths: list[int], steps: int
+) -> dict[str, Any]:
+    """`measure_steps` on the epoch's own batches, and the time per epoch for one process: the
+    measured rate (padded tokens/s) over the tokens of the batches that process computes (a
+    batch's cost follows its padded size, and length-sorted batches are much smaller than random
+    ones)."""
+    tc = recipe.training
+    world, processes, per_process = _parallelism(recipe)
     batches = epoch_batches(lengths, per_process, tc, world * processes)
     timing = measure_steps(
         task, source, prepared, recipe, tokenizer, lengths, batches, steps, processes
     )
     mine = batches[:: world * processes]  # what one process computes: every n-th batch
-    epoch_tokens = sum(len(b) * max(lengths[i] for i in b) for b in mine)
+    epoch_tokens = sum(_padded_tokens(b, lengths) for b in mine)
     timing["micro_batches_per_epoch"] = len(mine)
     timing["optimizer_steps_per_epoch"] = math.ceil(len(mine) / tc.gradient_accumulation_steps)
     timing["padded_tokens_per_epoch"] = epoch_tokens  # per process
-    # the measured rate (padded tokens/s) over the tokens of the epoch's own batches: a batch's
-    # cost follows its padded size, and length-sorted batches are much smaller than random ones
     timing["seconds_per_epoch"] = round(epoch_tokens / timing["tokens_per_second"], 1)
-    return Plan(
-        recipe=recipe.name,
-        task=recipe.task,
-        method=recipe.method + (" (4-bit base)" if recipe.lora.quantize_base else ""),
-        parameters={"total": total, "trainable": trainable},
-        dataset=dataset,
-        batch={
-            "batch_size": tc.batch_size,
-            "gradient_accumulation_steps": tc.gradient_accumulation_steps,
-            "per_process_batch": per_process,
-            "processes": world * processes,
-            "global_batch": tc.batch_size * tc.gradient_accumulation_steps * world,
-            "seq_len": _seq_len(ctx, recipe),
-            "gradient_checkpointing": tc.gradient_checkpointing,
-            "precision": devices.precision(tc.precision, devices.resolve(recipe.device)),
-        },
-        memory=memory,
-        budget=budget,
-        budget_source=budget_source,
-        fits=True,
-        timing=timing,
-        auto_batch_size=chosen,
-        notes=notes,
-    )
+    return timing
+
+
+def _padded_tokens(batch: list[int], lengths: list[int]) -> int:
+    """A batch's size padded to its longest example: what its cost follows."""
+    return len(batch) * max(lengths[i] for i in batch)
 
 
 def _default_budget_name() -> str:
-    import torch
-
     return "free GPU memory" if torch.cuda.is_available() else "available RAM"
 
 
 def _with(recipe: Recipe, *overrides: str) -> Recipe:
-    from tuneforge.config import apply_override, validate_recipe
-
     raw = recipe.to_yaml_dict()
     for item in overrides:
         apply_override(raw, item)
@@ -474,8 +525,6 @@ def _with(recipe: Recipe, *overrides: str) -> Recipe:
 
 
 def _model_config(path: Path, prepared, recipe: Recipe):
-    from transformers import AutoConfig
-
     config = AutoConfig.from_pretrained(path, trust_remote_code=recipe.trust_remote_code)
     if recipe.task == "classification":
         config.num_labels = len(prepared.info["labels"])
@@ -484,12 +533,6 @@ def _model_config(path: Path, prepared, recipe: Recipe):
 
 def count_on_meta(config, recipe: Recipe, peft_task_type: str) -> tuple[int, int]:
     """(trainable, total) parameters of the architecture with the method applied; no weights read."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    from tuneforge.methods import apply_method, count_parameters
-    from tuneforge.models import quiet_transformers
-
     auto = (
         AutoModelForSequenceClassification
         if recipe.task == "classification"
@@ -543,8 +586,6 @@ def _spec(ctx: _Context, recipe: Recipe) -> MethodSpec:
 def _counts(ctx: _Context, recipe: Recipe) -> tuple[int, int]:
     """(trainable, total) for the recipe's method, counted once per method."""
     if recipe.method not in ctx.counts:
-        from tuneforge.tasks import get_task
-
         peft_task_type = get_task(recipe.task).peft_task_type
         ctx.counts[recipe.method] = count_on_meta(ctx.config, recipe, peft_task_type)
     return ctx.counts[recipe.method]
@@ -675,10 +716,6 @@ def epoch_batches(lengths: list[int], per_process: int, tc, processes: int = 1) 
     """The first epoch's micro-batches (training-set indices) in the order training draws them:
     tuneforge's length-sorted batches when `group_by_length` (one sorted group per step, shared
     by the processes), else a seeded random order. Process r computes batches r, r+n, r+2n..."""
-    import torch
-
-    from tuneforge.training.samplers import SortedBatchesSampler
-
     if tc.group_by_length:
         group = per_process * tc.gradient_accumulation_steps * processes
         order = list(SortedBatchesSampler(lengths, group, tc.seed))
@@ -708,53 +745,18 @@ def measure_steps(
     the batch at one process's thread count. Also reports the process's peak RSS growth over those
     steps (a real measurement to hold the estimate against).
     """
-    import torch
-    from transformers import set_seed
-
-    from tuneforge.answer_forward import model_inputs
-    from tuneforge.methods import apply_method
-    from tuneforge.progress import status
-
-    tc = recipe.training
     device = devices.resolve(recipe.device)
-    precision = devices.precision(tc.precision, device)
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    set_seed(tc.seed)
-    with status("Building the model for a few timed steps"):
-        model = task.build_model(source, prepared, recipe, tokenizer)
-        model = apply_method(
-            model, recipe.method, recipe.lora, recipe.freeze, task.peft_task_type, device
-        )
-        model = devices.place(model, device)
-        if tc.gradient_checkpointing:
-            from tuneforge.methods import enable_gradient_checkpointing
-
-            enable_gradient_checkpointing(model, recipe.method)
+    set_seed(recipe.training.seed)
+    model = _model_for_timing(task, source, prepared, recipe, tokenizer, device)
     collate = task.collator(tokenizer)
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
+    step = _training_step(model, recipe, device)
     columns = prepared.train.column_names
 
     def batch(idx: list[int]) -> dict:
         return collate([{c: prepared.train[i][c] for c in columns} for i in idx])
 
-    def step(b: dict) -> float:
-        b = devices.to_device(b, device)
-        with (
-            model_inputs(model, b) as inputs,  # as the Trainer runs it
-            torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None),
-        ):
-            loss = model(**inputs).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
-
-    sizes = [len(b) * max(lengths[i] for i in b) for b in batches]  # padded tokens
-    rest = sorted(range(1, len(batches)), key=lambda k: sizes[k]) or [0]
-    picked = [rest[min(len(rest) - 1, int((q + 0.5) * len(rest) / steps))] for q in range(steps)]
-    timed = [batch(batches[k]) for k in picked]
+    timed = [batch(batches[k]) for k in _timed_batches(batches, lengths, steps)]
     threads = torch.get_num_threads()
     if processes > 1:
         torch.set_num_threads(max(1, launch.cores() // processes))
@@ -779,6 +781,51 @@ def measure_steps(
         "measured_rss_growth": rss.growth,
         "threads": used,
     }
+
+
+def _model_for_timing(task, source, prepared, recipe: Recipe, tokenizer, device):
+    """The task's model with the recipe's method applied, on `device`, as training builds it."""
+    with status("Building the model for a few timed steps"):
+        model = task.build_model(source, prepared, recipe, tokenizer)
+        model = apply_method(
+            model, recipe.method, recipe.lora, recipe.freeze, task.peft_task_type, device
+        )
+        model = devices.place(model, device)
+        if recipe.training.gradient_checkpointing:
+            enable_gradient_checkpointing(model, recipe.method)
+    return model
+
+
+def _training_step(model, recipe: Recipe, device) -> Callable[[dict], float]:
+    """One optimiser step on a batch, as the Trainer runs it (AdamW, autocast at the recipe's
+    precision, sft batches through `model_inputs`); returns the batch's loss."""
+    tc = recipe.training
+    precision = devices.precision(tc.precision, device)
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
+
+    def step(b: dict) -> float:
+        b = devices.to_device(b, device)
+        with (
+            model_inputs(model, b) as inputs,  # as the Trainer runs it
+            torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None),
+        ):
+            loss = model(**inputs).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    return step
+
+
+def _timed_batches(batches: list[list[int]], lengths: list[int], steps: int) -> list[int]:
+    """`steps` batches (indices into `batches`) at evenly spaced quantiles of their padded sizes,
+    the first batch (the warm-up) left out unless it is the only one."""
+    sizes = [_padded_tokens(b, lengths) for b in batches]
+    rest = sorted(range(1, len(batches)), key=lambda k: sizes[k]) or [0]
+    return [rest[min(len(rest) - 1, int((q + 0.5) * len(rest) / steps))] for q in range(steps)]
 
 
 def fmt_bytes(n: float) -> str:
