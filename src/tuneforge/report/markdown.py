@@ -88,14 +88,41 @@ def render_report(
     figures = figures or {}
     meta = json.loads((run_path / "run.json").read_text())
     metrics = json.loads((run_path / "metrics.json").read_text())
-    info = meta.get("info", {})
-    lines = [f"# Run {title or run_path.name}", ""]
-    lines += [
+    sections = [
+        _header(title or run_path.name, meta, metrics),
+        _comparison_section(meta, metrics, figures),
+        _forgetting_section(metrics, meta),
+        _samples_section(metrics),
+        _training_section(metrics, figures),
+        _data_section(meta, figures),
+        _data_check_section(run_path),
+        _bias_section(run_path, figures),
+        _recipe_section(run_path),
+        _timings_section(meta),
+        _environment_section(meta),
+    ]
+    return "\n".join(line for section in sections for line in section)
+
+
+def _header(title: str, meta: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
+    """The title and what was trained: task, method, base model, parameters, best checkpoint."""
+    best = metrics["best"]
+    return [
+        f"# Run {title}",
+        "",
         f"- task: **{meta['task']}**, method: **{meta['method']}**, base model: `{meta['base_model']}`",
         f"- trainable parameters: {meta['parameters']['trainable']:,} of {meta['parameters']['total']:,}",
-        f"- best checkpoint: step {metrics['best'].get('step')} of {metrics['best'].get('global_steps')}, "
-        f"selected on validation `{metrics['selection_metric']}` = {metrics['best'].get('value')}",
+        f"- best checkpoint: step {best.get('step')} of {best.get('global_steps')}, "
+        f"selected on validation `{metrics['selection_metric']}` = {best.get('value')}",
         "",
+    ]
+
+
+def _comparison_section(
+    meta: dict[str, Any], metrics: dict[str, Any], figures: dict[str, str]
+) -> list[str]:
+    """Base model vs fine-tuned on every split: the headline metrics, per class, confusion."""
+    lines = [
         "## Base model vs fine-tuned",
         "",
         "The base model is the untouched pretrained LLM scored zero-shot; the fine-tuned model is the "
@@ -111,112 +138,42 @@ def render_report(
             "",
         ]
     for split, tuned in metrics["tuned"].items():
-        base = metrics.get("base", {}).get(split, {})
-        lines += [f"### {split} (n={tuned.get('n')})", ""]
-        lines += [
-            _table(
-                ["metric", "base", "fine-tuned", "change"],
-                [list(r) for r in summary_rows(base, tuned)],
-            ),
-            "",
-        ]
-        if "per_class" in tuned:
-            rows = [
-                [
-                    label,
-                    f"{base.get('per_class', {}).get(label, {}).get('precision', float('nan')):.3f}",
-                    f"{base.get('per_class', {}).get(label, {}).get('recall', float('nan')):.3f}",
-                    f"{pc['precision']:.3f}",
-                    f"{pc['recall']:.3f}",
-                    pc["support"],
-                ]
-                for label, pc in tuned["per_class"].items()
-            ]
-            lines += [
-                _table(["class", "base P", "base R", "tuned P", "tuned R", "support"], rows),
-                "",
-            ]
-            labels = tuned["labels"]
-            cm = [[labels[i], *row] for i, row in enumerate(tuned["confusion_matrix"])]
-            lines += [
-                "Confusion matrix of the fine-tuned model (rows: true, columns: predicted):",
-                "",
-            ]
-            lines += [_table(["true \\ predicted", *labels], cm), ""]
-
+        lines += _split_tables(split, metrics.get("base", {}).get(split, {}), tuned)
     lines += _figure(figures, "base_vs_tuned", "Base model vs fine-tuned")
     lines += _figure(figures, "confusion_matrix", "Confusion matrix (fine-tuned, validation)")
-    lines += _forgetting_section(metrics, meta)
-    lines += _samples_section(metrics)
-    lines += ["## Validation during training", ""]
-    overfit = metrics.get("overfitting")
-    if overfit:
-        lines += [
-            f"**Overfitting detected:** {overfit['message']} (detected at step {overfit['detected_step']}). "
-            f"The best checkpoint (step {metrics['best'].get('step')}) is the model kept.",
-            "",
-        ]
-    else:
-        lines += [
-            "No overfitting detected (validation never worsened while training improved for "
-            "consecutive evaluations).",
-            "",
-        ]
-    lines += _figure(figures, "loss", "Training and validation loss")
-    lines += _figure(
-        figures, "metric", f"Validation {metrics['selection_metric']} (best checkpoint marked)"
-    )
-    evaluations = metrics["evaluations"]
-    columns = [m for m in TRAINING_COLUMNS if any(e.get(m) is not None for e in evaluations)]
-    rows = [
-        [e["step"], e["epoch"], _fmt(e.get("train_loss")), _fmt(e.get("loss"))]
-        + [_fmt(e.get(m)) for m in columns]
-        for e in evaluations
-    ]
-    lines += [_table(["step", "epoch", "train loss", "val loss", *columns], rows), ""]
+    return lines
 
-    lines += ["## Data", ""]
-    for split, src in meta.get("data_sources", {}).items():
-        lines.append(f"- {split}: `{src}`")
-    if "counts" in info:
-        labels = info["labels"]
-        rows = [
-            [split, *[c.get(lab, 0) for lab in labels], sum(c.values())]
-            for split, c in info["counts"].items()
-        ]
-        lines += ["", _table(["split", *labels, "total"], rows)]
-    if "truncated" in info and "counts" in info:
-        lines += [
-            "",
-            "Examples truncated to max_length: "
-            + ", ".join(f"{k} {v}" for k, v in info["truncated"].items()),
-        ]
-    counted = [k for k in COUNT_KEYS if isinstance(info.get(k), dict) and "counts" not in info]
-    if counted:
-        splits = list(dict.fromkeys(split for k in counted for split in info[k]))
-        rows = [
-            [k.replace("_", " "), *[info[k].get(split, "") for split in splits]] for k in counted
-        ]
-        lines += ["", _table(["", *splits], rows)]
-    lines += _figure(figures, "lengths", "Token lengths of the training examples")
-    lines += _data_check_section(run_path)
-    lines += _bias_section(run_path, figures)
+
+def _split_tables(split: str, base: dict[str, Any], tuned: dict[str, Any]) -> list[str]:
+    """One split: metric, base, fine-tuned, change; for classification per class and confusion."""
+    lines = [f"### {split} (n={tuned.get('n')})", ""]
     lines += [
-        "## Recipe (as resolved)",
-        "",
-        "```yaml",
-        (run_path / "recipe.yaml").read_text().rstrip(),
-        "```",
+        _table(
+            ["metric", "base", "fine-tuned", "change"],
+            [list(r) for r in summary_rows(base, tuned)],
+        ),
         "",
     ]
-    lines += ["", "## Timings (seconds)", ""]
-    lines += [
-        _table(["phase", "seconds"], [[k, v] for k, v in meta.get("timings", {}).items()]),
-        "",
+    if "per_class" not in tuned:
+        return lines
+    base_per_class = base.get("per_class", {})
+    rows = [
+        [
+            label,
+            f"{base_per_class.get(label, {}).get('precision', float('nan')):.3f}",
+            f"{base_per_class.get(label, {}).get('recall', float('nan')):.3f}",
+            f"{pc['precision']:.3f}",
+            f"{pc['recall']:.3f}",
+            pc["support"],
+        ]
+        for label, pc in tuned["per_class"].items()
     ]
-    lines += ["## Environment", ""]
-    lines += [_table(["", ""], [[k, v] for k, v in meta.get("environment", {}).items()]), ""]
-    return "\n".join(lines)
+    lines += [_table(["class", "base P", "base R", "tuned P", "tuned R", "support"], rows), ""]
+    labels = tuned["labels"]
+    cm = [[labels[i], *row] for i, row in enumerate(tuned["confusion_matrix"])]
+    lines += ["Confusion matrix of the fine-tuned model (rows: true, columns: predicted):", ""]
+    lines += [_table(["true \\ predicted", *labels], cm), ""]
+    return lines
 
 
 def _forgetting_section(metrics: dict[str, Any], meta: dict[str, Any]) -> list[str]:
@@ -291,8 +248,65 @@ def _samples_section(metrics: dict[str, Any], n: int = 3) -> list[str]:
     return lines
 
 
-def _figure(figures: dict[str, str], name: str, caption: str) -> list[str]:
-    return [f"![{caption}]({figures[name]})", ""] if name in figures else []
+def _training_section(metrics: dict[str, Any], figures: dict[str, str]) -> list[str]:
+    """Validation during training: overfitting, the loss and metric curves, every evaluation."""
+    lines = ["## Validation during training", ""]
+    overfit = metrics.get("overfitting")
+    if overfit:
+        lines += [
+            f"**Overfitting detected:** {overfit['message']} (detected at step {overfit['detected_step']}). "
+            f"The best checkpoint (step {metrics['best'].get('step')}) is the model kept.",
+            "",
+        ]
+    else:
+        lines += [
+            "No overfitting detected (validation never worsened while training improved for "
+            "consecutive evaluations).",
+            "",
+        ]
+    lines += _figure(figures, "loss", "Training and validation loss")
+    lines += _figure(
+        figures, "metric", f"Validation {metrics['selection_metric']} (best checkpoint marked)"
+    )
+    evaluations = metrics["evaluations"]
+    columns = [m for m in TRAINING_COLUMNS if any(e.get(m) is not None for e in evaluations)]
+    rows = [
+        [e["step"], e["epoch"], _fmt(e.get("train_loss")), _fmt(e.get("loss"))]
+        + [_fmt(e.get(m)) for m in columns]
+        for e in evaluations
+    ]
+    lines += [_table(["step", "epoch", "train loss", "val loss", *columns], rows), ""]
+    return lines
+
+
+def _data_section(meta: dict[str, Any], figures: dict[str, str]) -> list[str]:
+    """The data files, label counts per split (classification) or other counts, token lengths."""
+    info = meta.get("info", {})
+    lines = ["## Data", ""]
+    for split, src in meta.get("data_sources", {}).items():
+        lines.append(f"- {split}: `{src}`")
+    if "counts" in info:
+        labels = info["labels"]
+        rows = [
+            [split, *[c.get(lab, 0) for lab in labels], sum(c.values())]
+            for split, c in info["counts"].items()
+        ]
+        lines += ["", _table(["split", *labels, "total"], rows)]
+    if "truncated" in info and "counts" in info:
+        lines += [
+            "",
+            "Examples truncated to max_length: "
+            + ", ".join(f"{k} {v}" for k, v in info["truncated"].items()),
+        ]
+    counted = [k for k in COUNT_KEYS if isinstance(info.get(k), dict) and "counts" not in info]
+    if counted:
+        splits = list(dict.fromkeys(split for k in counted for split in info[k]))
+        rows = [
+            [k.replace("_", " "), *[info[k].get(split, "") for split in splits]] for k in counted
+        ]
+        lines += ["", _table(["", *splits], rows)]
+    lines += _figure(figures, "lengths", "Token lengths of the training examples")
+    return lines
 
 
 def _data_check_section(run_path: Path) -> list[str]:
@@ -387,6 +401,40 @@ def _bias_section(run_path: Path, figures: dict[str, str]) -> list[str]:
             "",
         ]
     return lines
+
+
+def _recipe_section(run_path: Path) -> list[str]:
+    return [
+        "## Recipe (as resolved)",
+        "",
+        "```yaml",
+        (run_path / "recipe.yaml").read_text().rstrip(),
+        "```",
+        "",
+    ]
+
+
+def _timings_section(meta: dict[str, Any]) -> list[str]:
+    return [
+        "",
+        "## Timings (seconds)",
+        "",
+        _table(["phase", "seconds"], [[k, v] for k, v in meta.get("timings", {}).items()]),
+        "",
+    ]
+
+
+def _environment_section(meta: dict[str, Any]) -> list[str]:
+    return [
+        "## Environment",
+        "",
+        _table(["", ""], [[k, v] for k, v in meta.get("environment", {}).items()]),
+        "",
+    ]
+
+
+def _figure(figures: dict[str, str], name: str, caption: str) -> list[str]:
+    return [f"![{caption}]({figures[name]})", ""] if name in figures else []
 
 
 def _quote(text: str, limit: int = 600) -> str:
