@@ -16,24 +16,27 @@ os.environ.setdefault("USE_HUB_KERNELS", "0")
 if TYPE_CHECKING:
     from tuneforge.runs.run import Run
 
+# Every `import tuneforge.…` runs this file, the command line's too: the functions below import
+# what they call (the job, which only the entry points import; the run; the recipe) themselves.
+
 
 def train(recipe=None, overrides: list[str] | None = None, *, resume=None) -> Run:
     """Run a recipe (a path or a :class:`tuneforge.config.Recipe`); returns the finished run.
     With `resume` (an interrupted run's folder) it continues that run instead."""
-    from tuneforge.training.job import train as _train  # the job: imported by entry points only
+    from tuneforge.training.job import train as _train  # deferred: CLI start (torch)
 
     return _train(recipe, overrides, resume=resume)
 
 
 def load_run(path, *, device: str | None = None) -> Run:
     """A finished run; `device` (auto, cpu, cuda, cuda:N) overrides where its model runs."""
-    from tuneforge.runs.run import Run
+    from tuneforge.runs.run import Run  # deferred: CLI start (torch)
 
     return Run.load(path, device=device)
 
 
 def load_recipe(path, overrides: list[str] | None = None):
-    from tuneforge.config import load_recipe as _load
+    from tuneforge.config import load_recipe as _load  # deferred: CLI start (pydantic)
 
     return _load(path, overrides)
 

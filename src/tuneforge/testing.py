@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
 CHATML_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
     "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
@@ -23,9 +27,6 @@ _CORPUS = [
 
 def build_tiny_tokenizer(vocab_size: int = 400, chat_template: bool = True):
     """A byte-level BPE tokenizer with ChatML special tokens, trained on a few sentences."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -59,9 +60,6 @@ def build_tiny_llama(
     seed: int = 0,
 ) -> Path:
     """Write a random tiny Llama (2 layers, hidden 32) and its tokenizer as a Hugging Face folder."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     path = Path(path)
     tokenizer = build_tiny_tokenizer(chat_template=chat_template)
     config = LlamaConfig(
