@@ -7,13 +7,14 @@ can differ slightly; it is what early stopping sees, this is what the report com
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
+from transformers import DataCollatorForSeq2Seq, TrainerCallback
 
 from tuneforge import answer_forward
 from tuneforge.evaluation.text_metrics import perplexity
@@ -22,8 +23,6 @@ from tuneforge.progress import track
 
 def padding_collator(tokenizer):
     """Pads input_ids with the pad token and labels with -100, to each batch's longest example."""
-    from transformers import DataCollatorForSeq2Seq
-
     tokenizer.padding_side = "right"
     return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
 
@@ -66,8 +65,6 @@ class AnswerLogitsCollator:
 
 def accepts_logits_to_keep(model) -> bool:
     """Whether the (PEFT-unwrapped) model's forward takes `logits_to_keep` (all recent HF LMs)."""
-    import inspect
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(type(base).forward).parameters
 

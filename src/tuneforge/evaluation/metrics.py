@@ -26,7 +26,7 @@ def classification_metrics(
     y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]
 ) -> dict[str, Any]:
     """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix."""
-    from sklearn.metrics import (
+    from sklearn.metrics import (  # deferred: CLI start (sklearn)
         accuracy_score,
         confusion_matrix,
         f1_score,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import sacrebleu
+
 GENERATION_METRICS = ("exact_match", "first_line_exact_match", "rouge_l", "chrf", "bleu")
 
 
@@ -25,8 +27,7 @@ def first_line(text: str) -> str:
 
 def generation_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """Corpus metrics; exact matches ignore whitespace runs. ROUGE-L in 0-1, chrF/BLEU in 0-100."""
-    import sacrebleu
-    from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer  # deferred: CLI start of generate/serve (nltk)
 
     if not predictions:
         return {}

@@ -23,6 +23,7 @@ import functools
 from typing import Any
 
 import torch
+from peft.tuners.lora import Linear as LoraLinear
 from torch import nn
 
 from tuneforge.methods.lora_dropout import CheapDropout
@@ -113,12 +114,10 @@ def use_fused_lora(model: nn.Module) -> int:
     Only the class changes (to a subclass of PEFT's), so parameters, state dicts, saving,
     merging and `isinstance` checks are PEFT's.
     """
-    from peft.tuners.lora import Linear as linear
-
-    fused = _fused_class(linear)
+    fused = _fused_class(LoraLinear)
     swapped = 0
     for module in model.modules():
-        if type(module) is linear:
+        if type(module) is LoraLinear:
             module.__class__ = fused
             swapped += 1
     return swapped

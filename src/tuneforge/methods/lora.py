@@ -4,6 +4,8 @@ layer's matmuls (same method, same gradients: see `lora_dropout` and `fused_lora
 from __future__ import annotations
 
 import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import TaskType, get_peft_model
 from torch import nn
 
 from tuneforge.config import LoraConfig
@@ -19,9 +21,6 @@ def apply_lora(
 
     On a CPU the adapters train faster: see :func:`speed_up_adapters`.
     """
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import TaskType, get_peft_model
-
     peft_cfg = PeftLoraConfig(
         task_type=TaskType[peft_task_type],
         r=cfg.r,

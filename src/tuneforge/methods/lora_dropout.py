@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from peft.tuners.lora import LoraLayer
 from torch import nn
 
 _LEVELS = 1 << 16  # the mask is drawn as uniform 16-bit integers
@@ -67,8 +68,6 @@ def use_cheap_dropout(model: nn.Module) -> int:
 
     The modules hold no weights, so saved adapters and checkpoints are unchanged.
     """
-    from peft.tuners.lora import LoraLayer
-
     swapped = 0
     for module in model.modules():
         if not isinstance(module, LoraLayer):
