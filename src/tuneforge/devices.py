@@ -9,6 +9,7 @@ Training leaves placement to the Trainer, which takes the same choice (`use_cpu`
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -64,8 +65,6 @@ def local_gpu() -> torch.device:
 
 def require_cuda_for(recipe) -> None:
     """bf16/fp16 and a 4-bit base need a CUDA GPU (and bitsandbytes): one clear error otherwise."""
-    import importlib.util
-
     tc = recipe.training
     device = resolve(recipe.device)
     on_gpu = device.type == "cuda"

@@ -49,7 +49,7 @@ def generate(
     `stop_strings` end an answer too (the text is cut before them). Other keywords (a streamer,
     stopping criteria, `sequence_bias`) go to `model.generate` unchanged: the server uses them.
     """
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig  # deferred: CLI start of report (transformers)
 
     was_training = model.training
     model.eval()

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tuneforge.errors import TuneforgeError
+from tuneforge.progress import console
 
 SAFE_SUFFIXES = (".safetensors", ".gguf")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -86,8 +87,6 @@ def check_weights(folder: Path | str, what: str) -> bool:
             "safe_serialization=True)), or, only for files you trust, pass --allow-pickle "
             "(recipe: allow_pickle: true)",
         )
-    from tuneforge.progress import console
-
     console.print(
         f"[yellow]warning:[/yellow] loading pickle weights from {folder} ({names}) because "
         "--allow-pickle was given: only do this for files you trust"

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tuneforge.errors import TuneforgeError
+from tuneforge.errors import TuneforgeError, did_you_mean
 
 Row = dict[str, Any]
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
@@ -221,7 +221,7 @@ def _read_json_array(text: str, path: Path, what: str) -> list[Row]:
 
 
 def _read_parquet(path: Path, what: str) -> list[Row]:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # deferred: CLI start of report (pyarrow)
 
     try:
         table = pq.read_table(path)
@@ -231,29 +231,27 @@ def _read_parquet(path: Path, what: str) -> list[Row]:
 
 
 def _read_saved_dataset(path: Path, what: str) -> list[Row]:
-    from datasets import Dataset, DatasetDict, load_from_disk
+    import datasets  # deferred: CLI start of report (datasets)
 
     try:
-        ds = load_from_disk(str(path))
+        ds = datasets.load_from_disk(str(path))
     except Exception:
         raise TuneforgeError(
             f"{what}: {path} is a folder but not one saved by datasets.save_to_disk",
             hint="point at a file (.csv, .jsonl, .parquet) or a saved dataset folder",
         ) from None
-    if isinstance(ds, DatasetDict):
+    if isinstance(ds, datasets.DatasetDict):
         if len(ds) != 1:
             raise TuneforgeError(
                 f"{what}: {path} holds several splits ({', '.join(ds)}); point at one split's folder"
             )
         ds = next(iter(ds.values()))
-    assert isinstance(ds, Dataset)
+    assert isinstance(ds, datasets.Dataset)
     return [{**row, "_line": i + 1} for i, row in enumerate(ds)]
 
 
 def require_column(rows: list[Row], column: str, path: Path | str, what: str) -> None:
     """Fail with the available columns when a configured column is missing."""
-    from tuneforge.errors import did_you_mean
-
     columns = [c for c in rows[0] if c != "_line"]
     if column not in columns:
         if what.startswith("data."):

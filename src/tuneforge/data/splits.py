@@ -12,7 +12,7 @@ def stratified_split(
     rows: list[dict[str, Any]], labels: list[str], fraction: float, seed: int, *, what: str
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Hold out `fraction` of rows with the label proportions kept; same seed, same split."""
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # deferred: CLI start of report (sklearn)
 
     counts = Counter(labels)
     single = sorted(label for label, n in counts.items() if n < 2)
@@ -38,7 +38,7 @@ def plain_split(
     rows: list[dict[str, Any]], fraction: float, seed: int, *, what: str
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Seeded random hold-out for tasks without labels (generation, pretraining documents)."""
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # deferred: CLI start of report (sklearn)
 
     if len(rows) < 2:
         raise TuneforgeError(
