@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneforge.data.readers import Row, _read_utf8, read_records, require_column, row_where
+from datasets import Dataset
+
+from tuneforge.data.readers import Row, read_records, read_utf8, require_column, row_where
 from tuneforge.errors import TuneforgeError
 
 TEXT_SUFFIXES = (".txt", ".md")
@@ -34,7 +36,7 @@ def read_documents(path: str | Path, text_field: str, *, what: str) -> Documents
     if path.is_dir() and not any((path / m).exists() for m in _SAVED_DATASET_MARKERS):
         return _read_folder(path, what)
     if path.is_file() and path.suffix.lower() in TEXT_SUFFIXES:
-        text = _read_utf8(path, what)
+        text = read_utf8(path, what)
         if not text.strip():
             raise TuneforgeError(f"{what}: {path} is empty")
         return Documents([{"text": text, "_line": 1, "_source": str(path)}], 0, str(path))
@@ -51,7 +53,7 @@ def _read_folder(path: Path, what: str) -> Documents:
         )
     rows, skipped = [], 0
     for file in files:
-        text = _read_utf8(file, what)
+        text = read_utf8(file, what)
         if text.strip():
             rows.append({"text": text, "_line": 1, "_source": str(file)})
         else:
@@ -97,8 +99,6 @@ def pack_documents(
     tokenizer, texts: list[str], block_size: int, *, description: str = "Packing"
 ) -> Packed:
     """Tokenise, add EOS after each document, concatenate and cut into `block_size` blocks."""
-    from datasets import Dataset
-
     eos = tokenizer.eos_token_id
     ds = Dataset.from_dict({"text": texts}).map(
         lambda batch: {

@@ -48,7 +48,7 @@ def read_records(
         if fmt == "parquet":
             rows = _read_parquet(path, what)
         else:
-            text = _read_utf8(path, what)
+            text = read_utf8(path, what)
             if fmt in ("csv", "tsv"):
                 rows = _read_csv(text, path, what, "," if fmt == "csv" else "\t", skipped)
             elif fmt == "json" and text.lstrip().startswith("["):
@@ -60,7 +60,7 @@ def read_records(
     return rows
 
 
-def _read_utf8(path: Path, what: str) -> str:
+def read_utf8(path: Path, what: str) -> str:
     data = path.read_bytes()
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise TuneforgeError(
