@@ -29,9 +29,12 @@ Everything that runs the model on such a batch (the Trainer's `compute_loss`, `l
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
+
+from transformers import DynamicCache
 
 if TYPE_CHECKING:
     import torch
@@ -88,8 +91,6 @@ def continue_after_prefix(model, inputs: dict[str, Any]) -> dict[str, Any]:
     prefix = int(inputs.pop(KEY, 0))
     if prefix == 0:
         return inputs
-    from transformers import DynamicCache
-
     base = _unwrapped(model)
     name = cache_argument(base)
     ids = inputs["input_ids"]
@@ -117,8 +118,6 @@ def can_share_prefix(model) -> bool:
 def cache_argument(model) -> str | None:
     """The name the model's forward takes its key/value cache under: `cache` from transformers
     5.24 (where `past_key_values` is a deprecated alias), `past_key_values` before."""
-    import inspect
-
     parameters = inspect.signature(type(_unwrapped(model)).forward).parameters
     for name in ("cache", "past_key_values"):
         if name in parameters:

@@ -23,10 +23,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+import yaml
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
+
+import tuneforge
 from tuneforge import devices
-from tuneforge.deploy.gguf import QUANTS
+from tuneforge.answer_forward import cache_argument
+from tuneforge.deploy import gguf as gguf_writer  # by module: a test replaces write_gguf
+from tuneforge.deploy.model_card import data_entries, render_card
 from tuneforge.errors import TuneforgeError, did_you_mean
-from tuneforge.progress import status
+from tuneforge.progress import console, status
+from tuneforge.runs.run import Run
 
 FORMATS = ("adapter", "merged", "gguf")
 DEFAULT_QUANT = "q8_0"  # near-lossless at about half of F16's size
@@ -61,13 +74,11 @@ def export_run(
     `format`: adapter | merged | gguf; `quant` (gguf only): f32 | f16 | q8_0 (default). `verify` loads the
     written model back and compares it with the fine-tuned one (merged and gguf).
     """
-    from tuneforge.runs.run import Run
-
     t0 = time.perf_counter()
     fmt = _one_of(format, FORMATS, "format")
     if quant is not None and fmt != "gguf":
         raise TuneforgeError(f"export: --quant applies to --format gguf only, not {fmt}")
-    quant = _one_of((quant or DEFAULT_QUANT).lower(), QUANTS, "--quant")
+    quant = _one_of((quant or DEFAULT_QUANT).lower(), gguf_writer.QUANTS, "--quant")
     if not isinstance(run, Run):
         run = Run.load(run)
     output = Path(output).expanduser()
@@ -158,12 +169,8 @@ def _check_compatible(run, fmt: str) -> None:
                 "language models, not a classification head",
                 hint="use --format merged (transformers) or --format adapter",
             )
-        from transformers import AutoConfig
-
-        from tuneforge.deploy.gguf import check_supported
-
         folder = run.source.path if method == "lora" else run.path / "model"
-        check_supported(
+        gguf_writer.check_supported(
             AutoConfig.from_pretrained(folder, trust_remote_code=run.recipe.trust_remote_code)
         )
 
@@ -227,16 +234,14 @@ def _export_merged(
 def _export_gguf(
     run, folder: Path, *, quant: str, verify: bool, phases: Phases
 ) -> tuple[dict[str, Any], dict | None]:
-    from tuneforge.deploy.gguf import source_gguf_fields, write_gguf
-
     reference = _reference(run, phases) if verify else None
     model = merged_model(run, phases)
     name = f"{_slug(run.meta['name'])}-{quant.upper()}.gguf"
     eot = run.meta["info"].get("end_of_turn")
-    source = source_gguf_fields(run.source.path)
+    source = gguf_writer.source_gguf_fields(run.source.path)
     meta = run.meta
     with phases("write", f"Writing {name}"):
-        summary = write_gguf(
+        summary = gguf_writer.write_gguf(
             model,
             run.tokenizer,
             folder / name,
@@ -263,9 +268,6 @@ def _export_gguf(
     }
     verification = None
     if verify:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         with phases("check", f"Checking the export (loading {name} back with transformers)"):
             reloaded = AutoModelForCausalLM.from_pretrained(
                 folder, gguf_file=name, dtype=torch.float32
@@ -283,8 +285,6 @@ def _export_gguf(
         if quant == "f32":
             _require_exact(verification, "GGUF F32")
         if not verification["tokenizer_match"]:
-            from tuneforge.progress import console
-
             console.print(
                 "[yellow]warning[/yellow]: transformers' GGUF tokenizer splits the probe texts "
                 "differently from the run's tokenizer (see export.json)"
@@ -339,9 +339,6 @@ def merged_model(run, phases: Phases | None = None):
 
 
 def _load_merged(folder: Path, task: str):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
     cls = AutoModelForSequenceClassification if task == "classification" else AutoModelForCausalLM
     return cls.from_pretrained(folder, dtype=torch.float32, use_safetensors=True).eval()
 
@@ -365,10 +362,6 @@ def _probe_ids(run):
 
 def _greedy(model, ids, n: int):
     """`ids` plus `n` greedy tokens (with the KV cache: one token per step after the prompt)."""
-    import torch
-
-    from tuneforge.answer_forward import cache_argument
-
     name = cache_argument(model) or "past_key_values"  # `cache` from transformers 5.24
     out = model(input_ids=ids, use_cache=True)
     seq = ids
@@ -382,8 +375,6 @@ def _greedy(model, ids, n: int):
 
 
 def fingerprint(model, ids, task: str) -> dict[str, Any]:
-    import torch
-
     ids = ids.to(devices.model_device(model))
     with torch.no_grad():
         if task == "classification":
@@ -394,8 +385,6 @@ def fingerprint(model, ids, task: str) -> dict[str, Any]:
 
 def compare(reference: dict[str, Any], model, loader: str, task: str) -> dict[str, Any]:
     """The reloaded `model` run on the reference's device (the fine-tuned model's), same inputs."""
-    import torch
-
     model = devices.place(model, reference["ids"].device)
     with torch.no_grad():
         if task == "classification":
@@ -466,9 +455,6 @@ def _require_exact(check: dict[str, Any], what: str) -> None:
 def _record(
     run, fmt: str, files: dict[str, int], details: dict, verification: dict | None, seconds: float
 ) -> dict:
-    import tuneforge
-    from tuneforge.deploy.model_card import data_entries
-
     meta = run.meta
     return {
         "format": fmt,
@@ -489,10 +475,6 @@ def _record(
 
 
 def _write_card(folder: Path, record: dict[str, Any], run) -> None:
-    import yaml
-
-    from tuneforge.deploy.model_card import render_card
-
     metrics = run.metrics if (run.path / "metrics.json").is_file() else {}
     recipe = yaml.safe_load((run.path / "recipe.yaml").read_text()) or {}
     (folder / "README.md").write_text(

@@ -21,7 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gguf
 import numpy as np
+from gguf import GGMLQuantizationType, GGUFReader, TokenType
+from gguf.quants import quantize
 
 from tuneforge.errors import TuneforgeError
 
@@ -124,8 +127,6 @@ def source_gguf_fields(base_model_path: Path | None) -> dict[str, str]:
         return {}
     if not source.is_file():
         return {}
-    from gguf import GGUFReader
-
     fields = GGUFReader(source).fields
     found = {}
     for key, name in (("tokenizer.ggml.pre", "pre"), ("general.license", "license")):
@@ -154,8 +155,6 @@ def tokenizer_metadata(
             f"tuneforge knows yet: {json.dumps(state.get('pre_tokenizer'))[:200]}",
             hint="export --format merged and convert it with llama.cpp's convert_hf_to_gguf.py",
         )
-
-    from gguf import TokenType
 
     vocab = tokenizer.get_vocab()
     if len(vocab) > vocab_size:
@@ -248,9 +247,6 @@ def permute_rotary(weights: np.ndarray, n_head: int, n_head_kv: int | None = Non
 
 def _encode(array: np.ndarray, quant: str):
     """(data, raw ggml type or None) for one tensor, choosing the type like llama.cpp does."""
-    from gguf import GGMLQuantizationType
-    from gguf.quants import quantize
-
     if array.ndim <= 1 or quant == "f32":
         return array.astype(np.float32), None
     if quant == "q8_0" and array.shape[-1] % 32 == 0:
@@ -268,8 +264,6 @@ def _type_name(data: np.ndarray, raw) -> str:
 
 def gguf_tensors(model) -> list[tuple[str, np.ndarray]]:
     """(GGUF name, float32 array) for every weight, Q/K permuted, tied output left out."""
-    import gguf
-
     config = model.config
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     tied = getattr(config, "tie_word_embeddings", False)
@@ -314,8 +308,6 @@ def write_gguf(
     license: str | None = None,
 ) -> GgufSummary:
     """Write `model` (a Llama-family causal LM, LoRA already merged) and `tokenizer` to `path`."""
-    import gguf
-
     if quant not in QUANTS:
         raise TuneforgeError(
             f"export: unknown GGUF type {quant!r}", hint=f"choose one of: {', '.join(QUANTS)}"

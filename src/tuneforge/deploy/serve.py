@@ -7,9 +7,12 @@ once; the model is loaded once, before the first connection is accepted, so a se
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from pathlib import Path
+
+import uvicorn
 
 from tuneforge.deploy.server import Limits, create_app
 from tuneforge.errors import TuneforgeError
@@ -51,8 +54,6 @@ def serve(
 ) -> None:
     """Serve a run until interrupted (Ctrl-C): chat and completions for sft/pretrain runs,
     /v1/classify for classification runs, /health and /v1/models for all."""
-    import uvicorn
-
     if api_key is not None and not api_key.strip():
         raise TuneforgeError("--api-key is empty", hint="give a key, or leave the option out")
     loaded = run if isinstance(run, Run) else Run.load(run)
@@ -82,8 +83,6 @@ def serve(
 
 
 def _loopback(host: str) -> bool:
-    import ipaddress
-
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:

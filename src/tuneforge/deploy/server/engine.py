@@ -15,6 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+from transformers import AsyncTextIteratorStreamer, StoppingCriteria, StoppingCriteriaList
+
 from tuneforge.data.chat import (
     Message,
     encode_prompt,
@@ -75,6 +78,17 @@ class GenerationParams:
             temperature=0.0 if greedy else self.temperature,
             top_p=self.top_p,
         )
+
+
+class _Cancelled(StoppingCriteria):
+    """Stops a generation once `cancel` is set (the client went away)."""
+
+    def __init__(self, cancel: threading.Event | None) -> None:
+        self.cancel = cancel
+
+    def __call__(self, input_ids, scores, **kwargs):
+        stop = self.cancel is not None and self.cancel.is_set()
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
 class ModelService:
@@ -219,17 +233,7 @@ class ModelService:
         cancel: threading.Event | None = None,
     ) -> Generation:
         """Runs in the generation thread."""
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
-
-        class Cancelled(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                stop = cancel is not None and cancel.is_set()
-                return torch.full(
-                    (input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device
-                )
-
-        kwargs: dict[str, Any] = {"stopping_criteria": StoppingCriteriaList([Cancelled()])}
+        kwargs: dict[str, Any] = {"stopping_criteria": StoppingCriteriaList([_Cancelled(cancel)])}
         if streamer is not None:
             kwargs["streamer"] = streamer
         if params.logit_bias:
@@ -285,8 +289,6 @@ class ModelService:
         self, prompt: Prompt, params: GenerationParams, done: Callable[[Generation], None]
     ) -> AsyncIterator[str]:
         """The answer's text as it is generated; `done` receives the finished Generation."""
-        from transformers import AsyncTextIteratorStreamer
-
         cancel = threading.Event()
         streamer = AsyncTextIteratorStreamer(
             self.tokenizer, skip_prompt=True, skip_special_tokens=True
