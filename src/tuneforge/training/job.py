@@ -10,6 +10,9 @@ rank guards, rank 0 alone writes.
 from __future__ import annotations
 
 import json
+import shutil
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,12 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+from transformers import set_seed
+
 from tuneforge import devices, safety
 from tuneforge.config import Recipe, load_recipe
 from tuneforge.data.recipe_check import check_data
 from tuneforge.errors import TuneforgeError, did_you_mean
 from tuneforge.files import write_json, write_text
-from tuneforge.methods import apply_method, count_parameters
+from tuneforge.methods import apply_method, count_parameters, enable_gradient_checkpointing
+from tuneforge.methods.qlora import load_quantized_base
 from tuneforge.models import load_tokenizer
 from tuneforge.progress import console, status
 from tuneforge.report import write_report
@@ -247,7 +254,6 @@ def _fit(setup: _Setup, run_path: Path, resumed: bool):
     """Build the model and the Trainer and train (every rank); returns the Trainer, holding the
     best checkpoint's model. Rank 0 also measures the parent before training (continued runs)
     and checks the disk space first."""
-    from transformers import set_seed
 
     recipe, task, tokenizer, prepared = setup.recipe, setup.task, setup.tokenizer, setup.prepared
     main = distributed.is_main()
@@ -329,7 +335,6 @@ def _set_up(job: Job) -> _Setup:
 
     Every rank runs it, so they read the same data the same way.
     """
-    from transformers import set_seed
 
     recipe, recipe_dir = job.recipe, job.recipe_dir
     safety.allow_pickle(recipe.allow_pickle)
@@ -349,13 +354,15 @@ def _set_up(job: Job) -> _Setup:
     with status(f"Loading tokenizer of {recipe.base_model}"):
         tokenizer = load_tokenizer(source.path, trust_remote_code=recipe.trust_remote_code)
     # The task's own strict reading first: a missing column or an empty text gets its precise
-    # message (file, line, field); then the data check's findings (leakage, duplicates, ...).
-    prepared = task.prepare(recipe, tokenizer, recipe_dir)
-    data_report = check_data(recipe, tokenizer, task, recipe_dir)
-    continued = None
-    if parent is not None:
-        continued = continue_from(parent, task, recipe, tokenizer, prepared, recipe_dir)
-        prepared = continued.prepared
+    # message (file, line, field). The rows are read and tokenised once; the data check's findings
+    # (leakage, duplicates, ...) are about those rows and their token counts.
+    splits = task.read(recipe, recipe_dir)
+    continued = continue_from(parent, task, recipe, splits) if parent is not None else None
+    if continued is not None:
+        prepared = continued.tokenize(task, splits, tokenizer)
+    else:
+        prepared = task.tokenize(splits, recipe, tokenizer)
+    data_report = check_data(recipe, tokenizer, task, recipe_dir, prepared)
     inputs = (
         provenance(recipe, source, prepared.splits.sources) if distributed.is_main() else {}
     )  # every data file hashed once
@@ -376,8 +383,6 @@ def _set_up(job: Job) -> _Setup:
 
 def build_model(task, source, prepared, recipe: Recipe, tokenizer, parent=None):
     """The task's model with the method applied (or the parent run's weights), ready to train."""
-    from tuneforge.methods import enable_gradient_checkpointing
-    from tuneforge.methods.qlora import load_quantized_base
 
     if recipe.lora.quantize_base and parent is None:
         labels = prepared.info.get("labels")
@@ -438,21 +443,19 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def _sigterm_as_interrupt():
     """A polite kill (SIGTERM) marks the run interrupted, like Ctrl-C; SIGKILL leaves 'running'."""
-    import signal
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         return None
 
     def handler(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    return signal.signal(signal.SIGTERM, handler)
+    # In a launched process the launcher forwards a second copy of the signal: only the first counts.
+    return signal.signal(
+        signal.SIGTERM, launch.interrupt_once if launch.launched() > 1 else handler
+    )
 
 
 def _restore_sigterm(previous) -> None:
-    import signal
-
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
 
@@ -488,12 +491,10 @@ def _save_model(model, method: str, run_path: Path) -> None:
 
 
 def _remove_checkpoints(run_path: Path) -> None:
-    import shutil
 
     shutil.rmtree(run_path / "checkpoints", ignore_errors=True)
 
 
 def _yaml(recipe: Recipe) -> str:
-    import yaml
 
     return yaml.safe_dump(recipe.to_yaml_dict(), sort_keys=False)

@@ -6,27 +6,38 @@ batch_size / N examples do, at the price of one more copy of the model per proce
 this project's 2-core machine (SmolLM2-135M, LoRA, batches of 16 x 30 tokens): one process with 2
 threads 86.6 tokens/s; two 1-thread processes with 8 examples each, side by side, 102 tokens/s.
 
-How: nothing new is hand-written for the training itself. This module starts the processes (the
-`spawn` start method, one thread each, a free loopback port) with the environment torchrun would
-give them, and every process runs the ordinary `training.train`, which already works under
-torchrun (`distributed.py`: rank 0 alone writes the run). Here in the parent it waits, forwards
-Ctrl-C / SIGTERM, and hands back rank 0's finished run or re-raises its error. While the others
-are idle (base-model scoring before training, final evaluation after it) rank 0 uses every core.
+How: nothing new is hand-written for starting or training them. torch's launcher API (the
+elastic agent behind `torchrun --standalone`) starts the processes (`spawn`, one thread each, a
+rendezvous store on a free loopback port), forwards Ctrl-C / SIGTERM and ends the rest when one
+fails; every process runs the ordinary one-process job, which already works under torchrun
+(`distributed.py`: rank 0 alone writes the run). Here in the parent we hand back rank 0's finished
+run or re-raise its error. While the others are idle (base-model scoring before training, final
+evaluation after it) rank 0 uses every core. Measured cost of the launcher against the hand-rolled
+spawning it replaced: about a second at start, noise beside a training run
+(docs/decisions.md).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import signal
-import socket
-import sys
+import tempfile
 import traceback
-from contextlib import contextmanager, suppress
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
+
+import torch
+from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from tuneforge import devices
 from tuneforge.errors import TuneforgeError
+from tuneforge.progress import console
+from tuneforge.runs.run import Run
 
 ENV_PROCESSES = "TUNEFORGE_PROCESSES"  # set in each launched process: how many there are
 
@@ -87,8 +98,6 @@ def all_cores():
     if launched() <= 1:
         yield
         return
-    import torch
-
     before = torch.get_num_threads()
     torch.set_num_threads(cores())
     try:
@@ -97,123 +106,110 @@ def all_cores():
         torch.set_num_threads(before)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(n: int, target, job):
     """Run `target(job)` in `n` processes (the job module passes its one-process entry point);
-    returns rank 0's :class:`tuneforge.runs.run.Run`."""
-    import multiprocessing
+    returns rank 0's :class:`tuneforge.runs.run.Run`.
 
-    from tuneforge.progress import console
-    from tuneforge.runs.run import Run
-
-    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-    results = ctx.SimpleQueue()
-    port = _free_port()
+    torch's launcher (the elastic agent `torchrun` runs, here in this process) starts them: it
+    gives each its rank, world size and rendezvous store, forwards SIGTERM / SIGINT to them, ends
+    the others as soon as one fails, and its children get SIGINT if this process dies, even by
+    SIGKILL. Each process leaves its outcome in a file here (the launcher hands back return values
+    only when every process succeeded): rank 0's finished run, or the error to re-raise.
+    """
     threads = max(1, cores() // n)
     console.print(f"Training in {n} processes of {threads} thread(s) each (training.processes)")
-    procs = [
-        ctx.Process(
-            target=_process_main,
-            args=(rank, n, port, threads, target, job, results, os.getpid()),
-            name=f"tuneforge-rank{rank}",
+    with tempfile.TemporaryDirectory(prefix="tuneforge-launch-") as scratch:
+        config = LaunchConfig(
+            min_nodes=1,
+            max_nodes=1,
+            nproc_per_node=n,
+            run_id=f"tuneforge-{uuid.uuid4().hex}",
+            rdzv_backend="c10d",  # torchrun --standalone: a store on a free loopback port
+            rdzv_endpoint="127.0.0.1:0",
+            max_restarts=0,  # a failed run is resumed by the user, not restarted in a loop
+            start_method="spawn",  # fresh interpreters: no forked torch thread pools
+            logs_specs=DefaultLogsSpecs(log_dir=scratch),
         )
-        for rank in range(n)
-    ]
-    previous = signal.signal(signal.SIGTERM, _forward_sigterm(procs))
-    try:
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
-    except KeyboardInterrupt:  # Ctrl-C reached every process of the terminal's group too
-        for p in procs:
-            p.join()
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    outcomes = {}
-    while not results.empty():
-        rank, kind, payload = results.get()
-        outcomes[rank] = (kind, payload)
+        interrupted = False
+        with _launcher_quiet():  # its failure report repeats what the processes said
+            try:
+                elastic_launch(config, _process_main)(threads, target, job, scratch)
+            except ChildFailedError:
+                pass  # the processes' own outcomes say why
+            except SignalException:  # SIGTERM / Ctrl-C: handed on to the processes, now ended
+                interrupted = True
+        outcomes = _outcomes(Path(scratch), n)
     if outcomes.get(0, (None,))[0] == "ok":
         return Run.load(Path(outcomes[0][1]))
     for rank in sorted(outcomes):
         kind, payload = outcomes[rank]
         if kind == "error":
             raise unpickled(payload)
-    if any(kind == "interrupted" for kind, _ in outcomes.values()):
+    if interrupted or any(kind == "interrupted" for kind, _ in outcomes.values()):
         raise KeyboardInterrupt
-    codes = ", ".join(f"rank {r}: exit code {p.exitcode}" for r, p in enumerate(procs))
-    raise TuneforgeError(f"training processes ended without a result ({codes})")
+    missing = ", ".join(f"rank {r}" for r in range(n) if r not in outcomes) or "none"
+    raise TuneforgeError(f"training processes ended without a result (silent: {missing})")
 
 
-def _forward_sigterm(procs):
-    def handler(signum, frame):
-        for p in procs:
-            if p.is_alive():
-                p.terminate()  # SIGTERM: rank 0 marks the run interrupted, as in one process
-        raise KeyboardInterrupt
+@contextmanager
+def _launcher_quiet():
+    log = logging.getLogger("torch.distributed.elastic")
+    before = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(before)
 
-    return handler
+
+def interrupt_once(signum, frame) -> None:
+    """A signal handler for a launched process: the first SIGTERM / SIGINT interrupts the job (the
+    run is marked interrupted); the launcher's own forwarded copy of it, arriving while that is
+    written, is ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _process_main(rank, world, port, threads, target, job, results, parent) -> None:
-    _end_with_parent(parent)
+def _process_main(threads: int, target, job, scratch: str) -> None:
+    rank = int(os.environ["RANK"])
     os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
         OMP_NUM_THREADS=str(threads),
         # CPU training processes (a GPU run is one process): hidden GPUs keep every rank's device,
         # process group (gloo) and precision those of the CPU, as `device: cpu` asked.
         CUDA_VISIBLE_DEVICES="",
-        **{ENV_PROCESSES: str(world)},
+        **{ENV_PROCESSES: os.environ["WORLD_SIZE"]},
     )
-    import torch
-
     torch.set_num_threads(threads)
+    signal.signal(signal.SIGINT, interrupt_once)
+    signal.signal(signal.SIGTERM, interrupt_once)
+    outcome = Path(scratch) / f"rank{rank}.outcome"
     try:
         run = target(job)
     except KeyboardInterrupt:
-        _report(results, (rank, "interrupted", None))
+        _leave(outcome, "interrupted", None)
         raise SystemExit(130) from None
     except BaseException as e:  # noqa: BLE001 - handed to the parent, which re-raises it
         if not isinstance(e, TuneforgeError):  # a bug: keep where it happened
             traceback.print_exc()
-        _report(results, (rank, "error", picklable(e)))
+        _leave(outcome, "error", picklable(e))
         raise SystemExit(1) from None
-    if run is not None:
-        _report(results, (rank, "ok", str(run.path)))
+    _leave(outcome, "ok", str(run.path) if run is not None else None)
 
 
-def _end_with_parent(parent: int) -> None:
-    """SIGTERM this process when the parent dies, even by SIGKILL (Linux `PR_SET_PDEATHSIG`).
-
-    Without it, `kill -9` of `tuneforge train` left the training processes running on, still
-    writing the run. SIGTERM ends them as it ends one process: the run is marked interrupted and
-    its last checkpoint resumes.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+def _leave(path: Path, kind: str, payload) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")  # whole or absent, whenever the process ends
+    tmp.write_bytes(pickle.dumps((kind, payload)))
+    tmp.replace(path)
 
 
-def _report(results, outcome) -> None:
-    with suppress(OSError):  # the parent is gone (killed): nobody to tell
-        results.put(outcome)
+def _outcomes(scratch: Path, n: int) -> dict[int, tuple[str, object]]:
+    found = {}
+    for rank in range(n):
+        path = scratch / f"rank{rank}.outcome"
+        if path.is_file():
+            found[rank] = pickle.loads(path.read_bytes())
+    return found
 
 
 def picklable(e: BaseException) -> bytes:
