@@ -91,7 +91,13 @@ def test_a_polite_stop_of_two_processes_marks_the_run_interrupted(tmp_path, tiny
     process ends, and the command exits non-zero."""
     out = tmp_path / "stopped"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tuneforge.cli", "train", str(_recipe(tmp_path, tiny_model, out, 2))],
+        [
+            sys.executable,
+            "-m",
+            "tuneforge.cli",
+            "train",
+            str(_recipe(tmp_path, tiny_model, out, 2)),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env=os.environ.copy(),

@@ -8,7 +8,7 @@ on documents before packing, so no document reaches both training and validation
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,7 @@ class Packed:
     tokens: int  # including one EOS per document
     blocks: int
     dropped_tokens: int  # the tail shorter than one block
+    lengths: list[int] = field(default_factory=list)  # each document's tokens (EOS not counted)
 
 
 def pack_documents(
@@ -113,7 +114,8 @@ def pack_documents(
         remove_columns=["text"],
         desc=f"Tokenizing {description}",
     )
-    tokens = sum(len(ids) for ids in ds["input_ids"])
+    lengths = [len(ids) - 1 for ids in ds["input_ids"]]
+    tokens = sum(lengths) + len(lengths)
 
     def group(batch: dict[str, list]) -> dict[str, list]:
         # The run_clm recipe: one long stream, cut into equal blocks; labels are the inputs (the
@@ -128,4 +130,5 @@ def pack_documents(
         }
 
     packed = ds.map(group, batched=True, batch_size=None, desc=f"Packing {description}")
-    return Packed(packed, len(texts), tokens, len(packed), tokens - len(packed) * block_size)
+    dropped = tokens - len(packed) * block_size
+    return Packed(packed, len(texts), tokens, len(packed), dropped, lengths)

@@ -19,6 +19,13 @@ class Splits:
     validation: list[Row]
     test: list[Row] | None = None
     sources: dict[str, str] = field(default_factory=dict)  # split -> file (or "train (split)")
+    # Rows left out while reading leniently: split -> [(line, problem)] (data check: parse_errors).
+    skipped: dict[str, list] = field(default_factory=dict)
+
+    def items(self) -> list[tuple[str, list[Row]]]:
+        """(split, rows) for each split there is: train, validation and test when given."""
+        found = [("train", self.train), ("validation", self.validation)]
+        return found + ([("test", self.test)] if self.test is not None else [])
 
 
 Check = Callable[[list[Row], Path, str], None]
@@ -73,7 +80,7 @@ def load_splits(
     test = read(cfg.test, "data.test") if cfg.test is not None else None
     if test is not None:
         sources["test"] = str(cfg.test)
-    return Splits(train, validation, test, sources)
+    return Splits(train, validation, test, sources, skipped if skipped is not None else {})
 
 
 def _require_two_per_label(rows: list[Row], keys: list[str], path: Path) -> None:
@@ -114,9 +121,5 @@ def lenient_splits(
 ) -> tuple[dict[str, list], dict[str, list]]:
     """Rows per split read with broken rows skipped and recorded, split as `train` splits them."""
     cfg = resolve_data_paths(recipe.data, recipe_dir)
-    parse_errors: dict[str, list] = {}
-    splits = load_splits(cfg, recipe.training.seed, stratify=stratify, skipped=parse_errors)
-    out = {"train": splits.train, "validation": splits.validation}
-    if splits.test is not None:
-        out["test"] = splits.test
-    return out, parse_errors
+    splits = load_splits(cfg, recipe.training.seed, stratify=stratify, skipped={})
+    return dict(splits.items()), splits.skipped

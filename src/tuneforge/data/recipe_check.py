@@ -17,18 +17,28 @@ from tuneforge.errors import TuneforgeError
 from tuneforge.progress import console, status
 
 
-def check_recipe_data(recipe: Recipe, tokenizer, task, recipe_dir: Path = Path(".")) -> CheckReport:
-    """All findings for the recipe's data (reading never stops at the first broken row)."""
-    splits, parse_errors = task.check_splits(recipe, recipe_dir)
+def check_recipe_data(
+    recipe: Recipe, tokenizer, task, recipe_dir: Path = Path("."), prepared=None
+) -> CheckReport:
+    """All findings for the recipe's data.
+
+    In `train`, `prepared` (the task's :class:`~tuneforge.tasks.base.Prepared`) holds the rows the
+    run read and the token counts it made: the check runs on those, nothing is read or tokenised
+    again. On its own (`tuneforge data check`) the files are read leniently, so every broken row is
+    listed instead of the first stopping the read.
+    """
+    if prepared is not None:
+        splits, parse_errors = dict(prepared.splits.items()), prepared.splits.skipped
+        counted = prepared.lengths
+    else:
+        splits, parse_errors = task.check_splits(recipe, recipe_dir)
+        counted = {}
     examples = {}
     for split, rows in splits.items():
         found = task.check_examples(rows, recipe, split)
-        texts = [e.text for e in found]
-        lengths = (
-            [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-            if texts
-            else []
-        )
+        lengths = counted.get(split)
+        if lengths is None:
+            lengths = task.token_lengths(rows, found, recipe, tokenizer)
         examples[split] = [replace(e, n_tokens=n) for e, n in zip(found, lengths, strict=True)]
     cfg = recipe.data_checks
     return run_checks(
@@ -38,7 +48,7 @@ def check_recipe_data(recipe: Recipe, tokenizer, task, recipe_dir: Path = Path("
         parse_errors=parse_errors,
         imbalance_ratio=cfg.imbalance_ratio,
         short_chars=cfg.short_chars,
-        truncates=getattr(task, "truncates", True),
+        truncates=task.truncates,
     )
 
 
@@ -99,10 +109,10 @@ def summary_table(report: CheckReport) -> Table:
     return table
 
 
-def check_data(recipe: Recipe, tokenizer, task, recipe_dir: Path):
+def check_data(recipe: Recipe, tokenizer, task, recipe_dir: Path, prepared=None):
     """`data check` before any compute is spent; refuses to train on an error finding."""
     with status("Checking data"):
-        report = check_recipe_data(recipe, tokenizer, task, recipe_dir)
+        report = check_recipe_data(recipe, tokenizer, task, recipe_dir, prepared)
     if report.findings:
         console.print(findings_table(report))
     refuse_on_errors(report)

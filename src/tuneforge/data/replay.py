@@ -5,8 +5,8 @@ forgetting); seeing a share of the old examples again limits that. `replay: 0.2`
 new training set's size, drawn (seeded) from the parent's training rows. Parent rows identical to
 a new validation or test example are left out of the draw: they would leak into the evaluation.
 
-The mixed data is written as JSONL in one shape the new recipe reads (its own column names; sft:
-chat messages), so every task reads it through its usual `prepare`.
+The mixed rows are put in one shape the new recipe reads (its own column names; sft: chat
+messages), so every task tokenises them through its usual `tokenize`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import json
 import math
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from tuneforge.config import Recipe
@@ -111,28 +110,23 @@ def draw(
     )
 
 
-def mixed_recipe(
-    task: str, recipe: Recipe, new: Splits, new_info: dict[str, Any], replay: Replay, folder: Path
-) -> Recipe:
-    """The recipe reading the new splits plus the replayed rows from JSONL files in `folder`.
+def mixed(
+    task: str, recipe: Recipe, new: Splits, new_info: dict[str, Any], replay: Replay
+) -> tuple[Recipe, Splits]:
+    """The new splits plus the replayed rows, all in one shape, and the recipe that reads them.
 
-    Every split is written (validation already held out, so no second split; sft in one chat
-    format for all of them).
+    Rows are in the new recipe's columns (sft: chat messages for every split); the replayed rows
+    come after the run's own training rows. Nothing is written or read again: the task tokenises
+    these rows as they are.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, Any] = {}
-    for split, rows in (("train", new.train), ("validation", new.validation), ("test", new.test)):
-        if rows is None:
-            paths[split] = None
-            continue
+    splits = {}
+    for split, rows in new.items():
         out = records(task, rows, new_info, recipe) + (replay.rows if split == "train" else [])
-        paths[split] = folder / f"{split}.jsonl"
-        with paths[split].open("w", encoding="utf-8") as f:
-            for record in out:
-                f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-    data = recipe.data.model_copy(update={**paths, "validation_split": None})
-    update: dict[str, Any] = {"data": data}
+        splits[split] = [{**r, "_line": i + 1} for i, r in enumerate(out)]
+    sources = {**new.sources, "train": f"{new.sources['train']} (+ replay)"}
+    update: dict[str, Any] = {"data": recipe.data.model_copy(update={"validation_split": None})}
     if task == "sft":
-        update["data"] = data.model_copy(update={"messages_field": "messages"})
+        update["data"] = update["data"].model_copy(update={"messages_field": "messages"})
         update["sft"] = recipe.sft.model_copy(update={"format": "messages"})
-    return recipe.model_copy(update=update)
+    mixed_splits = Splits(splits["train"], splits["validation"], splits.get("test"), sources)
+    return recipe.model_copy(update=update), mixed_splits

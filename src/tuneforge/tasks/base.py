@@ -6,12 +6,15 @@ every task subclasses, so they never branch on the task name.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tuneforge.config import Recipe
-from tuneforge.data.loading import Splits
+from tuneforge.data.check import Example
+from tuneforge.data.loading import Splits, lenient_splits
+from tuneforge.data.readers import require_column, row_where
 from tuneforge.errors import TuneforgeError
 from tuneforge.models import ModelSource
 
@@ -24,6 +27,9 @@ class Prepared:
     train: Any  # datasets.Dataset
     validation: Any
     info: dict[str, Any] = field(default_factory=dict)  # stored in the run (run.json)
+    # Tokens of each row of a split as the model gets them (before any cut), in the order of
+    # `splits`, for the splits tokenised here: the data check's token figures, not re-counted.
+    lengths: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -47,9 +53,19 @@ class Task:
     peft_task_type: str  # peft.TaskType name
     default_metric: str  # used to select the best checkpoint
     metric_names: tuple[str, ...]  # metrics a recipe may select on ("loss" always included)
+    truncates: bool = True  # examples over training.max_length are cut (data check: truncation)
 
-    def prepare(self, recipe: Recipe, tokenizer, recipe_dir: Path = Path(".")) -> Prepared:
-        """Read, validate and tokenise the data; errors name the file and line."""
+    def read(self, recipe: Recipe, recipe_dir: Path = Path(".")) -> Splits:
+        """Read and validate the recipe's data files (once per run); errors name file and line."""
+        raise NotImplementedError
+
+    def columns(self, recipe: Recipe, splits: Splits) -> dict[str, Any]:
+        """How these rows are laid out (text/label columns, chat fields): the part of the run's
+        `info` that reading rows back (replay, eval, predict) needs."""
+        raise NotImplementedError
+
+    def tokenize(self, splits: Splits, recipe: Recipe, tokenizer) -> Prepared:
+        """The rows `read` returned as the model's datasets, plus the run's `info`."""
         raise NotImplementedError
 
     def build_model(self, source: ModelSource, prepared: Prepared, recipe: Recipe, tokenizer=None):
@@ -100,6 +116,20 @@ class Task:
 
     # ---------------------------------------------------------------- defaults
 
+    def prepare(self, recipe: Recipe, tokenizer, recipe_dir: Path = Path(".")) -> Prepared:
+        """Read, validate and tokenise the data: :meth:`read`, then :meth:`tokenize`."""
+        return self.tokenize(self.read(recipe, recipe_dir), recipe, tokenizer)
+
+    def token_lengths(
+        self, rows: list[dict], examples: list, recipe: Recipe, tokenizer
+    ) -> list[int]:
+        """Tokens of each row for `data check` where no :class:`Prepared` counted them: by
+        default the checked text (:meth:`check_examples`) without special tokens."""
+        texts = [e.text for e in examples]
+        if not texts:
+            return []
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
     def trainer_callbacks(
         self, prepared: Prepared, tokenizer, recipe: Recipe, run_path: Path
     ) -> list:
@@ -108,8 +138,6 @@ class Task:
 
     def inputs_from_rows(self, rows: list[dict], path: Path, info: dict) -> list:
         """The inputs `predict --input` passes to `predict`: by default the text column."""
-        from tuneforge.data.readers import require_column, row_where
-
         text_field = info.get("text_field", "text")
         require_column(rows, text_field, path, "--input")
         for row in rows:
@@ -128,8 +156,6 @@ class Task:
         self, recipe: Recipe, recipe_dir: Path
     ) -> tuple[dict[str, list], dict[str, list]]:
         """Rows per split for `data check`, broken rows skipped and recorded (split -> lines)."""
-        from tuneforge.data.loading import lenient_splits
-
         return lenient_splits(recipe, recipe_dir)
 
     def check_examples(self, rows: list[dict], recipe: Recipe, split: str) -> list:
@@ -138,10 +164,6 @@ class Task:
         Returns :class:`tuneforge.data.check.Example` objects (text, line, label, n_tokens=None;
         token counts are filled in by the caller).
         """
-        import json
-
-        from tuneforge.data.check import Example
-
         field = recipe.data.text_field
         out = []
         for row in rows:

@@ -12,12 +12,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from datasets import Dataset
+from peft import PeftModel
+from transformers import DataCollatorWithPadding
 
 from tuneforge import devices
 from tuneforge.config import Recipe
-from tuneforge.data.loading import load_splits, resolve_data_paths
-from tuneforge.data.readers import Row, require_column, row_where
+from tuneforge.data.check import Example
+from tuneforge.data.loading import Splits, lenient_splits, load_splits, resolve_data_paths
+from tuneforge.data.readers import Row, read_records, require_column, row_where
 from tuneforge.errors import TuneforgeError
+from tuneforge.evaluation.bias import load_probe_set, run_probe
 from tuneforge.evaluation.metrics import classification_metrics
 from tuneforge.evaluation.zero_shot import DEFAULT_INSTRUCTION, softmax, zero_shot_scores
 from tuneforge.models import ModelSource, load_causal_lm, load_sequence_classifier
@@ -65,24 +70,30 @@ class ClassificationTask(Task):
 
     # ---------------------------------------------------------------- data
 
-    def prepare(self, recipe: Recipe, tokenizer, recipe_dir: Path = Path(".")) -> Prepared:
+    def read(self, recipe: Recipe, recipe_dir: Path = Path(".")) -> Splits:
         cfg = resolve_data_paths(recipe.data, recipe_dir)
         text_f, label_f = cfg.text_field, cfg.label_field
         # Unparseable rows stop the run unless the recipe downgraded that data check; then
-        # they are skipped (and listed by the data check that ran before).
+        # they are skipped (and listed by the data check).
         lenient = {} if recipe.data_checks.parse_errors != "error" else None
-        splits = load_splits(
+        return load_splits(
             cfg,
             recipe.training.seed,
             check=lambda rows, path, what: check_rows(rows, path, what, text_f, label_f),
             stratify=lambda row: label_of(row, label_f),
             skipped=lenient,
         )
+
+    def columns(self, recipe: Recipe, splits: Splits) -> dict[str, Any]:
+        return {"text_field": recipe.data.text_field, "label_field": recipe.data.label_field}
+
+    def tokenize(self, splits: Splits, recipe: Recipe, tokenizer) -> Prepared:
+        label_f = recipe.data.label_field
         labels = sorted({label_of(r, label_f) for r in splits.train})
         if len(labels) < 2:
             raise TuneforgeError(
-                f"data.train: {cfg.train}: only one label ({labels[0]!r}) in column '{label_f}'; "
-                "classification needs two or more"
+                f"data.train: {splits.sources['train']}: only one label ({labels[0]!r}) in "
+                f"column '{label_f}'; classification needs two or more"
             )
         known = set(labels)
         for split, rows in (("validation", splits.validation), ("test", splits.test or [])):
@@ -93,23 +104,21 @@ class ClassificationTask(Task):
                         f"{label_of(row, label_f)!r} never appears in the training data {sorted(known)}",
                         hint="fix the label, or add training examples for it",
                     )
-        info: dict[str, Any] = {"labels": labels, "text_field": text_f, "label_field": label_f}
-        train = self._tokenize(splits.train, tokenizer, recipe, info, "train")
-        validation = self._tokenize(splits.validation, tokenizer, recipe, info, "validation")
+        info: dict[str, Any] = {"labels": labels, **self.columns(recipe, splits)}
+        lengths: dict[str, list[int]] = {}
+        train = self._tokenize(splits.train, tokenizer, recipe, info, "train", lengths)
+        validation = self._tokenize(
+            splits.validation, tokenizer, recipe, info, "validation", lengths
+        )
         info["counts"] = {
             split: {lab: sum(label_of(r, label_f) == lab for r in rows) for lab in labels}
-            for split, rows in (
-                ("train", splits.train),
-                ("validation", splits.validation),
-                ("test", splits.test),
-            )
-            if rows is not None
+            for split, rows in splits.items()
         }
-        return Prepared(splits, train, validation, info)
+        return Prepared(splits, train, validation, info, lengths)
 
-    def _tokenize(self, rows: list[Row], tokenizer, recipe: Recipe, info: dict, split: str):
-        from datasets import Dataset
-
+    def _tokenize(
+        self, rows: list[Row], tokenizer, recipe: Recipe, info: dict, split: str, lengths: dict
+    ):
         label_id = {lab: i for i, lab in enumerate(info["labels"])}
         ds = Dataset.from_dict(
             {
@@ -124,12 +133,20 @@ class ClassificationTask(Task):
             remove_columns=["text"],
             desc=f"Tokenizing {split}",
         )
-        lengths = ds["n_tokens"]
-        info.setdefault("truncated", {})[split] = int(sum(n > max_length for n in lengths))
-        info.setdefault("tokens", {})[split] = int(sum(min(n, max_length) for n in lengths))
+        lengths[split] = ds["n_tokens"]
+        info.setdefault("truncated", {})[split] = int(sum(n > max_length for n in lengths[split]))
+        info.setdefault("tokens", {})[split] = int(sum(min(n, max_length) for n in lengths[split]))
         if split != "train":  # evaluated in order: sorted by length, batches carry little padding
             ds = ds.sort("n_tokens")
         return ds.remove_columns("n_tokens")
+
+    def token_lengths(
+        self, rows: list[Row], examples: list, recipe: Recipe, tokenizer
+    ) -> list[int]:
+        """Tokens as the classifier gets them (special tokens included), as :meth:`tokenize`
+        counts them."""
+        texts = [e.text for e in examples]
+        return encode(tokenizer, texts, recipe.training.max_length)["n_tokens"] if texts else []
 
     # ---------------------------------------------------------------- model
 
@@ -140,8 +157,6 @@ class ClassificationTask(Task):
         )
 
     def collator(self, tokenizer):
-        from transformers import DataCollatorWithPadding
-
         # Right padding: real tokens keep positions 0..n-1, exactly as when scored alone.
         tokenizer.padding_side = "right"
         return DataCollatorWithPadding(tokenizer)
@@ -242,7 +257,6 @@ class ClassificationTask(Task):
         self, model, source, tokenizer, info: dict, recipe: Recipe, extra_terms: Path | None = None
     ):
         """Counterfactual identity swaps, scored for the tuned model and the zero-shot base."""
-        from tuneforge.evaluation.bias import load_probe_set, run_probe
 
         probe = load_probe_set(extra_terms)
         labels = info["labels"]
@@ -279,14 +293,10 @@ class ClassificationTask(Task):
         return result
 
     def check_splits(self, recipe: Recipe, recipe_dir: Path):
-        from tuneforge.data.loading import lenient_splits
-
         field = recipe.data.label_field
         return lenient_splits(recipe, recipe_dir, stratify=lambda r: str(r.get(field, "")))
 
     def check_examples(self, rows: list[Row], recipe: Recipe, split: str) -> list:
-        from tuneforge.data.check import Example
-
         text_f, label_f = recipe.data.text_field, recipe.data.label_field
         if rows:
             path = getattr(recipe.data, split, None) or recipe.data.train
@@ -303,8 +313,6 @@ class ClassificationTask(Task):
 
     def read_eval_rows(self, path: Path, info: dict) -> list[Row]:
         """A labelled file for `eval`: same columns as training, labels from the run's label set."""
-        from tuneforge.data.readers import read_records
-
         rows = read_records(path, what="--data")
         check_rows(rows, path, "--data", info["text_field"], info["label_field"])
         for row in rows:
@@ -321,8 +329,6 @@ class ClassificationTask(Task):
         self, run_dir: Path, source: ModelSource, info: dict, method: str, tokenizer, recipe: Recipe
     ):
         if method == "lora":
-            from peft import PeftModel
-
             base = load_sequence_classifier(
                 source.path,
                 info["labels"],

@@ -7,10 +7,14 @@ file/folder or a seeded share of the documents, never of the blocks.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transformers import default_data_collator
+
 from tuneforge.config import Recipe
+from tuneforge.data.check import Example
 from tuneforge.data.corpus import Documents, Packed, pack_documents, read_documents
 from tuneforge.data.loading import Splits, resolve_data_paths
 from tuneforge.data.splits import plain_split
@@ -22,6 +26,15 @@ from tuneforge.tasks.base import Prepared, Preview
 from tuneforge.tasks.causal import CausalLMTask
 
 
+@dataclass
+class DocumentSplits(Splits):
+    """Documents per split, with what reading them left out (empty documents) and where each
+    split's documents came from (a file, a folder, or train's held-out share)."""
+
+    skipped_empty: dict[str, int] = field(default_factory=dict)
+    origins: dict[str, str] = field(default_factory=dict)
+
+
 class PretrainTask(CausalLMTask):
     name = "pretrain"
     metric_names = ("loss", "perplexity")
@@ -31,34 +44,17 @@ class PretrainTask(CausalLMTask):
     # ---------------------------------------------------------------- data
 
     def check_splits(self, recipe: Recipe, recipe_dir: Path):
-        """Documents per split for `data check`, held out by document exactly as `prepare` does."""
-        cfg = resolve_data_paths(recipe.data, recipe_dir)
-        out = {"train": read_documents(cfg.train, cfg.text_field, what="data.train").rows}
-        if cfg.validation is not None:
-            out["validation"] = read_documents(
-                cfg.validation, cfg.text_field, what="data.validation"
-            ).rows
-        elif cfg.validation_split is not None:
-            out["train"], out["validation"] = plain_split(
-                out["train"],
-                cfg.validation_split,
-                recipe.training.seed,
-                what="data.validation_split",
-            )
-        if cfg.test is not None:
-            out["test"] = read_documents(cfg.test, cfg.text_field, what="data.test").rows
-        return out, {}
+        """Documents per split for `data check`, held out by document exactly as `train` does."""
+        return dict(self.read(recipe, recipe_dir).items()), {}
 
     def check_examples(self, rows: list[dict], recipe: Recipe, split: str) -> list:
-        from tuneforge.data.check import Example
-
         # rows from a folder are whole files: number them by document (files in sorted order)
         return [
             Example(r["text"], i + 1 if r.get("_source") else r.get("_line", i + 1))
             for i, r in enumerate(rows)
         ]
 
-    def prepare(self, recipe: Recipe, tokenizer, recipe_dir: Path = Path(".")) -> Prepared:
+    def read(self, recipe: Recipe, recipe_dir: Path = Path(".")) -> DocumentSplits:
         cfg = resolve_data_paths(recipe.data, recipe_dir)
         field, seed = cfg.text_field, recipe.training.seed
         train_docs = read_documents(cfg.train, field, what="data.train")
@@ -85,26 +81,48 @@ class PretrainTask(CausalLMTask):
         if cfg.test is not None:
             docs["test"] = read_documents(cfg.test, field, what="data.test")
             sources["test"] = str(cfg.test)
-
-        info: dict[str, Any] = {"text_field": field, "block_size": recipe.training.max_length}
-        packed = {split: self._pack(tokenizer, d, split, recipe, info) for split, d in docs.items()}
-        skipped = sum(d.skipped_empty for d in docs.values())
-        if skipped:
-            console.print(f"[yellow]warning[/yellow]: {skipped} empty document(s) skipped")
-        splits = Splits(
+        return DocumentSplits(
             docs["train"].rows,
             docs["validation"].rows,
             docs["test"].rows if "test" in docs else None,
             sources,
+            skipped_empty={split: d.skipped_empty for split, d in docs.items()},
+            origins={split: d.source for split, d in docs.items()},
         )
-        return Prepared(splits, packed["train"].dataset, packed["validation"].dataset, info)
 
-    def _pack(self, tokenizer, docs: Documents, split: str, recipe: Recipe, info: dict) -> Packed:
+    def columns(self, recipe: Recipe, splits: Splits) -> dict[str, Any]:
+        return {"text_field": recipe.data.text_field}
+
+    def tokenize(self, splits: Splits, recipe: Recipe, tokenizer) -> Prepared:
+        info: dict[str, Any] = {
+            **self.columns(recipe, splits),
+            "block_size": recipe.training.max_length,
+        }
+        skipped = getattr(splits, "skipped_empty", {})
+        origins = getattr(splits, "origins", splits.sources)
+        packed = {
+            split: self._pack(
+                tokenizer, rows, split, origins[split], skipped.get(split, 0), recipe, info
+            )
+            for split, rows in splits.items()
+        }
+        if sum(skipped.values()):
+            console.print(
+                f"[yellow]warning[/yellow]: {sum(skipped.values())} empty document(s) skipped"
+            )
+        lengths = {split: p.lengths for split, p in packed.items()}
+        return Prepared(
+            splits, packed["train"].dataset, packed["validation"].dataset, info, lengths
+        )
+
+    def _pack(
+        self, tokenizer, rows: list[dict], split: str, origin: str, skipped: int, recipe, info
+    ) -> Packed:
         block = recipe.training.max_length
-        packed = pack_documents(tokenizer, [r["text"] for r in docs.rows], block, description=split)
+        packed = pack_documents(tokenizer, [r["text"] for r in rows], block, description=split)
         if packed.blocks == 0:
             raise TuneforgeError(
-                f"data.{split}: {docs.source}: {packed.tokens} tokens in "
+                f"data.{split}: {origin}: {packed.tokens} tokens in "
                 f"{packed.documents} document(s), "
                 f"fewer than one block of training.max_length={block} tokens",
                 hint="add more text, or lower training.max_length",
@@ -114,14 +132,12 @@ class PretrainTask(CausalLMTask):
             ("tokens", packed.tokens),
             ("blocks", packed.blocks),
             ("dropped_tail_tokens", packed.dropped_tokens),
-            ("skipped_empty", docs.skipped_empty),
+            ("skipped_empty", skipped),
         ):
             info.setdefault(key, {})[split] = value
         return packed
 
     def collator(self, tokenizer):
-        from transformers import default_data_collator
-
         # Blocks are all block_size long: nothing to pad. (DataCollatorForLanguageModeling would
         # mask every pad-token label, and the pad token is often EOS, the document separator.)
         return default_data_collator

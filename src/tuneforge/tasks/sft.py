@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from datasets import Dataset
+
 from tuneforge.answer_forward import can_share_prefix
 from tuneforge.config import Recipe
 from tuneforge.data.chat import (
@@ -30,7 +32,8 @@ from tuneforge.data.chat import (
     with_system_prompt,
     without_answer,
 )
-from tuneforge.data.loading import load_splits, resolve_data_paths
+from tuneforge.data.check import Example
+from tuneforge.data.loading import Splits, load_splits, resolve_data_paths
 from tuneforge.data.readers import Row, read_records, row_where
 from tuneforge.errors import TuneforgeError
 from tuneforge.evaluation.language_model import (
@@ -69,7 +72,7 @@ class SftTask(CausalLMTask):
 
     # ---------------------------------------------------------------- data
 
-    def prepare(self, recipe: Recipe, tokenizer, recipe_dir: Path = Path(".")) -> Prepared:
+    def read(self, recipe: Recipe, recipe_dir: Path = Path(".")) -> Splits:
         if (
             recipe.early_stopping.metric in GENERATION_METRICS
             and not recipe.sft.generation_examples
@@ -79,12 +82,6 @@ class SftTask(CausalLMTask):
                 "but sft.generation_examples is 0",
                 hint="set sft.generation_examples to a few (e.g. 16) or select on loss",
             )
-        cfg = resolve_data_paths(recipe.data, recipe_dir)
-        if not tokenizer.chat_template:
-            console.print(
-                "[yellow]note[/yellow]: the base model has no chat template; using a plain one"
-            )
-            tokenizer.chat_template = FALLBACK_TEMPLATE  # saved with the run's tokenizer
         found: dict[str, ChatFields] = {}
 
         def check(rows: list[Row], path: Path, what: str) -> None:
@@ -93,21 +90,32 @@ class SftTask(CausalLMTask):
             for row in rows:
                 conversation(row, found["fields"], f"{what}: {row_where(path, row)}")
 
-        splits = load_splits(cfg, recipe.training.seed, check=check)
-        fields = found["fields"]
-        info: dict[str, Any] = {
-            "chat": fields.to_info(),
-            "end_of_turn": end_of_turn(tokenizer),
-            "train_on": recipe.sft.train_on,
-            "overlong": recipe.sft.overlong,
-            "max_length": recipe.training.max_length,
-        }
-        train = self._dataset(splits.train, tokenizer, info, "train", splits.sources["train"])
+        return load_splits(
+            resolve_data_paths(recipe.data, recipe_dir), recipe.training.seed, check=check
+        )
+
+    def columns(self, recipe: Recipe, splits: Splits) -> dict[str, Any]:
+        where = f"data.train: {splits.sources.get('train', recipe.data.train)}"
+        return {"chat": chat_fields(recipe, splits.train, where).to_info()}
+
+    def tokenize(self, splits: Splits, recipe: Recipe, tokenizer) -> Prepared:
+        info = self._encoding(recipe, tokenizer, self.columns(recipe, splits))
+        lengths: dict[str, list[int]] = {}
+        train = self._dataset(
+            splits.train, tokenizer, info, "train", splits.sources["train"], lengths
+        )
         validation = self._dataset(
-            splits.validation, tokenizer, info, "validation", splits.sources["validation"]
+            splits.validation,
+            tokenizer,
+            info,
+            "validation",
+            splits.sources["validation"],
+            lengths,
         )
         if splits.test is not None:
-            self._count(encode_rows(splits.test, tokenizer, info), info, "test")
+            encoded = encode_rows(splits.test, tokenizer, info)
+            lengths["test"] = [e.n_tokens for e in encoded]
+            self._count(encoded, info, "test")
         _warn_counts(info, recipe)
         if len(validation) == 0:
             raise TuneforgeError(
@@ -121,11 +129,37 @@ class SftTask(CausalLMTask):
                 f"{recipe.training.max_length}",
                 hint="raise training.max_length or set sft.overlong: truncate",
             )
-        return Prepared(splits, train, validation, info)
+        return Prepared(splits, train, validation, info, lengths)
 
-    def _dataset(self, rows: list[Row], tokenizer, info: dict, split: str, source: str):
-        from datasets import Dataset
+    def _encoding(self, recipe: Recipe, tokenizer, columns: dict[str, Any]) -> dict[str, Any]:
+        """The run's info on how chats become tokens (the chat template is settled here)."""
+        if not tokenizer.chat_template:
+            console.print(
+                "[yellow]note[/yellow]: the base model has no chat template; using a plain one"
+            )
+            tokenizer.chat_template = FALLBACK_TEMPLATE  # saved with the run's tokenizer
+        return {
+            **columns,
+            "end_of_turn": end_of_turn(tokenizer),
+            "train_on": recipe.sft.train_on,
+            "overlong": recipe.sft.overlong,
+            "max_length": recipe.training.max_length,
+        }
 
+    def token_lengths(
+        self, rows: list[Row], examples: list, recipe: Recipe, tokenizer
+    ) -> list[int]:
+        """Tokens of each chat as the template renders it for training, as :meth:`tokenize`
+        counts them."""
+        if not rows:
+            return []
+        columns = {"chat": chat_fields(recipe, rows, "data").to_info()}
+        info = self._encoding(recipe, tokenizer, columns)
+        return [e.n_tokens for e in encode_rows(rows, tokenizer, info)]
+
+    def _dataset(
+        self, rows: list[Row], tokenizer, info: dict, split: str, source: str, lengths: dict
+    ):
         fields = ChatFields.from_info(info["chat"])
         wheres = [f"data.{split}: {row_where(source, r)}" for r in rows]
         convs = [conversation(r, fields, where) for r, where in zip(rows, wheres, strict=True)]
@@ -144,6 +178,7 @@ class SftTask(CausalLMTask):
             info,
             split,
         )
+        lengths[split] = ds["n_tokens"]
         ds = ds.filter(lambda ex: ex["status"] != "dropped")
         return ds.remove_columns(["n_tokens", "status"])
 
@@ -160,8 +195,6 @@ class SftTask(CausalLMTask):
     def check_examples(self, rows: list[Row], recipe: Recipe, split: str) -> list:
         """Each conversation as 'role: content' lines, so duplicates and leakage are found on the
         chat's words; a malformed row fails here with the same message `train` would give."""
-        from tuneforge.data.check import Example
-
         if not rows:
             return []
         fields = chat_fields(recipe, rows, f"data.{split}")

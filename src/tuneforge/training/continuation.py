@@ -10,12 +10,19 @@ the parent's validation set is scored before and after (forgetting).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from peft import PeftModel
+
 from tuneforge.config import Recipe
+from tuneforge.data.loading import Splits
+from tuneforge.data.replay import draw, mixed
 from tuneforge.errors import TuneforgeError
+from tuneforge.evaluation.forgetting import forgetting_summary
+from tuneforge.methods import apply_method
+from tuneforge.methods.lora import speed_up_adapters
 from tuneforge.progress import console
 from tuneforge.runs.parents import Parent
 from tuneforge.runs.provenance import sha256_path
@@ -58,20 +65,14 @@ def check_labels(parent: Parent, info: dict[str, Any], data_file: str) -> None:
 def start_model(parent: Parent, model, recipe: Recipe, peft_task_type: str, device=None):
     """The parent's weights on top of `model` (built from `parent.source`), ready to train on
     `device` (None: the CPU)."""
-    from tuneforge.methods import apply_method
-
     if parent.method != "lora":
         return apply_method(
             model, recipe.method, recipe.lora, recipe.freeze, peft_task_type, device
         )
-    from peft import PeftModel
-
     adapter = parent.path / "adapter"
     keep_training = recipe.method == "lora"
     model = PeftModel.from_pretrained(model, adapter, is_trainable=keep_training)
     if keep_training:
-        from tuneforge.methods.lora import speed_up_adapters
-
         speed_up_adapters(model, device)
         cfg = model.peft_config["default"]
         if (cfg.r, cfg.lora_alpha) != (recipe.lora.r, recipe.lora.alpha):
@@ -120,12 +121,13 @@ def parent_data_problems(parent: Parent) -> tuple[dict[str, Path], list[str]]:
     return found, problems
 
 
-def load_parent_splits(parent: Parent, task, tokenizer, files: dict[str, Path]):
-    """The parent's train and validation rows, read and split exactly as the parent did."""
+def read_parent_splits(parent: Parent, task, files: dict[str, Path]) -> Splits:
+    """The parent's train and validation rows, read and split exactly as the parent did (not
+    tokenised: replay draws rows, the forgetting check scores them)."""
     data = parent.recipe.data.model_copy(update={**files, "test": None})
     recipe = parent.recipe.model_copy(update={"data": data})
     try:
-        return task.prepare(recipe, tokenizer, Path(".")).splits
+        return task.read(recipe, Path("."))
     except TuneforgeError as e:
         raise TuneforgeError(
             f"base_model: {parent.spec}: reading the parent run's data: {e.message}", hint=e.hint
@@ -138,13 +140,36 @@ def load_parent_splits(parent: Parent, task, tokenizer, files: dict[str, Path]):
 
 @dataclass
 class Continuation:
-    """What a continued run needs beyond a normal one; built before any training."""
+    """What a continued run needs beyond a normal one; built before any tokenising."""
 
     parent: Parent
-    prepared: Any  # the task's Prepared, replayed rows included
+    recipe: Recipe  # the recipe its training rows are read with (replay: the mixed rows' shape)
+    splits: Splits  # the rows to tokenise: the run's own, replayed rows after its training rows
+    columns: dict[str, Any]  # how the run's own rows are laid out (task.columns)
     parent_validation: list[dict[str, Any]] | None  # None: forgetting check skipped (see `skipped`)
     skipped: str | None = None
     replay: dict[str, Any] | None = None
+
+    def tokenize(self, task, own: Splits, tokenizer):
+        """The task's Prepared for training; its splits, `info` columns and the data check's
+        token counts are about the run's own rows (`own`), the replayed ones only train."""
+        prepared = task.tokenize(self.splits, self.recipe, tokenizer)
+        train_file = own.sources.get("train", "")
+        if self.replay is None:
+            check_labels(self.parent, prepared.info, train_file)
+            return prepared
+        prepared.info.update(self.columns)  # predict and eval read the user's own columns
+        prepared.info["replay"] = self.replay
+        prepared.splits = replace(own, sources={**own.sources, "replay": self._replayed()})
+        prepared.lengths = {
+            split: prepared.lengths[split][: len(rows)] for split, rows in own.items()
+        }
+        check_labels(self.parent, prepared.info, f"{train_file} (+ replay)")
+        return prepared
+
+    def _replayed(self) -> str:
+        r = self.replay or {}
+        return f"{r.get('rows')} rows of {r.get('from_file')} (run {self.parent.run_id})"
 
     def measure(self, task, model, tokenizer, when: str) -> dict[str, Any] | None:
         """The model on the parent's validation rows, scored with the parent's settings."""
@@ -160,8 +185,6 @@ class Continuation:
         )
 
     def forgetting(self, metric: str, before, after) -> dict[str, Any]:
-        from tuneforge.evaluation.forgetting import forgetting_summary
-
         if before is None or after is None:
             return {"parent_run": self.parent.run_id, "skipped": self.skipped}
         return forgetting_summary(
@@ -185,16 +208,9 @@ class Continuation:
         }
 
 
-def continue_from(parent: Parent, task, recipe: Recipe, tokenizer, prepared, recipe_dir: Path):
-    """Check the new data against the parent, mix in replay, load the parent's validation rows."""
-    import tempfile
-
-    from tuneforge.data.loading import Splits
-    from tuneforge.data.replay import draw, mixed_recipe
-
-    train_file = prepared.splits.sources.get("train", str(recipe.data.train))
-    if not recipe.replay:
-        check_labels(parent, prepared.info, train_file)
+def continue_from(parent: Parent, task, recipe: Recipe, splits: Splits) -> Continuation:
+    """Check the run's rows against the parent, draw the replay, read the parent's validation rows."""
+    columns = task.columns(recipe, splits)
     files, problems = parent_data_problems(parent)
     if problems and recipe.replay:
         raise TuneforgeError(
@@ -209,49 +225,29 @@ def continue_from(parent: Parent, task, recipe: Recipe, tokenizer, prepared, rec
         skipped = f"the parent run {parent.run_id}'s data: " + "; ".join(problems)
         console.print(f"[yellow]warning[/yellow]: forgetting check skipped: {skipped}")
     else:
-        parent_splits = load_parent_splits(parent, task, tokenizer, files)
-    replay = None
-    if recipe.replay:
-        drawn = draw(
-            task.name, recipe, prepared.splits, prepared.info, parent_splits.train, parent.info
+        parent_splits = read_parent_splits(parent, task, files)
+    parent_validation = parent_splits.validation if parent_splits is not None else None
+    if not recipe.replay:
+        return Continuation(parent, recipe, splits, columns, parent_validation, skipped)
+    drawn = draw(task.name, recipe, splits, columns, parent_splits.train, parent.info)
+    mixed_recipe, mixed_splits = mixed(task.name, recipe, splits, columns, drawn)
+    source = parent.data.get("train", {}).get("path") or str(parent.recipe.data.train)
+    console.print(
+        f"Replay: {len(drawn.rows)} of the parent's {drawn.available} training examples mixed "
+        f"into {drawn.new_rows} new ones ({recipe.replay:g} x {drawn.new_rows}"
+        + (
+            f"; {drawn.left_out} left out: they equal a new validation/test example"
+            if drawn.left_out
+            else ""
         )
-        with tempfile.TemporaryDirectory(prefix="tuneforge-replay-") as tmp:
-            mixed = mixed_recipe(
-                task.name, recipe, prepared.splits, prepared.info, drawn, Path(tmp)
-            )
-            merged = task.prepare(mixed, tokenizer, recipe_dir)
-        source = parent.data.get("train", {}).get("path") or str(parent.recipe.data.train)
-        replay = drawn.summary(parent.run_id, source)
-        # Evaluation and later reads (predict, eval) use the user's own files and columns.
-        for key in ("chat", "text_field", "label_field"):
-            if key in prepared.info:
-                merged.info[key] = prepared.info[key]
-        merged.splits = Splits(
-            merged.splits.train,
-            prepared.splits.validation,
-            prepared.splits.test,
-            {
-                **prepared.splits.sources,
-                "replay": f"{len(drawn.rows)} rows of {source} (run {parent.run_id})",
-            },
-        )
-        merged.info["replay"] = replay
-        prepared = merged
-        console.print(
-            f"Replay: {len(drawn.rows)} of the parent's {drawn.available} training examples mixed "
-            f"into {drawn.new_rows} new ones ({recipe.replay:g} x {drawn.new_rows}"
-            + (
-                f"; {drawn.left_out} left out: they equal a new validation/test example"
-                if drawn.left_out
-                else ""
-            )
-            + ")"
-        )
-        check_labels(parent, prepared.info, f"{train_file} (+ replay)")
+        + ")"
+    )
     return Continuation(
         parent,
-        prepared,
-        parent_splits.validation if parent_splits is not None else None,
+        mixed_recipe,
+        mixed_splits,
+        columns,
+        parent_validation,
         skipped,
-        replay,
+        drawn.summary(parent.run_id, source),
     )
