@@ -16,6 +16,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from tuneforge.errors import TuneforgeError
 from tuneforge.files import ensure_dir, fsync_dir, fsync_tree, write_json
 
@@ -107,8 +109,6 @@ def unfinished_folder(path: Path) -> Path:
 def process_alive(pid: int | None) -> bool:
     """Whether `pid` runs; a zombie (exited, not yet reaped: an orphan under a PID 1 that does not
     reap) does not. psutil comes with accelerate."""
-    import psutil
-
     if not pid or pid == os.getpid():
         return False
     try:

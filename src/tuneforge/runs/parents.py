@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tuneforge.config import Recipe, validate_recipe
 from tuneforge.errors import TuneforgeError
 from tuneforge.models import ModelSource, resolve_base_model
@@ -162,8 +164,6 @@ def _registered_model(name: str, version: str, db: Path | None) -> dict[str, Any
 
 
 def _finished_run(path: Path, spec: str) -> tuple[dict[str, Any], Recipe]:
-    import yaml
-
     missing = [f for f in ("run.json", "recipe.yaml", "metrics.json") if not (path / f).is_file()]
     if not path.is_dir() or missing:
         raise TuneforgeError(

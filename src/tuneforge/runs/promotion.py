@@ -71,7 +71,7 @@ def promote(
 
 def compare(cand, cur, metric: str, data: Path | None) -> tuple[float, float, str]:
     if data is not None:
-        from tuneforge.runs.run import Run
+        from tuneforge.runs.run import Run  # deferred: CLI start (a run loads models, torch)
 
         values = [Run.load(r.path).evaluate(data)["tuned"][metric] for r in (cand, cur)]
         return values[0], values[1], f"{data} (sha256 {sha256_path(data)[:12]})"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import platform
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -89,12 +91,9 @@ def provenance(recipe, source, sources: dict[str, str]) -> dict[str, Any]:
 
 def environment() -> dict[str, Any]:
     """Package versions and hardware (the heavy imports stay in here: the CLI starts fast)."""
-    import os
-    import platform
-
-    import peft
-    import torch
-    import transformers
+    import peft  # deferred: CLI start (peft)
+    import torch  # deferred: CLI start (torch)
+    import transformers  # deferred: CLI start (transformers)
 
     return {
         "python": platform.python_version(),

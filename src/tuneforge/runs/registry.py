@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from typing import Any
 
 from tuneforge.errors import TuneforgeError
 from tuneforge.paths import default_registry
+from tuneforge.runs.directory import process_alive
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -121,8 +123,6 @@ def _alive(record: RunRecord) -> RunRecord:
     """A 'running' run whose process is gone was killed: report it as interrupted."""
     if record.status == "running":
         status = Path(record.path).parent / f".{Path(record.path).name}.incomplete" / "status.json"
-        from tuneforge.runs.directory import process_alive
-
         with contextlib.suppress(Exception):
             pid = json.loads(status.read_text())["pid"]
             if pid == os.getpid() or process_alive(pid):
@@ -132,8 +132,6 @@ def _alive(record: RunRecord) -> RunRecord:
 
 
 def remove_run(ref: str, db: Path | None = None, *, delete_files: bool = True) -> RunRecord:
-    import shutil
-
     record = get_run(ref, db)
     with connect(db) as conn:
         used = conn.execute(

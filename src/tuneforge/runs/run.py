@@ -7,11 +7,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from tuneforge import devices
+import yaml
+
+from tuneforge import devices, safety
 from tuneforge.config import Recipe, validate_recipe
 from tuneforge.errors import TuneforgeError
+from tuneforge.files import write_json
 from tuneforge.generation import Sampling
 from tuneforge.models import ModelSource, load_tokenizer
+from tuneforge.report import write_report
 from tuneforge.runs.directory import INCOMPLETE
 from tuneforge.runs.parents import base_source
 from tuneforge.tasks import get_task
@@ -39,8 +43,6 @@ class Run:
                 f"{path} is not a finished run{state}",
                 hint="pass a folder created by `tuneforge train`, e.g. runs/<name>-<timestamp>",
             )
-        import yaml
-
         for required in ("recipe.yaml", "metrics.json"):
             if not (path / required).is_file():
                 raise TuneforgeError(f"{path} is not a complete run: {required} is missing")
@@ -48,8 +50,6 @@ class Run:
             yaml.safe_load((path / "recipe.yaml").read_text()), source=str(path / "recipe.yaml")
         )
         meta = json.loads((path / "run.json").read_text())
-        from tuneforge import safety
-
         safety.check_run(path)  # pickle-only weights are refused unless allowed (--allow-pickle)
         if device is not None:
             devices.resolve(device)  # an unknown or absent device: refused before any loading
@@ -142,9 +142,6 @@ class Run:
             Path(extra_terms) if extra_terms else None,
         )
         if save:
-            from tuneforge.files import write_json
-            from tuneforge.report import write_report
-
             write_json(self.path / "bias.json", result)
             write_report(self.path)
         return result

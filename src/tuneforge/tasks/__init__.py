@@ -8,20 +8,17 @@ from __future__ import annotations
 
 from tuneforge.errors import TuneforgeError
 from tuneforge.tasks.base import Task
+from tuneforge.tasks.classification import ClassificationTask
+from tuneforge.tasks.pretrain import PretrainTask
+from tuneforge.tasks.sft import SftTask
 
 
 def get_task(name: str) -> Task:
     if name == "classification":
-        from tuneforge.tasks.classification import ClassificationTask
-
         return ClassificationTask()
     if name == "sft":
-        from tuneforge.tasks.sft import SftTask
-
         return SftTask()
     if name == "pretrain":
-        from tuneforge.tasks.pretrain import PretrainTask
-
         return PretrainTask()
     raise TuneforgeError(f"task '{name}' is not available")
 

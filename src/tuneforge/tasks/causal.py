@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from peft import PeftModel
+
 from tuneforge import devices
 from tuneforge.config import Recipe
 from tuneforge.data.chat import encode_prompt, end_of_turn, stop_token_ids, with_system_prompt
@@ -59,8 +61,6 @@ class CausalLMTask(Task):
         self, run_dir: Path, source: ModelSource, info: dict, method: str, tokenizer, recipe: Recipe
     ):
         if method == "lora":
-            from peft import PeftModel
-
             base = load_causal_lm(source.path, trust_remote_code=recipe.trust_remote_code)
             return PeftModel.from_pretrained(base, run_dir / "adapter")
         return load_causal_lm(run_dir / "model", trust_remote_code=recipe.trust_remote_code)

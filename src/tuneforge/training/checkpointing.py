@@ -17,6 +17,9 @@ import re
 import shutil
 from pathlib import Path
 
+from peft import PeftModel
+from transformers.trainer_utils import rotate_checkpoints
+
 from tuneforge import safety
 from tuneforge.errors import TuneforgeError
 from tuneforge.files import fsync_dir, fsync_tree
@@ -92,8 +95,6 @@ def folder_bytes(path: Path) -> int:
 
 def weights_bytes(model) -> int:
     """Bytes `save_pretrained` writes for `model`: the adapter (and trained head) for PEFT, else all."""
-    from peft import PeftModel
-
     trainable_only = isinstance(model, PeftModel)
     return sum(
         p.numel() * p.element_size()
@@ -181,8 +182,6 @@ class AtomicCheckpoints:
         return self._staging or super()._get_output_dir(trial)
 
     def _save_checkpoint(self, model, trial):
-        from transformers.trainer_utils import rotate_checkpoints
-
         run_dir = Path(super()._get_output_dir(trial))
         name = f"checkpoint-{self.state.global_step}"
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:

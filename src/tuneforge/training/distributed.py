@@ -20,6 +20,11 @@ import os
 from datetime import timedelta
 from typing import Any
 
+import torch
+import torch.distributed as dist
+
+from tuneforge.progress import console, out
+
 DEFAULT_TIMEOUT_S = 6 * 3600
 
 
@@ -43,12 +48,8 @@ def init() -> None:
     """
     if world_size() <= 1:
         return
-    import torch
-    import torch.distributed as dist
 
     if not is_main():
-        from tuneforge.progress import console, out
-
         console.quiet = True
         out.quiet = True
         os.environ["TUNEFORGE_QUIET"] = "1"  # no progress bars either
@@ -70,7 +71,6 @@ def share(value: Any = None) -> Any:
     """
     if world_size() <= 1:
         return value
-    import torch.distributed as dist
 
     box = [value if is_main() else None]
     dist.broadcast_object_list(box, src=0)
@@ -81,6 +81,4 @@ def share(value: Any = None) -> Any:
 
 def barrier() -> None:
     if world_size() > 1:
-        import torch.distributed as dist
-
         dist.barrier()

@@ -3,6 +3,8 @@ resume), and evaluation rows sorted by length."""
 
 from __future__ import annotations
 
+import torch
+
 
 def eval_order(lengths: list[int], batch_size: int) -> list[int]:
     """Row indices for evaluation: sorted by length, so batches carry the least padding.
@@ -46,8 +48,6 @@ class SortedBatchesSampler:
         return len(self.lengths)
 
     def __iter__(self):
-        import torch
-
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         noise = 1 + self.JITTER * torch.rand(len(self.lengths), generator=g)
         keys = torch.tensor(self.lengths, dtype=torch.float64) * noise

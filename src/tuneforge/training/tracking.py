@@ -14,6 +14,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from transformers.integrations import TensorBoardCallback
+
 from tuneforge.errors import TuneforgeError
 
 # tracker -> (modules that provide it, pip package)
@@ -46,8 +48,6 @@ def place_logs(trainer, run_path: Path) -> None:
     The callback's default is under `output_dir`, the checkpoints folder, which is deleted when
     the run finishes.
     """
-    from transformers.integrations import TensorBoardCallback
-
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
             callback.logging_dir = str(run_path / TENSORBOARD_DIR)
