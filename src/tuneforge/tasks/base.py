@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneforge import devices
 from tuneforge.config import Recipe
 from tuneforge.data.check import Example
 from tuneforge.data.loading import Splits, lenient_splits
 from tuneforge.data.readers import require_column, row_where
 from tuneforge.errors import TuneforgeError
-from tuneforge.models import ModelSource
+from tuneforge.models import ModelSource, load_causal_lm
 
 
 @dataclass
@@ -30,6 +31,12 @@ class Prepared:
     # Tokens of each row of a split as the model gets them (before any cut), in the order of
     # `splits`, for the splits tokenised here: the data check's token figures, not re-counted.
     lengths: dict[str, list[int]] = field(default_factory=dict)
+
+
+def base_language_model(source: ModelSource, recipe: Recipe):
+    """The untouched base causal LM on the recipe's device (the base model's scoring)."""
+    model = load_causal_lm(source.path, trust_remote_code=recipe.trust_remote_code)
+    return devices.place(model, devices.resolve(recipe.device))
 
 
 @dataclass

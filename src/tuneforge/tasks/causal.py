@@ -17,7 +17,7 @@ from tuneforge.data.chat import encode_prompt, end_of_turn, stop_token_ids, with
 from tuneforge.evaluation.language_model import PerplexityCallback
 from tuneforge.generation import Generation, Sampling, generate
 from tuneforge.models import ModelSource, load_causal_lm
-from tuneforge.tasks.base import Prepared, Task
+from tuneforge.tasks.base import Prepared, Task, base_language_model
 
 
 class CausalLMTask(Task):
@@ -44,10 +44,7 @@ class CausalLMTask(Task):
     def evaluate_base(
         self, source, tokenizer, rows, info, recipe: Recipe, split: str
     ) -> dict[str, Any]:
-        model = devices.place(
-            load_causal_lm(source.path, trust_remote_code=recipe.trust_remote_code),
-            devices.resolve(recipe.device),
-        )
+        model = base_language_model(source, recipe)
         try:
             return self.evaluate(model, tokenizer, rows, info, recipe, split)
         finally:

@@ -27,7 +27,7 @@ from tuneforge.evaluation.metrics import classification_metrics
 from tuneforge.evaluation.zero_shot import DEFAULT_INSTRUCTION, softmax, zero_shot_scores
 from tuneforge.models import ModelSource, load_causal_lm, load_sequence_classifier
 from tuneforge.progress import track
-from tuneforge.tasks.base import Prepared, Task
+from tuneforge.tasks.base import Prepared, Task, base_language_model
 
 
 def label_of(row: Row, field: str) -> str:
@@ -182,10 +182,7 @@ class ClassificationTask(Task):
     def evaluate_base(
         self, source, tokenizer, rows, info, recipe: Recipe, split: str
     ) -> dict[str, Any]:
-        model = devices.place(
-            load_causal_lm(source.path, trust_remote_code=recipe.trust_remote_code),
-            devices.resolve(recipe.device),
-        )
+        model = base_language_model(source, recipe)
         words = [(recipe.baseline.label_words or {}).get(lab, lab) for lab in info["labels"]]
         scores = zero_shot_scores(
             model,
