@@ -4,7 +4,7 @@ One module per group of commands, registered here in the order `tuneforge --help
 train.py (train, plan, demo), deploy.py (predict, generate, chat, export, serve), evaluate.py
 (eval, report), and the sub-command groups data.py, models.py, runs.py; common.py holds the
 options and helpers they share. A command imports the library modules that load torch (or
-pydantic, matplotlib) inside itself, so `tuneforge --help` starts fast.
+pydantic, matplotlib, filelock) inside itself, so `tuneforge --help` starts fast.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ def data_preview(
     set_: SetOption = None,
 ) -> None:
     """Print a few training examples as the model sees them, trained tokens highlighted."""
-    from tuneforge.preview import preview_recipe  # deferred: CLI start (pydantic)
+    from tuneforge.preview import preview_recipe  # deferred: CLI start (torch)
 
     plain = not out.is_terminal  # no colours: mark the trained tokens with ⟦ ⟧ instead
     for example in preview_recipe(recipe, set_ or [], n):
@@ -62,7 +62,7 @@ def data_check(
     )
     from tuneforge.models import load_tokenizer  # deferred: CLI start (filelock)
     from tuneforge.runs.parents import base_source  # deferred: CLI start (pydantic)
-    from tuneforge.tasks import get_task  # deferred: CLI start (pydantic)
+    from tuneforge.tasks import get_task  # deferred: CLI start (torch)
 
     loaded = load_recipe(recipe, set_ or [])
     source = base_source(loaded.base_model, trust_remote_code=loaded.trust_remote_code)

@@ -10,8 +10,6 @@ from rich.table import Table
 
 from tuneforge.cli.common import RegistryOption
 from tuneforge.progress import out
-from tuneforge.runs import registry as reg
-from tuneforge.runs.promotion import promote
 
 models_app = typer.Typer(help="Base models available offline; named fine-tuned model versions.")
 
@@ -27,6 +25,7 @@ def models(ctx: typer.Context, registry: RegistryOption = None) -> None:
 def models_list(registry: RegistryOption = None) -> None:
     """Base models available offline, then registered fine-tuned model versions."""
     from tuneforge.models import list_local_models  # deferred: CLI start (filelock)
+    from tuneforge.runs import registry as reg  # deferred: CLI start (psutil)
 
     table = Table(title="Local base models")
     for col in ("name", "kind", "location", "ready"):
@@ -51,6 +50,8 @@ def models_register(
     registry: RegistryOption = None,
 ) -> None:
     """Register a finished run as the next version of a named model."""
+    from tuneforge.runs import registry as reg  # deferred: CLI start (psutil)
+
     version = reg.register_model(name, run, registry)
     out.print(f"Registered {name}@{version} ← {reg.get_run(run, registry).id}")
 
@@ -72,6 +73,8 @@ def models_promote(
     registry: RegistryOption = None,
 ) -> None:
     """Move a version to a stage; refused if it is worse than the current holder of that stage."""
+    from tuneforge.runs.promotion import promote  # deferred: CLI start (psutil)
+
     result = promote(name, version, stage, data=data, tolerance=tolerance, force=force, db=registry)
     if result.get("compared_with"):
         out.print(

@@ -10,7 +10,6 @@ from rich.table import Table
 
 from tuneforge.cli.common import RegistryOption
 from tuneforge.progress import out
-from tuneforge.runs import registry as reg
 
 runs_app = typer.Typer(
     no_args_is_help=True, help="The run registry: list, show, compare, remove runs."
@@ -20,6 +19,8 @@ runs_app = typer.Typer(
 @runs_app.command("list")
 def runs_list(registry: RegistryOption = None) -> None:
     """Every recorded run with its status and headline metric."""
+    from tuneforge.runs import registry as reg  # deferred: CLI start (psutil)
+
     table = Table(title=f"Runs ({reg.registry_path(registry)})")
     for col in ("run", "task", "method", "base model", "status", "metric (base → tuned)"):
         table.add_column(col)
@@ -53,6 +54,7 @@ def runs_show(
     registry: RegistryOption = None,
 ) -> None:
     """A run's lineage: base weights, data hashes, versions, commit, metrics, parent chain."""
+    from tuneforge.runs import registry as reg  # deferred: CLI start (psutil)
     from tuneforge.runs.parents import chain_text  # deferred: CLI start (pydantic)
 
     chain = reg.lineage_chain(run, registry)
@@ -87,6 +89,8 @@ def runs_compare(
     registry: RegistryOption = None,
 ) -> None:
     """Recipes diffed and metrics side by side."""
+    from tuneforge.runs import registry as reg  # deferred: CLI start (psutil)
+
     a, b = reg.get_run(run_a, registry), reg.get_run(run_b, registry)
     table = Table(title="Recipe differences")
     for col in ("field", a.id, b.id):
@@ -126,6 +130,8 @@ def runs_rm(
     registry: RegistryOption = None,
 ) -> None:
     """Remove a run from the registry and delete its folder (refused if a model version uses it)."""
+    from tuneforge.runs import registry as reg  # deferred: CLI start (psutil)
+
     record = reg.remove_run(run, registry, delete_files=not keep_files)
     out.print(f"Removed {record.id}" + ("" if keep_files else f" and {record.path}"))
 
