@@ -10,7 +10,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tuneforge.evaluation.metrics import HEADLINE_METRICS, error_reduction, relative_drop
+from tuneforge.evaluation.metrics import (
+    HEADLINE_METRICS,
+    LOWER_IS_BETTER,
+    error_reduction,
+    relative_drop,
+)
 
 RATES = {
     "accuracy",
@@ -18,16 +23,7 @@ RATES = {
     "exact_match",
     "first_line_exact_match",
 }  # shown with error reduction
-TRAINING_COLUMNS = (
-    "perplexity",
-    "accuracy",
-    "macro_f1",
-    "exact_match",
-    "first_line_exact_match",
-    "rouge_l",
-    "chrf",
-    "bleu",
-)
+TRAINING_COLUMNS = ("perplexity", *(m for m in HEADLINE_METRICS if m not in LOWER_IS_BETTER))
 COUNT_KEYS = (
     "examples",
     "truncated",
