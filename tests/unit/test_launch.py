@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import pytest
@@ -62,3 +63,24 @@ def test_wanted_is_one_inside_launched_processes(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE")
     monkeypatch.setenv(launch.ENV_PROCESSES, "2")  # a process launch.run started
     assert launch.wanted(tc) == 1
+
+
+def _finishes_nothing(job):
+    return None
+
+
+def _fails_on_rank_one(job):
+    if os.environ["RANK"] == "1":
+        raise TuneforgeError(f"bad column in {job}", hint="rename it")
+    return None
+
+
+def test_launched_processes_without_a_finished_run_are_one_clear_error():
+    with pytest.raises(TuneforgeError, match=r"without a finished run \(rank 0: ok, rank 1: ok\)"):
+        launch.run(2, _finishes_nothing, "job")
+
+
+def test_an_error_in_one_launched_process_reaches_the_caller_as_itself():
+    with pytest.raises(TuneforgeError, match="bad column in job") as e:
+        launch.run(2, _fails_on_rank_one, "job")
+    assert e.value.hint == "rename it"

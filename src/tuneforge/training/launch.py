@@ -139,16 +139,17 @@ def run(n: int, target, job):
             except SignalException:  # SIGTERM / Ctrl-C: handed on to the processes, now ended
                 interrupted = True
         outcomes = _outcomes(Path(scratch), n)
-    if outcomes.get(0, (None,))[0] == "ok":
-        return Run.load(Path(outcomes[0][1]))
+    kind, finished = outcomes.get(0, (None, None))
+    if kind == "ok" and finished is not None:
+        return Run.load(Path(finished))
     for rank in sorted(outcomes):
         kind, payload = outcomes[rank]
         if kind == "error":
             raise unpickled(payload)
     if interrupted or any(kind == "interrupted" for kind, _ in outcomes.values()):
         raise KeyboardInterrupt
-    missing = ", ".join(f"rank {r}" for r in range(n) if r not in outcomes) or "none"
-    raise TuneforgeError(f"training processes ended without a result (silent: {missing})")
+    said = ", ".join(f"rank {r}: {outcomes.get(r, ('no outcome',))[0]}" for r in range(n))
+    raise TuneforgeError(f"training processes ended without a finished run ({said})")
 
 
 @contextmanager
