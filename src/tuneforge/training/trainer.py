@@ -78,6 +78,11 @@ class FineTuningTrainer(AtomicCheckpoints, Trainer):
         return sampler
 
 
+def with_atomic_checkpoints(trainer_class: type[Trainer]) -> type[Trainer]:
+    """`trainer_class` publishing its checkpoints atomically, like :class:`FineTuningTrainer`."""
+    return type(trainer_class.__name__, (AtomicCheckpoints, trainer_class), {})
+
+
 class RecordEvaluations(TrainerCallback):
     """Keeps every evaluation (with full per-class details) for metrics.json, in a file that
     survives a kill (reloaded on resume), and marks where overfitting began (at most once)."""
@@ -126,8 +131,15 @@ class StopOnNonFiniteLoss(TrainerCallback):
             control.should_evaluate = False
 
 
-def training_arguments(recipe: Recipe, run_path: Path, metric: str) -> TrainingArguments:
-    """The Trainer's arguments, from the recipe (the run id names the run in trackers)."""
+def training_arguments(
+    recipe: Recipe,
+    run_path: Path,
+    metric: str,
+    arguments: type[TrainingArguments] = TrainingArguments,
+    **extra: Any,
+) -> TrainingArguments:
+    """The Trainer's arguments, from the recipe (the run id names the run in trackers);
+    `arguments` may be a subclass (TRL's configs) taking the `extra` fields too."""
     tc = recipe.training
     device = devices.resolve(recipe.device)
     precision = devices.precision(tc.precision, device)
@@ -135,7 +147,7 @@ def training_arguments(recipe: Recipe, run_path: Path, metric: str) -> TrainingA
     eval_steps = tc.eval_steps or tc.save_steps
     if tc.save_steps and tc.save_steps % eval_steps:
         eval_steps = tc.save_steps  # the best checkpoint must be among the saved ones
-    return TrainingArguments(
+    values: dict[str, Any] = dict(  # noqa: C408 - the Trainer's own argument names
         output_dir=str(run_path / "checkpoints"),
         num_train_epochs=tc.epochs,
         max_steps=tc.max_steps or -1,
@@ -171,6 +183,7 @@ def training_arguments(recipe: Recipe, run_path: Path, metric: str) -> TrainingA
         disable_tqdm=False,
         logging_nan_inf_filter=False,  # a NaN loss must be seen (StopOnNonFiniteLoss), not averaged away
     )
+    return arguments(**{**values, **extra})
 
 
 def build_trainer(
@@ -195,16 +208,30 @@ def build_trainer(
                 early_stopping_threshold=recipe.early_stopping.threshold,
             )
         )
-    trainer = FineTuningTrainer(
-        model=model,
-        args=training_arguments(recipe, run_path, metric),
-        train_dataset=prepared.train,
-        eval_dataset=prepared.validation,
-        data_collator=task.collator(tokenizer),
-        processing_class=tokenizer,
-        compute_metrics=task.trainer_metrics(prepared, record.details),
-        callbacks=callbacks,
-    )
+    own = task.trainer_type(recipe, model)
+    if own is None:
+        trainer = FineTuningTrainer(
+            model=model,
+            args=training_arguments(recipe, run_path, metric),
+            train_dataset=prepared.train,
+            eval_dataset=prepared.validation,
+            data_collator=task.collator(tokenizer),
+            processing_class=tokenizer,
+            compute_metrics=task.trainer_metrics(prepared, record.details),
+            callbacks=callbacks,
+        )
+    else:  # the task's own Trainer (TRL's preference trainers), with the same checkpoints
+        trainer_class, arguments, extra = own
+        reference = task.reference_model(model, recipe)
+        trainer = with_atomic_checkpoints(trainer_class)(
+            model=model,
+            args=training_arguments(recipe, run_path, metric, arguments, **extra),
+            train_dataset=prepared.train,
+            eval_dataset=prepared.validation,
+            processing_class=tokenizer,
+            callbacks=callbacks,
+            **({"ref_model": reference} if reference is not None else {}),
+        )
     if task.peft_task_type == "SEQ_CLS":
         # One label per example: the loss is a per-example mean, and PEFT's classification
         # wrapper drops `num_items_in_batch`. Left True, the Trainer would believe the loss was
