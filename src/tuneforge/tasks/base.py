@@ -61,6 +61,8 @@ class Task:
     default_metric: str  # used to select the best checkpoint
     metric_names: tuple[str, ...]  # metrics a recipe may select on ("loss" always included)
     truncates: bool = True  # examples over training.max_length are cut (data check: truncation)
+    # tasks whose runs this task's runs may continue (`base_model: run:<id>`); default: its own
+    starts_from: tuple[str, ...] = ()
 
     def read(self, recipe: Recipe, recipe_dir: Path = Path(".")) -> Splits:
         """Read and validate the recipe's data files (once per run); errors name file and line."""
@@ -136,6 +138,15 @@ class Task:
         if not texts:
             return []
         return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def trainer_type(self, recipe: Recipe, model) -> tuple[type, type, dict[str, Any]] | None:
+        """A Trainer of the task's own (e.g. TRL's), its arguments class and the extra arguments
+        for it; None: tuneforge's Trainer (the default)."""
+        return None
+
+    def reference_model(self, model, recipe: Recipe):
+        """The frozen reference model a task's own trainer compares against (or None)."""
+        return None
 
     def trainer_callbacks(
         self, prepared: Prepared, tokenizer, recipe: Recipe, run_path: Path
