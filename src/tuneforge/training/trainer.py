@@ -174,13 +174,13 @@ def training_arguments(
         report_to=tracking.report_to_argument(tc.report_to),
         run_name=run_path.name.removeprefix(".").removesuffix(INCOMPLETE),  # the run id
         use_cpu=device.type == "cpu",
-        gradient_checkpointing=False,  # enabled on the model by build_model (LoRA needs more)
+        activation_checkpointing=False,  # enabled on the model by build_model (LoRA needs more)
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         ddp_find_unused_parameters=False,  # every trainable parameter gets a gradient each step
         dataloader_num_workers=0,
         remove_unused_columns=False,
-        disable_tqdm=False,
+        disable_tqdm=True,  # tuneforge's own display instead: training/progress_log.py
         logging_nan_inf_filter=False,  # a NaN loss must be seen (StopOnNonFiniteLoss), not averaged away
     )
     return arguments(**{**values, **extra})
