@@ -24,7 +24,7 @@ from pydantic import (
 
 from tuneforge.errors import TuneforgeError, did_you_mean
 
-TaskName = Literal["classification", "sft", "pretrain"]
+TaskName = Literal["classification", "sft", "pretrain", "preference"]
 MethodName = Literal["lora", "full", "freeze"]
 
 
@@ -68,6 +68,12 @@ class DataConfig(_Strict):
         "input", description="sft: Alpaca-style optional input column, appended to the instruction."
     )
     output_field: str = Field("output", description="sft: Alpaca-style answer column.")
+    chosen_field: str = Field(
+        "chosen", description="preference (pairwise): column with the preferred answer."
+    )
+    rejected_field: str = Field(
+        "rejected", description="preference (pairwise): column with the answer not preferred."
+    )
 
     @model_validator(mode="after")
     def _one_validation_source(self) -> DataConfig:
@@ -312,6 +318,79 @@ class SftConfig(_Strict):
     )
 
 
+class PreferenceConfig(_Strict):
+    """Learning from preferences and feedback with TRL's trainers (DPO, KTO, ORPO).
+
+    Pairwise data (prompt, chosen, rejected) trains DPO or ORPO; unpaired feedback (prompt,
+    completion, label: thumbs up/down) trains KTO. The reference model is the starting point (the
+    base model, or the run being continued); with LoRA it is the same weights with the adapter
+    switched off, so no second copy is held in memory.
+    """
+
+    algorithm: Literal["dpo", "kto", "orpo"] = Field(
+        "dpo",
+        description="dpo: Direct Preference Optimization (pairs, a reference model); kto: "
+        "Kahneman-Tversky Optimization (unpaired thumbs up/down, a reference model); orpo: "
+        "Odds-Ratio Preference Optimization (pairs, no reference model, an SFT loss on chosen).",
+    )
+    format: Literal["auto", "pairwise", "unpaired"] = Field(
+        "auto",
+        description="Shape of the data; `auto` picks it from the training file's columns: "
+        "chosen_field + rejected_field (pairwise), else completion_field + label_field (unpaired).",
+    )
+    beta: float = Field(
+        0.1,
+        gt=0,
+        description="dpo/kto: strength of the pull towards the reference model (higher: the "
+        "model stays closer to it). orpo: the weight of the odds-ratio term beside the SFT loss.",
+    )
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field(
+        "sigmoid",
+        description="dpo only: sigmoid (the DPO paper), ipo (a squared loss that does not let the "
+        "margin grow without bound), hinge (SLiC), robust (DPO with label noise; set "
+        "label_smoothing).",
+    )
+    label_smoothing: float = Field(
+        0.0,
+        ge=0,
+        lt=0.5,
+        description="dpo (sigmoid, robust): assumed share of pairs whose preference is wrong.",
+    )
+    desirable_weight: float = Field(
+        1.0, gt=0, description="kto: loss weight of thumbs-up examples (raise it when fewer)."
+    )
+    undesirable_weight: float = Field(
+        1.0, gt=0, description="kto: loss weight of thumbs-down examples (raise it when fewer)."
+    )
+    overlong: Literal["truncate", "drop"] = Field(
+        "truncate",
+        description="Examples whose prompt and answer exceed training.max_length: the answer is "
+        "cut to fit (`truncate`; a prompt that leaves no room drops the example) or the example "
+        "is left out (`drop`). Counted in run.json and the data check.",
+    )
+    system_prompt: str | None = Field(
+        None,
+        description="System message put before every prompt in training, evaluation, generation "
+        "and serving (prompts that carry their own system message keep theirs).",
+    )
+    generation_examples: int = Field(
+        4,
+        ge=0,
+        description="Validation prompts answered greedily by the starting and the tuned model, "
+        "side by side in metrics.json and the report; with kl_examples, the sampled answers "
+        "that estimate the KL divergence from the reference.",
+    )
+    kl_examples: int = Field(
+        16,
+        ge=0,
+        description="Validation prompts on which the tuned model samples one answer each to "
+        "estimate KL(tuned || reference) at the end (0: not measured).",
+    )
+    max_new_tokens: int = Field(
+        64, ge=1, le=4096, description="Longest answer generated for samples and the KL estimate."
+    )
+
+
 class Recipe(_Strict):
     """A fine-tuning job: base model, task, data, method and training settings."""
 
@@ -326,7 +405,7 @@ class Recipe(_Strict):
         "earlier fine-tuned version to continue training on new data: `run:<run id or folder>` or "
         "`model:<name>@<stage or version>` (e.g. model:sentiment@production, model:sentiment@3).",
     )
-    task: TaskName = Field(description="classification | sft | pretrain")
+    task: TaskName = Field(description="classification | sft | pretrain | preference")
     data: DataConfig
     method: MethodName = Field(
         "lora", description="lora | full | freeze (qlora: lora with lora.quantize_base: 4bit)"
@@ -338,6 +417,7 @@ class Recipe(_Strict):
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     data_checks: DataChecksConfig = Field(default_factory=DataChecksConfig)
     sft: SftConfig = Field(default_factory=SftConfig)
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     replay: float = Field(
         0.0,
         ge=0,

@@ -8,7 +8,7 @@ run and prompt always give the same answer.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -29,6 +29,8 @@ class Generation:
     text: str
     n_tokens: int  # new tokens, without the stop token
     stopped: bool  # ended on a stop token (False: cut at max_new_tokens)
+    # the new tokens as generated, through the stop token when there was one (scoring them again)
+    token_ids: list[int] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -100,4 +102,4 @@ def _finish(
     cuts = [text.find(s) for s in stop_strings if s in text]
     if cuts:
         text = text[: min(cuts)]
-    return Generation(text.strip(), end, bool(stops or cuts))
+    return Generation(text.strip(), end, bool(stops or cuts), new_ids[: end + 1 if stops else end])

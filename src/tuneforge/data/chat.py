@@ -107,7 +107,7 @@ def conversation(
 ) -> list[Message]:
     """The chat a row describes; `need_answer=False` for inputs to predict (no answer given)."""
     if fields.format == "messages":
-        messages = _messages(row, fields.messages, where)
+        messages = parse_messages(row, fields.messages, where)
         if need_answer and not any(m["role"] == "assistant" for m in messages):
             raise TuneforgeError(
                 f"{where}: field '{fields.messages}': no assistant message, so nothing to learn",
@@ -115,10 +115,10 @@ def conversation(
             )
         return with_system_prompt(messages, fields.system_prompt)
     if fields.format == "prompt_completion":
-        user = _text(row, fields.prompt, where)
-        answer = _text(row, fields.completion, where) if need_answer else None
+        user = parse_text(row, fields.prompt, where)
+        answer = parse_text(row, fields.completion, where) if need_answer else None
     else:
-        user = _text(row, fields.instruction, where)
+        user = parse_text(row, fields.instruction, where)
         extra = row.get(fields.input)
         if extra is not None and not isinstance(extra, str):
             raise TuneforgeError(
@@ -126,14 +126,14 @@ def conversation(
             )
         if extra and extra.strip():
             user = f"{user}\n\n{extra}"
-        answer = _text(row, fields.output, where) if need_answer else None
+        answer = parse_text(row, fields.output, where) if need_answer else None
     messages = [{"role": "user", "content": user}]
     if answer is not None:
         messages.append({"role": "assistant", "content": answer})
     return with_system_prompt(messages, fields.system_prompt)
 
 
-def _text(row: dict[str, Any], field: str, where: str) -> str:
+def parse_text(row: dict[str, Any], field: str, where: str) -> str:
     if field not in row:
         raise TuneforgeError(f"{where}: missing field '{field}'")
     value = row[field]
@@ -149,7 +149,7 @@ def _text(row: dict[str, Any], field: str, where: str) -> str:
     return value
 
 
-def _messages(row: dict[str, Any], field: str, where: str) -> list[Message]:
+def parse_messages(row: dict[str, Any], field: str, where: str) -> list[Message]:
     if field not in row:
         raise TuneforgeError(f"{where}: missing field '{field}'")
     value = row[field]

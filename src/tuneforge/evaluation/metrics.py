@@ -17,6 +17,11 @@ HEADLINE_METRICS = (
     "rouge_l",
     "chrf",
     "bleu",
+    "preference_accuracy",
+    "logp_margin",
+    "reward_accuracy",
+    "reward_margin",
+    "kl",
     "loss",
     "perplexity",
 )

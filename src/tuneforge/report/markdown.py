@@ -22,6 +22,8 @@ RATES = {
     "macro_f1",
     "exact_match",
     "first_line_exact_match",
+    "preference_accuracy",
+    "reward_accuracy",
 }  # shown with error reduction
 TRAINING_COLUMNS = ("perplexity", *(m for m in HEADLINE_METRICS if m not in LOWER_IS_BETTER))
 COUNT_KEYS = (
@@ -230,10 +232,8 @@ def _samples_section(metrics: dict[str, Any], n: int = 3) -> list[str]:
             "",
             _quote(sample["prompt"], 400),
             "",
-            "Reference:",
-            "",
         ]
-        lines += [_quote(sample["reference"]), ""]
+        lines += _sample_answers(sample)
         if i < len(base):
             lines += ["Base model:", "", _quote(base[i]["prediction"] or "(empty)"), ""]
         lines += ["Fine-tuned:", "", _quote(sample["prediction"] or "(empty)"), ""]
@@ -242,6 +242,25 @@ def _samples_section(metrics: dict[str, Any], n: int = 3) -> list[str]:
         "",
     ]
     return lines
+
+
+def _sample_answers(sample: dict[str, Any]) -> list[str]:
+    """The data's answers for a sample: sft's reference, or a preference pair / rated answer."""
+    if "chosen" in sample:
+        return [
+            "Preferred answer (chosen):",
+            "",
+            _quote(sample["chosen"]),
+            "",
+            "Rejected answer:",
+            "",
+            _quote(sample["rejected"]),
+            "",
+        ]
+    if "completion" in sample:
+        rating = "thumbs up" if sample.get("desirable") else "thumbs down"
+        return [f"Rated answer ({rating}):", "", _quote(sample["completion"]), ""]
+    return ["Reference:", "", _quote(sample["reference"]), ""]
 
 
 def _training_section(metrics: dict[str, Any], figures: dict[str, str]) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from tuneforge.errors import TuneforgeError
 from tuneforge.tasks.base import Task
 from tuneforge.tasks.classification import ClassificationTask
+from tuneforge.tasks.preference import PreferenceTask
 from tuneforge.tasks.pretrain import PretrainTask
 from tuneforge.tasks.sft import SftTask
 
@@ -20,6 +21,8 @@ def get_task(name: str) -> Task:
         return SftTask()
     if name == "pretrain":
         return PretrainTask()
+    if name == "preference":
+        return PreferenceTask()
     raise TuneforgeError(f"task '{name}' is not available")
 
 
