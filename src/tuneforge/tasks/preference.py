@@ -9,9 +9,10 @@ same way (evaluation/preference.py): preference accuracy on held-out judgements,
 reward accuracy and margin against the reference, a sampled estimate of the KL divergence from it,
 and greedy answers side by side.
 
-The reference model is the starting point. With LoRA it is the same weights with the adapter off;
-continuing an SFT LoRA run, the parent's adapter is loaded twice, once to train and once, frozen,
-as TRL's "ref" adapter, so the reference is the SFT model without a second copy of the base.
+The reference model is the starting point. With LoRA, TRL copies the adapter being trained into a
+frozen "ref" adapter before the first step (a fresh adapter: the base model itself; continuing an
+SFT LoRA run: the SFT model), so there is no second copy of the base weights; full and freeze
+runs get a frozen copy of the starting model.
 """
 
 from __future__ import annotations

@@ -26,17 +26,20 @@ from tuneforge.methods.lora import speed_up_adapters
 from tuneforge.progress import console
 from tuneforge.runs.parents import Parent
 from tuneforge.runs.provenance import sha256_path
+from tuneforge.tasks import get_task
 
 # --------------------------------------------------------------------------------------------------
 # Compatibility and the starting model
 
 
 def check_task(parent: Parent, task: str) -> None:
-    if parent.task != task:
+    """A run continues one of its own task, or one its task starts from (sft -> preference)."""
+    allowed = (task, *get_task(task).starts_from)
+    if parent.task not in allowed:
         raise TuneforgeError(
             f"base_model: {parent.spec} is a {parent.task} run ({parent.run_id}); this recipe's "
             f"task is {task}",
-            hint=f"continue a {task} run, or set task: {parent.task}",
+            hint=f"continue a {' or '.join(dict.fromkeys(allowed))} run, or set task: {parent.task}",
         )
 
 
@@ -172,10 +175,11 @@ class Continuation:
         return f"{r.get('rows')} rows of {r.get('from_file')} (run {self.parent.run_id})"
 
     def measure(self, task, model, tokenizer, when: str) -> dict[str, Any] | None:
-        """The model on the parent's validation rows, scored with the parent's settings."""
+        """The model on the parent's validation rows, scored with the parent's settings (and
+        its task's measure: an sft parent of a preference run is scored as sft)."""
         if self.parent_validation is None:
             return None
-        return task.evaluate(
+        return get_task(self.parent.task).evaluate(
             model,
             tokenizer,
             self.parent_validation,
@@ -187,6 +191,8 @@ class Continuation:
     def forgetting(self, metric: str, before, after) -> dict[str, Any]:
         if before is None or after is None:
             return {"parent_run": self.parent.run_id, "skipped": self.skipped}
+        if self.parent.task != self.recipe.task:  # measured on the parent's task's own metric
+            metric = get_task(self.parent.task).default_metric
         return forgetting_summary(
             parent_run=self.parent.run_id,
             parent_model=self.parent.model,
@@ -225,10 +231,16 @@ def continue_from(parent: Parent, task, recipe: Recipe, splits: Splits) -> Conti
         skipped = f"the parent run {parent.run_id}'s data: " + "; ".join(problems)
         console.print(f"[yellow]warning[/yellow]: forgetting check skipped: {skipped}")
     else:
-        parent_splits = read_parent_splits(parent, task, files)
+        parent_splits = read_parent_splits(parent, get_task(parent.task), files)
     parent_validation = parent_splits.validation if parent_splits is not None else None
     if not recipe.replay:
         return Continuation(parent, recipe, splits, columns, parent_validation, skipped)
+    if parent.task != task.name:
+        raise TuneforgeError(
+            f"replay: the parent run {parent.run_id} is a {parent.task} run; its examples cannot "
+            f"be mixed into {task.name} data",
+            hint="set replay: 0 (the forgetting check still measures the parent's task)",
+        )
     drawn = draw(task.name, recipe, splits, columns, parent_splits.train, parent.info)
     mixed_recipe, mixed_splits = mixed(task.name, recipe, splits, columns, drawn)
     source = parent.data.get("train", {}).get("path") or str(parent.recipe.data.train)

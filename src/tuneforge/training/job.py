@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from rich.markup import escape
 from transformers import set_seed
 
 from tuneforge import devices, safety
@@ -28,10 +29,11 @@ from tuneforge.config import Recipe, load_recipe
 from tuneforge.data.recipe_check import check_data
 from tuneforge.errors import TuneforgeError, did_you_mean
 from tuneforge.files import write_json, write_text
+from tuneforge.library_output import tame
 from tuneforge.methods import apply_method, count_parameters, enable_gradient_checkpointing
 from tuneforge.methods.qlora import load_quantized_base
 from tuneforge.models import load_tokenizer
-from tuneforge.progress import console, status
+from tuneforge.progress import console, say, status
 from tuneforge.report import write_report
 from tuneforge.runs import registry
 from tuneforge.runs.directory import RunDir, unfinished_folder
@@ -96,7 +98,8 @@ def run_job(job: Job):
     writes the run directory, scores the base model, evaluates, saves and reports. Returns the
     finished run on rank 0, None on the others."""
     with safety.pickle_scope():  # a recipe's allow_pickle holds for this run only
-        distributed.init()  # no-op in a single process
+        distributed.init()  # no-op in a single process; silences the ranks other than 0
+        tame()  # after init: a silenced rank shows no library bars either
         t0 = time.perf_counter()
         main = distributed.is_main()
         reopened = RunDir.reopen(job.resume) if job.resume is not None and main else None
@@ -109,7 +112,7 @@ def run_job(job: Job):
             return None
         with _outcome(run, setup.recipe, resumed=job.resume is not None):
             final = _main_rank(setup, run, job, t0, load_seconds)
-        console.print(f"[green]Finished[/green]: {final}")
+        say(f"[green]Finished[/green]: {escape(str(final))}")
         return Run.load(final)
 
 
@@ -122,7 +125,9 @@ def _open_run(setup: _Setup, reopened: RunDir | None) -> RunDir:
         distributed.share(e)  # the other ranks stop too instead of waiting for a run directory
         raise
     run.set_status("running", recipe_dir=str(setup.recipe_dir.resolve()))
-    console.print(f"Run directory: {run.final} (written as {run.path.name} until finished)")
+    say(
+        f"Run directory: {escape(str(run.final))} (written as {escape(run.path.name)} until finished)"
+    )
     parent = setup.parent
     _record(
         recipe,
@@ -358,10 +363,11 @@ def _set_up(job: Job) -> _Setup:
     # (leakage, duplicates, ...) are about those rows and their token counts.
     splits = task.read(recipe, recipe_dir)
     continued = continue_from(parent, task, recipe, splits) if parent is not None else None
-    if continued is not None:
-        prepared = continued.tokenize(task, splits, tokenizer)
-    else:
-        prepared = task.tokenize(splits, recipe, tokenizer)
+    with status("Tokenizing the data"):
+        if continued is not None:
+            prepared = continued.tokenize(task, splits, tokenizer)
+        else:
+            prepared = task.tokenize(splits, recipe, tokenizer)
     data_report = check_data(recipe, tokenizer, task, recipe_dir, prepared)
     inputs = (
         provenance(recipe, source, prepared.splits.sources) if distributed.is_main() else {}
@@ -484,8 +490,8 @@ def _best(trainer, metric: str) -> dict[str, Any]:
 
 
 def _save_model(model, method: str, run_path: Path) -> None:
-    if method == "lora":
-        model.save_pretrained(run_path / "adapter")
+    if method == "lora":  # the trained adapter only (not a frozen reference adapter)
+        model.save_pretrained(run_path / "adapter", selected_adapters=["default"])
     else:
         model.save_pretrained(run_path / "model", safe_serialization=True)
 
