@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tuneforge.errors import TuneforgeError
+from tuneforge.errors import CheckFailed, TuneforgeError
 from tuneforge.evaluation.metrics import LOWER_IS_BETTER
 from tuneforge.runs import registry
 from tuneforge.runs.provenance import sha256_path
@@ -60,7 +60,7 @@ def promote(
     )
     if worse and not force:
         sign = ">" if lower else "<"
-        raise TuneforgeError(
+        raise CheckFailed(
             f"promotion refused: {name}@{version} has {metric} {cand_value:.4f} {sign} "
             f"{name}@{current['version']} ({stage}) {cur_value:.4f} beyond tolerance {tolerance:g} on {where}",
             hint="improve the model, raise --tolerance, or --force (the override is recorded)",
@@ -75,6 +75,9 @@ def compare(cand, cur, metric: str, data: Path | None) -> tuple[float, float, st
 
         values = [Run.load(r.path).evaluate(data)["tuned"][metric] for r in (cand, cur)]
         return values[0], values[1], f"{data} (sha256 {sha256_path(data)[:12]})"
+    started = _scored_as_start(cand, cur, metric)
+    if started is not None:
+        return started
     cand_data, cur_data = cand.json("data") or {}, cur.json("data") or {}
     cand_metrics = json.loads(Path(cand.path, "metrics.json").read_text())["tuned"]
     cur_metrics = json.loads(Path(cur.path, "metrics.json").read_text())["tuned"]
@@ -95,3 +98,27 @@ def compare(cand, cur, metric: str, data: Path | None) -> tuple[float, float, st
         "promotion: the two versions were not evaluated on the same data (no test/validation file with equal content)",
         hint="pass --data FILE to score both versions on the same labelled file now",
     )
+
+
+def _scored_as_start(cand, cur, metric: str) -> tuple[float, float, str] | None:
+    """A candidate that continued the holder scored the holder's own weights on its splits before
+    training (metrics.json `start`): the two are compared on the same examples by the same
+    measure, also across tasks (an sft holder, a preference candidate)."""
+    run_record = Path(cand.path, "run.json")
+    parent = json.loads(run_record.read_text()).get("parent") if run_record.is_file() else None
+    if not parent or parent.get("run_id") != cur.id:
+        return None
+    metrics = json.loads(Path(cand.path, "metrics.json").read_text())
+    data = cand.json("data") or {}
+    for split in ("test", "validation"):
+        start = metrics.get("start", {}).get(split, {})
+        tuned = metrics["tuned"].get(split, {})
+        if start.get(metric) is not None and tuned.get(metric) is not None:
+            where = data.get(split, {})
+            return (
+                tuned[metric],
+                start[metric],
+                f"{split} ({where.get('path', split)}; the holder {cur.id} scored as this run's "
+                "starting point)",
+            )
+    return None

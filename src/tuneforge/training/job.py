@@ -215,6 +215,8 @@ def _main_rank(setup: _Setup, run: RunDir, job: Job, t0: float, load_seconds: fl
         "tuned": tuned,
         "overfitting": trainer.record.overfitting,
         **({"forgetting": forgetting} if forgetting is not None else {}),
+        # continued runs: the parent's weights on this run's splits, before training
+        **({"start": trainer.start_metrics} if trainer.start_metrics is not None else {}),
     }
     write_json(run.path / "metrics.json", metrics)
     write_json(run.path / "run.json", _run_record(setup, trainer, timings))
@@ -273,10 +275,12 @@ def _fit(setup: _Setup, run_path: Path, resumed: bool):
     if setup.continued is not None and main:  # the parent itself, on the parent's validation set
         with launch.all_cores():
             forgetting_before = setup.continued.measure(task, model, tokenizer, "before")
+    start = _score_start(setup, model, run_path) if setup.continued is not None and main else None
     t = time.perf_counter()
     trainer = build_trainer(recipe, task, prepared, model, tokenizer, run_path, setup.metric)
     trainer.parameters = {"trainable": trainable, "total": total}
     trainer.forgetting_before = forgetting_before
+    trainer.start_metrics = start
     checkpoint = checkpointing.resume_checkpoint(run_path, tidy=main) if resumed else None
     if main:
         checkpointing.ensure_space(
@@ -297,6 +301,26 @@ def _fit(setup: _Setup, run_path: Path, resumed: bool):
             "broken examples",
         )
     return trainer
+
+
+def _score_start(setup: _Setup, model, run_path: Path) -> dict[str, Any]:
+    """A continued run's starting point (the parent's weights) on this run's evaluation splits,
+    before training: the gain over the version it continues (kept across a resume)."""
+    saved = run_path / "start_metrics.json"
+    if saved.is_file():
+        return json.loads(saved.read_text())
+    splits = {"validation": setup.prepared.splits.validation}
+    if setup.prepared.splits.test is not None:
+        splits["test"] = setup.prepared.splits.test
+    with launch.all_cores():
+        start = {
+            split: setup.task.evaluate(
+                model, setup.tokenizer, rows, setup.prepared.info, setup.recipe, split
+            )
+            for split, rows in splits.items()
+        }
+    write_json(saved, start)
+    return start
 
 
 def _run_record(setup: _Setup, trainer, timings: dict[str, float]) -> dict[str, Any]:
