@@ -24,6 +24,7 @@ from filelock import FileLock, Timeout
 
 from tuneforge.errors import TuneforgeError
 from tuneforge.files import fsync_tree
+from tuneforge.library_output import tame
 from tuneforge.paths import models_cache
 from tuneforge.progress import status
 from tuneforge.safety import check_weights, use_safetensors
@@ -233,6 +234,7 @@ def _convert(folder: Path, filename: str, target: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
     if target.exists():  # incomplete or damaged (cached_conversion said no): rebuild it
         shutil.rmtree(target)
+    tame()  # the libraries: bars as tuneforge shows them, unactionable warnings off
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     t0 = time.perf_counter()
     with status(f"Converting {filename} to safetensors (once; cached in {target.parent})"):
@@ -301,6 +303,7 @@ def load_tokenizer(path: Path | str, *, trust_remote_code: bool = False):
     """The tokenizer, with a pad token (the EOS token when the model defines none)."""
     from transformers import AutoTokenizer  # deferred: CLI start (transformers)
 
+    tame()  # the libraries: bars as tuneforge shows them, unactionable warnings off
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -311,6 +314,7 @@ def load_causal_lm(path: Path | str, *, trust_remote_code: bool = False):
     import torch  # deferred: CLI start (torch)
     from transformers import AutoModelForCausalLM  # deferred: CLI start (transformers)
 
+    tame()  # the libraries: bars as tuneforge shows them, unactionable warnings off
     safetensors = use_safetensors(path, "model")
     with quiet_transformers():
         return AutoModelForCausalLM.from_pretrained(
@@ -330,6 +334,7 @@ def load_sequence_classifier(
         AutoModelForSequenceClassification,
     )
 
+    tame()  # the libraries: bars as tuneforge shows them, unactionable warnings off
     safetensors = use_safetensors(path, "model")
     with quiet_transformers():
         model = AutoModelForSequenceClassification.from_pretrained(

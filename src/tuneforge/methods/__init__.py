@@ -51,7 +51,9 @@ def enable_gradient_checkpointing(model: nn.Module, method: MethodName) -> None:
     require grad and (with reentrant checkpointing) no gradient would reach the adapters;
     `enable_input_require_grads` makes the embedding output require grad, as PEFT recommends.
     """
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # transformers' current name (`gradient_checkpointing_enable` warns: removed in v6); a PEFT
+    # model hands the call on to the model it wraps.
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if method == "lora" and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
     if getattr(model, "config", None) is not None:

@@ -51,6 +51,7 @@ def load_quantized_base(source_path, recipe, peft_task_type: str, labels=None, p
         model = AutoModelForCausalLM.from_pretrained(source_path, **kwargs)
         if pad_token_id is not None:
             model.config.pad_token_id = pad_token_id
-    return prepare_model_for_kbit_training(
-        model, use_gradient_checkpointing=recipe.training.gradient_checkpointing
-    )
+    # Checkpointing is not PEFT's to turn on: it would call transformers' deprecated
+    # `gradient_checkpointing_enable` (a FutureWarning). `training.job.build_model` turns it on
+    # right after, as for every method (`methods.enable_gradient_checkpointing`: input grads too).
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)

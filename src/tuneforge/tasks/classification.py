@@ -137,7 +137,10 @@ class ClassificationTask(Task):
         info.setdefault("truncated", {})[split] = int(sum(n > max_length for n in lengths[split]))
         info.setdefault("tokens", {})[split] = int(sum(min(n, max_length) for n in lengths[split]))
         if split != "train":  # evaluated in order: sorted by length, batches carry little padding
-            ds = ds.sort("n_tokens")
+            # A stable sort, as `ds.sort("n_tokens")` was; that one passes pyarrow an argument
+            # pyarrow 25 deprecates (a FutureWarning about SortOptions on every run).
+            n_tokens = lengths[split]
+            ds = ds.select(sorted(range(len(n_tokens)), key=n_tokens.__getitem__))
         return ds.remove_columns("n_tokens")
 
     def token_lengths(

@@ -16,7 +16,9 @@ A single process (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``) never touches torch.dis
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from datetime import timedelta
 from typing import Any
 
@@ -26,6 +28,8 @@ import torch.distributed as dist
 from tuneforge.progress import console, out
 
 DEFAULT_TIMEOUT_S = 6 * 3600
+# The libraries whose log messages the ranks other than 0 keep to themselves (below errors).
+QUIET_LIBRARIES = ("transformers", "datasets", "peft", "accelerate", "trl", "torch")
 
 
 def world_size() -> int:
@@ -44,15 +48,13 @@ def init() -> None:
     """Join the process group early (rank 0 must share the run directory before training).
 
     gloo on CPU, nccl on CUDA, as accelerate would pick; the Trainer then finds the group
-    initialised and uses it. Non-zero ranks stop printing (one console, rank 0's).
+    initialised and uses it. The other ranks go silent (:func:`silence`): rank 0 speaks.
     """
     if world_size() <= 1:
         return
 
     if not is_main():
-        console.quiet = True
-        out.quiet = True
-        os.environ["TUNEFORGE_QUIET"] = "1"  # no progress bars either
+        silence()
     if dist.is_initialized():
         return
     timeout = timedelta(seconds=float(os.environ.get("TUNEFORGE_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
@@ -61,6 +63,22 @@ def init() -> None:
         dist.init_process_group("nccl", timeout=timeout)
     else:
         dist.init_process_group("gloo", timeout=timeout)
+
+
+def silence() -> None:
+    """This rank prints nothing: rank 0 speaks for the run. No console output, progress or
+    library bars (TUNEFORGE_QUIET), no Python warnings and no library log messages below errors
+    (they would repeat rank 0's, once per process). Errors still surface: the launcher collects
+    each rank's (launch.py), torchrun prints the failing rank's traceback."""
+    console.quiet = True
+    out.quiet = True
+    os.environ["TUNEFORGE_QUIET"] = "1"
+    warnings.simplefilter("ignore")
+    for library in QUIET_LIBRARIES:
+        logging.getLogger(library).setLevel(logging.ERROR)
+    # transformers and datasets set their loggers' level when first imported: the same for them
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    os.environ["DATASETS_VERBOSITY"] = "error"
 
 
 def share(value: Any = None) -> Any:

@@ -17,6 +17,7 @@ from pathlib import Path
 from transformers.integrations import TensorBoardCallback
 
 from tuneforge.errors import TuneforgeError
+from tuneforge.training import progress_log
 
 # tracker -> (modules that provide it, pip package)
 TRACKERS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -43,11 +44,14 @@ def report_to_argument(report_to: list[str]) -> list[str] | str:
 
 
 def place_logs(trainer, run_path: Path) -> None:
-    """TensorBoard events go to <run>/tensorboard/ (unless TENSORBOARD_LOGGING_DIR says otherwise).
+    """Where the Trainer's logs go: TensorBoard events to <run>/tensorboard/ (unless
+    TENSORBOARD_LOGGING_DIR says otherwise), the console's lines through tuneforge's progress
+    display (`progress_log.take_over`: a bar on a terminal, plain lines in a pipe, rank 0 only).
 
-    The callback's default is under `output_dir`, the checkpoints folder, which is deleted when
-    the run finishes.
+    The TensorBoard callback's default is under `output_dir`, the checkpoints folder, which is
+    deleted when the run finishes.
     """
+    progress_log.take_over(trainer)
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
             callback.logging_dir = str(run_path / TENSORBOARD_DIR)
