@@ -115,11 +115,18 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subproce
     )
 
 
-def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+def assert_user_error(
+    proc: subprocess.CompletedProcess, *fragments: str, exit_code: int = 2
+) -> None:
     """Exit 2, one clear message naming what is wrong, no traceback."""
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.returncode == exit_code, (proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr, proc.stderr
     assert "error:" in proc.stderr, proc.stderr
     flat = " ".join(proc.stderr.split())
     for fragment in fragments:
         assert fragment in flat, (fragment, proc.stderr)
+
+
+def assert_check_failed(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Exit 1 (a check ran and said no: data check, promotion gate, plan), one clear message."""
+    assert_user_error(proc, *fragments, exit_code=1)

@@ -33,7 +33,7 @@ from transformers import (
 from tuneforge import devices
 from tuneforge.answer_forward import model_inputs
 from tuneforge.config import Recipe, apply_override, load_recipe, validate_recipe
-from tuneforge.errors import TuneforgeError
+from tuneforge.errors import CheckFailed
 from tuneforge.methods import apply_method, count_parameters, enable_gradient_checkpointing
 from tuneforge.models import load_tokenizer, quiet_transformers
 from tuneforge.progress import status
@@ -345,7 +345,7 @@ def plan(
     memory_budget_gb: float | None = None,
     steps: int = 3,
 ) -> Plan:
-    """Count, estimate and time a recipe; raises a TuneforgeError (exit 2) when it cannot fit."""
+    """Count, estimate and time a recipe; raises CheckFailed (exit 1) when it cannot fit."""
     recipe = _load(recipe_path, overrides)
     task = get_task(recipe.task)
     source = base_source(recipe.base_model, trust_remote_code=recipe.trust_remote_code)
@@ -687,7 +687,7 @@ def suggestions(ctx: _Context, budget: int) -> list[Suggestion]:
 
 def _does_not_fit(
     ctx: _Context, budget: int, budget_source: str, batch_size: int | None = None
-) -> TuneforgeError:
+) -> CheckFailed:
     recipe = (
         ctx.recipe if batch_size is None else _with(ctx.recipe, f"training.batch_size={batch_size}")
     )
@@ -706,7 +706,7 @@ def _does_not_fit(
             sets = " ".join(f"--set {o}" for o in s.overrides)
             mark = "fits" if s.fits else "still too big"
             lines.append(f"  {fmt_bytes(s.memory):>9}  {s.change}: {sets} ({mark})")
-    return TuneforgeError(
+    return CheckFailed(
         "\n".join(lines),
         hint="apply one or more of these (or give a larger --memory-budget if this machine has more)",
     )

@@ -1,12 +1,12 @@
 """`tuneforge plan` through the CLI on the tiny model: what a user sees, --json, --auto-batch-size,
-and the does-not-fit error with its suggestions (exit 2)."""
+and the does-not-fit verdict with its suggestions (a failed check: exit 1)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from conftest import assert_user_error, run_cli, sentiment_rows, write_jsonl
+from conftest import assert_check_failed, assert_user_error, run_cli, sentiment_rows, write_jsonl
 
 from tuneforge.training import launch
 
@@ -87,7 +87,7 @@ def test_does_not_fit(sentiment_recipe):
         "--memory-budget",
         "0.05",
     )
-    assert_user_error(
+    assert_check_failed(
         proc,
         "does not fit in 51.2 MB (--memory-budget 0.05 GB)",
         "changes that reduce it",
@@ -101,7 +101,7 @@ def test_does_not_fit(sentiment_recipe):
 
 def test_auto_batch_size_cannot_fit(sentiment_recipe):
     proc = run_cli("plan", sentiment_recipe, "--auto-batch-size", "--memory-budget", "0.05")
-    assert_user_error(proc, "does not fit", "--set training.gradient_checkpointing=true")
+    assert_check_failed(proc, "does not fit", "--set training.gradient_checkpointing=true")
 
 
 def test_cuda_only_options_refused(sentiment_recipe):

@@ -6,7 +6,7 @@ import json
 import os
 
 import pytest
-from conftest import assert_user_error, run_cli
+from conftest import assert_check_failed, assert_user_error, run_cli
 
 from tuneforge.runs.provenance import sha256_path
 
@@ -58,7 +58,7 @@ def test_runs_are_recorded_with_lineage_and_promotion_is_gated(
     assert run_cli("models", "promote", "sentiment", "1", "--stage", "production").returncode == 0
 
     refused = run_cli("models", "promote", "sentiment", "3", "--stage", "production")
-    assert_user_error(refused, "promotion refused", "macro_f1", "sentiment@1", "--force")
+    assert_check_failed(refused, "promotion refused", "macro_f1", "sentiment@1", "--force")
     assert reg.model_version("sentiment", "production", registry)["version"] == 1
 
     lenient = run_cli(

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import assert_user_error, run_cli, sentiment_rows, write_csv
+from conftest import assert_check_failed, assert_user_error, run_cli, sentiment_rows, write_csv
 
 
 def _runs(output_dir: Path) -> list[Path]:
@@ -33,7 +33,7 @@ def test_data_check_reports_and_train_refuses_leakage(tmp_path, tiny_model):
         f"training: {{max_steps: 2, batch_size: 8}}\noutput_dir: {tmp_path / 'runs'}\n"
     )
     check = run_cli("data", "check", recipe)
-    assert_user_error(check, "data check found 1 error(s)", "also appear in train", "lines 8, 9")
+    assert_check_failed(check, "data check found 1 error(s)", "also appear in train", "lines 8, 9")
     assert "duplicates" in check.stdout and "leakage" in check.stdout  # the full table is shown
 
     refused = run_cli("train", recipe)
@@ -64,7 +64,7 @@ def test_data_check_lists_unparseable_rows(tmp_path, tiny_model, sentiment_files
         f"data: {{train: {bad}, validation: {sentiment_files['validation']}}}\n"
     )
     proc = run_cli("data", "check", recipe)
-    assert_user_error(proc, "could not be parsed", "line 4")
+    assert_check_failed(proc, "could not be parsed", "line 4")
 
 
 def test_clean_data_check_exits_zero(sentiment_recipe):

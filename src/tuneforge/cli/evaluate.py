@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import webbrowser
 from pathlib import Path
 from typing import Annotated
@@ -17,6 +16,7 @@ from tuneforge.cli.common import (
     opt_in_to_pickle,
     print_comparison,
 )
+from tuneforge.cli.output import JsonOption, emit_json
 from tuneforge.errors import TuneforgeError
 from tuneforge.progress import console, out
 
@@ -29,7 +29,7 @@ def eval_(
     base: Annotated[
         bool, typer.Option("--base", help="Also measure the untouched base model.")
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: JsonOption = False,
     bias: Annotated[
         bool, typer.Option("--bias", help="Run the counterfactual bias probe (classification).")
     ] = False,
@@ -45,23 +45,29 @@ def eval_(
     if data is None and not bias:
         raise TuneforgeError("eval: give --data FILE (and/or --bias)")
     loaded = load_run(run, device)
-    if bias:
-        probe = loaded.bias_probe(bias_terms)
-        if as_json and data is None:
-            print(json.dumps(probe, ensure_ascii=False))
-            return
-        print_bias(probe)
+    probe = loaded.bias_probe(bias_terms) if bias else None
+    if probe is not None:
         console.print(f"Bias probe saved to {loaded.path / 'bias.json'}; report updated")
-        if data is None:
-            return
-    result = loaded.evaluate(data, base=base)
+        if not as_json:
+            print_bias(probe)
+    result = loaded.evaluate(data, base=base) if data is not None else None
     if as_json:
-        payload = dict(result["tuned"])
-        if base:
-            payload = {**payload, "base": result["base"]}
-        print(json.dumps(payload, ensure_ascii=False))
-        return
-    print_comparison(f"{run} on {data}", result.get("base", {}), result["tuned"])
+        emit_json(eval_document(result, probe))
+    elif result is not None:
+        print_comparison(f"{run} on {data}", result.get("base", {}), result["tuned"])
+
+
+def eval_document(result: dict | None, probe: dict | None) -> dict:
+    """--json: the tuned metrics at the top level (`base`: the base model's, with --base); with
+    --bias as well, the probe under `bias`; with --bias alone, the probe itself."""
+    if result is None:
+        return probe or {}
+    payload = dict(result["tuned"])
+    if "base" in result:
+        payload["base"] = result["base"]
+    if probe is not None:
+        payload["bias"] = probe
+    return payload
 
 
 def print_bias(probe: dict) -> None:

@@ -2,45 +2,69 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from tuneforge.cli.common import RegistryOption
+from tuneforge.cli.output import Column, JsonOption, emit_json, fitted_table
 from tuneforge.progress import out
 
 models_app = typer.Typer(help="Base models available offline; named fine-tuned model versions.")
 
+BASE_COLUMNS = (
+    Column("name", kind="id"),
+    Column("kind", keep=1),
+    Column("location", narrowest=16),
+    Column("ready", keep=2),
+)
+REGISTERED_COLUMNS = (
+    Column("model", kind="id"),  # name@version, as the commands take it
+    Column("stage", keep=1, narrowest=10),
+    Column("run", kind="id"),
+)
+
 
 @models_app.callback(invoke_without_command=True)
-def models(ctx: typer.Context, registry: RegistryOption = None) -> None:
+def models(
+    ctx: typer.Context, registry: RegistryOption = None, as_json: JsonOption = False
+) -> None:
     """List the base models available on this machine without a network (and registered models)."""
     if ctx.invoked_subcommand is None:
-        models_list(registry)
+        models_list(registry, as_json)
 
 
 @models_app.command("list")
-def models_list(registry: RegistryOption = None) -> None:
+def models_list(registry: RegistryOption = None, as_json: JsonOption = False) -> None:
     """Base models available offline, then registered fine-tuned model versions."""
     from tuneforge.models import list_local_models  # deferred: CLI start (filelock)
     from tuneforge.runs import registry as reg  # deferred: CLI start (psutil)
 
-    table = Table(title="Local base models")
-    for col in ("name", "kind", "location", "ready"):
-        table.add_column(col)
-    for m in list_local_models():
-        table.add_row(m.name, m.kind, m.location, "yes" if m.ready else "converts on first use")
-    out.print(table)
+    local = list_local_models()
     registered = reg.list_models(registry)
+    if as_json:
+        emit_json(
+            {
+                "base_models": [asdict(m) for m in local],
+                "registry": str(reg.registry_path(registry)),
+                "registered": [_version(m) for m in registered],
+            }
+        )
+        return
+    rows = [
+        (m.name, m.kind, m.location, "yes" if m.ready else "converts on first use") for m in local
+    ]
+    out.print(fitted_table("Local base models", BASE_COLUMNS, rows))
     if registered:
-        table = Table(title=f"Registered models ({reg.registry_path(registry)})")
-        for col in ("name", "version", "stage", "run"):
-            table.add_column(col)
-        for m in registered:
-            table.add_row(m["name"], str(m["version"]), m["stage"], m["run_id"])
-        out.print(table)
+        rows = [(f"{m['name']}@{m['version']}", m["stage"], m["run_id"]) for m in registered]
+        title = f"Registered models ({reg.registry_path(registry)})"
+        out.print(fitted_table(title, REGISTERED_COLUMNS, rows))
+
+
+def _version(m: dict[str, Any]) -> dict[str, Any]:
+    return {k: m[k] for k in ("name", "version", "stage", "run_id", "registered")}
 
 
 @models_app.command("register")
@@ -48,12 +72,17 @@ def models_register(
     name: Annotated[str, typer.Argument(help="Model name.")],
     run: Annotated[str, typer.Argument(help="Run id or directory.")],
     registry: RegistryOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Register a finished run as the next version of a named model."""
     from tuneforge.runs import registry as reg  # deferred: CLI start (psutil)
 
     version = reg.register_model(name, run, registry)
-    out.print(f"Registered {name}@{version} ← {reg.get_run(run, registry).id}")
+    run_id = reg.get_run(run, registry).id
+    if as_json:
+        emit_json({"name": name, "version": version, "run_id": run_id})
+        return
+    out.print(f"Registered {name}@{version} ← {run_id}", markup=False, highlight=False)
 
 
 @models_app.command("promote")
@@ -71,11 +100,15 @@ def models_promote(
         bool, typer.Option("--force", help="Promote even if worse (recorded).")
     ] = False,
     registry: RegistryOption = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Move a version to a stage; refused if it is worse than the current holder of that stage."""
+    """Move a version to a stage; refused (exit 1) if worse than the stage's current holder."""
     from tuneforge.runs.promotion import promote  # deferred: CLI start (psutil)
 
     result = promote(name, version, stage, data=data, tolerance=tolerance, force=force, db=registry)
+    if as_json:
+        emit_json({"name": name, "version": version, "forced": False, **result})
+        return
     if result.get("compared_with"):
         out.print(
             f"{name}@{version} → {stage}: {result['metric']} {result['candidate']:.4f} vs "

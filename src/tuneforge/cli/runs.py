@@ -3,55 +3,106 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from tuneforge.cli.common import RegistryOption
+from tuneforge.cli.output import Column, JsonOption, emit_json, fitted_table
 from tuneforge.progress import out
+
+if TYPE_CHECKING:
+    from tuneforge.runs.registry import RunRecord
 
 runs_app = typer.Typer(
     no_args_is_help=True, help="The run registry: list, show, compare, remove runs."
 )
 
+LIST_COLUMNS = (
+    Column("run", kind="id"),
+    Column("task", keep=2, narrowest=14),
+    Column("method", keep=1),
+    Column("base model", keep=3, narrowest=16),
+    Column("status", keep=5, narrowest=8),
+    Column("metric (base → tuned)", keep=4, narrowest=16),
+)
+
 
 @runs_app.command("list")
-def runs_list(registry: RegistryOption = None) -> None:
-    """Every recorded run with its status and headline metric."""
+def runs_list(registry: RegistryOption = None, as_json: JsonOption = False) -> None:
+    """Every recorded run with its status and headline metric, newest first."""
     from tuneforge.runs import registry as reg  # deferred: CLI start (psutil)
 
-    table = Table(title=f"Runs ({reg.registry_path(registry)})")
-    for col in ("run", "task", "method", "base model", "status", "metric (base → tuned)"):
-        table.add_column(col)
-    for r in reg.list_runs(registry):
-        m = r.json("metrics") or {}
-        headline = ""
-        if m:
-            metric = m["selection_metric"]
-            split = "test" if "test" in m["tuned"] else "validation"
-            base = m.get("base", {}).get(split, {}).get(metric)
-            tuned = m["tuned"].get(split, {}).get(metric)
-            headline = (
-                f"{split} {metric}: "
-                + (f"{base:.4f} → " if base is not None else "")
-                + (f"{tuned:.4f}" if tuned is not None else "")
-            )
-        table.add_row(
+    records = reg.list_runs(registry)
+    if as_json:
+        emit_json(
+            {
+                "registry": str(reg.registry_path(registry)),
+                "runs": [run_summary(r) for r in records],
+            }
+        )
+        return
+    rows = [
+        (
             r.id,
             r.row["task"] or "",
             r.row["method"] or "",
             r.row["base_model"] or "",
             r.status,
-            headline,
+            _headline_text(headline(r.json("metrics"))),
         )
-    out.print(table)
+        for r in records
+    ]
+    out.print(fitted_table(f"Runs ({reg.registry_path(registry)})", LIST_COLUMNS, rows))
+
+
+def run_summary(r: RunRecord) -> dict[str, Any]:
+    """One run in `runs list --json`."""
+    return {
+        "id": r.id,
+        "name": r.row.get("name"),
+        "path": r.path,
+        "status": r.status,
+        "task": r.row.get("task"),
+        "method": r.row.get("method"),
+        "base_model": r.row.get("base_model"),
+        "parent": r.row.get("parent"),
+        "created": r.row.get("created"),
+        "finished": r.row.get("finished"),
+        "headline": headline(r.json("metrics")),
+    }
+
+
+def headline(metrics: dict | None) -> dict[str, Any] | None:
+    """The run's selection metric on its test split (else validation), base and tuned."""
+    if not metrics:
+        return None
+    metric = metrics["selection_metric"]
+    split = "test" if "test" in metrics["tuned"] else "validation"
+    return {
+        "split": split,
+        "metric": metric,
+        "base": metrics.get("base", {}).get(split, {}).get(metric),
+        "tuned": metrics["tuned"].get(split, {}).get(metric),
+    }
+
+
+def _headline_text(h: dict[str, Any] | None) -> str:
+    if h is None:
+        return ""
+    base, tuned = h["base"], h["tuned"]
+    return (
+        f"{h['split']} {h['metric']}: "
+        + (f"{base:.4f} → " if base is not None else "")
+        + (f"{tuned:.4f}" if tuned is not None else "")
+    )
 
 
 @runs_app.command("show")
 def runs_show(
     run: Annotated[str, typer.Argument(help="Run id (or prefix) or directory.")],
     registry: RegistryOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """A run's lineage: base weights, data hashes, versions, commit, metrics, parent chain."""
     from tuneforge.runs import registry as reg  # deferred: CLI start (psutil)
@@ -79,7 +130,10 @@ def runs_show(
     info["lineage"] = [r.id for r in chain]
     info["parent"] = record.row.get("parent")
     info["chain"] = chain_text(chain)  # run -> parent -> ... -> base model
-    out.print_json(json.dumps(info, default=str))
+    if as_json:
+        emit_json(info)
+        return
+    out.print_json(json.dumps(info, default=str))  # indented and coloured for people
 
 
 @runs_app.command("compare")
@@ -87,38 +141,55 @@ def runs_compare(
     run_a: Annotated[str, typer.Argument(help="First run.")],
     run_b: Annotated[str, typer.Argument(help="Second run.")],
     registry: RegistryOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Recipes diffed and metrics side by side."""
     from tuneforge.runs import registry as reg  # deferred: CLI start (psutil)
 
     a, b = reg.get_run(run_a, registry), reg.get_run(run_b, registry)
-    table = Table(title="Recipe differences")
-    for col in ("field", a.id, b.id):
-        table.add_column(col)
-    flat_a, flat_b = _flatten(a.json("recipe") or {}), _flatten(b.json("recipe") or {})
-    for key in sorted(set(flat_a) | set(flat_b)):
-        if flat_a.get(key) != flat_b.get(key):
-            table.add_row(key, str(flat_a.get(key)), str(flat_b.get(key)))
-    out.print(table)
-    table = Table(title="Metrics (tuned)")
-    for col in ("split/metric", a.id, b.id):
-        table.add_column(col)
-    ma, mb = (r.json("metrics") or {} for r in (a, b))
-    for split in sorted(set(ma.get("tuned", {})) | set(mb.get("tuned", {}))):
-        names = sorted(
-            set(ma.get("tuned", {}).get(split, {})) | set(mb.get("tuned", {}).get(split, {}))
-        )
-        for name in names:
-            va, vb = (
-                ma.get("tuned", {}).get(split, {}).get(name),
-                mb.get("tuned", {}).get(split, {}).get(name),
-            )
-            table.add_row(
-                f"{split}/{name}",
-                "" if va is None else f"{va:.4f}",
-                "" if vb is None else f"{vb:.4f}",
-            )
-    out.print(table)
+    differences = recipe_differences(a.json("recipe") or {}, b.json("recipe") or {})
+    metrics = metric_pairs(a.json("metrics") or {}, b.json("metrics") or {})
+    if as_json:
+        emit_json({"a": a.id, "b": b.id, "recipe_differences": differences, "metrics": metrics})
+        return
+    out.print(f"A  {a.id}\nB  {b.id}", markup=False, highlight=False, soft_wrap=True)
+    columns = (Column("field", kind="id"), Column("A"), Column("B"))
+    rows = [(d["field"], str(d["a"]), str(d["b"])) for d in differences]
+    out.print(fitted_table("Recipe differences", columns, rows))
+    columns = (
+        Column("split/metric", kind="id"),
+        Column("A", justify="right"),
+        Column("B", justify="right"),
+    )
+    rows = [(f"{m['split']}/{m['metric']}", _number(m["a"]), _number(m["b"])) for m in metrics]
+    out.print(fitted_table("Metrics (tuned)", columns, rows))
+
+
+def recipe_differences(a: dict, b: dict) -> list[dict[str, Any]]:
+    """The recipe fields (dotted names) whose values differ: [{field, a, b}]; absent is None."""
+    flat_a, flat_b = _flatten(a), _flatten(b)
+    return [
+        {"field": key, "a": flat_a.get(key), "b": flat_b.get(key)}
+        for key in sorted(set(flat_a) | set(flat_b))
+        if flat_a.get(key) != flat_b.get(key)
+    ]
+
+
+def metric_pairs(a: dict, b: dict) -> list[dict[str, Any]]:
+    """Every tuned split/metric of either run: [{split, metric, a, b}]; missing is None."""
+    tuned_a, tuned_b = a.get("tuned", {}), b.get("tuned", {})
+    pairs = []
+    for split in sorted(set(tuned_a) | set(tuned_b)):
+        in_a, in_b = tuned_a.get(split, {}), tuned_b.get(split, {})
+        for name in sorted(set(in_a) | set(in_b)):
+            pairs.append({"split": split, "metric": name, "a": in_a.get(name), "b": in_b.get(name)})
+    return pairs
+
+
+def _number(value: object) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 @runs_app.command("rm")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from tuneforge.cli.common import AllowPickle, SetOption, print_comparison
+from tuneforge.cli.output import JsonOption, emit_json
 from tuneforge.demo import run_demo
 from tuneforge.errors import TuneforgeError
 from tuneforge.evaluation import forgetting
@@ -57,9 +57,11 @@ def plan(
     steps: Annotated[
         int, typer.Option("--steps", min=1, max=50, help="Training steps timed (after 1 warm-up).")
     ] = 3,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
-    """Before training: parameters, data size, estimated peak memory, measured time per epoch, fit."""
+    """Before training: parameters, data size, estimated peak memory, measured time per epoch, fit.
+
+    Exit code 1 when the estimate does not fit the memory budget (the message lists changes)."""
     from tuneforge.planning import describe  # deferred: CLI start (torch)
     from tuneforge.planning import plan as make_plan  # deferred: CLI start (torch)
 
@@ -71,7 +73,7 @@ def plan(
         steps=steps,
     )
     if as_json:
-        print(json.dumps(result.to_dict(), default=str))
+        emit_json(result.to_dict())
         return
     for line in describe(result):
         out.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -52,7 +52,9 @@ def check_recipe_data(
     )
 
 
-def refuse_on_errors(report: CheckReport) -> None:
+def refuse_on_errors(report: CheckReport, error: type[TuneforgeError] = TuneforgeError) -> None:
+    """Raise `error` listing the error findings: a user error in `train` (exit 2), a failed
+    check in `data check` (CheckFailed, exit 1)."""
     errors = report.errors
     if not errors:
         return
@@ -61,7 +63,7 @@ def refuse_on_errors(report: CheckReport) -> None:
         for f in errors
     ]
     checks = sorted({f.check for f in errors})
-    raise TuneforgeError(
+    raise error(
         "data check found " + f"{len(errors)} error(s):\n  " + "\n  ".join(lines),
         hint="fix the data, or downgrade the check in the recipe, e.g. "
         + ", ".join(f"--set data_checks.{c}=warning" for c in checks),
@@ -76,7 +78,7 @@ def _lines(lines: list[int]) -> str:
 def findings_table(report: CheckReport) -> Table:
     table = Table(title="Data check")
     for col in ("severity", "check", "split", "finding", "lines"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     colour = {"error": "red", "warning": "yellow", "info": "cyan"}
     for f in report.findings:
         table.add_row(
@@ -94,7 +96,7 @@ def findings_table(report: CheckReport) -> Table:
 def summary_table(report: CheckReport) -> Table:
     table = Table(title="Data summary")
     for col in ("split", "examples", "labels", "tokens (min/median/p95/max)", "over max_length"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for split, s in report.summary["splits"].items():
         tokens = s.get("tokens", {})
         table.add_row(

@@ -21,8 +21,8 @@ def predict_texts(run: str | Path | Run, texts: list[str]) -> list[dict[str, Any
     return loaded.predict(texts)
 
 
-def predict_file(run: str | Path | Run, input_path: Path, output_path: Path) -> int:
-    """Predict every row of a file and write JSONL (the input row plus the prediction).
+def predict_records(run: str | Path | Run, input_path: Path) -> list[dict[str, Any]]:
+    """One record per row of a file: the input row's fields plus the prediction.
 
     The task says which columns are the input (classification: the text; sft: the chat or prompt).
     """
@@ -30,13 +30,21 @@ def predict_file(run: str | Path | Run, input_path: Path, output_path: Path) -> 
     rows = read_records(input_path, what="--input")
     inputs = loaded.task.inputs_from_rows(rows, input_path, loaded.meta["info"])
     results = loaded.predict(inputs)
+    return [
+        {**{k: v for k, v in row.items() if k != "_line"}, **result}
+        for row, result in zip(rows, results, strict=True)
+    ]
+
+
+def predict_file(run: str | Path | Run, input_path: Path, output_path: Path) -> int:
+    """Predict every row of a file and write JSONL (the input row plus the prediction)."""
+    records = predict_records(run, input_path)
     ensure_dir(output_path.parent, "--output")
     tmp = output_path.with_name(f".{output_path.name}.tmp")
     with tmp.open("w", encoding="utf-8") as f:
-        for row, result in zip(rows, results, strict=True):
-            record = {k: v for k, v in row.items() if k != "_line"}
-            f.write(json.dumps({**record, **result}, ensure_ascii=False, default=str) + "\n")
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(output_path)
-    return len(rows)
+    return len(records)
