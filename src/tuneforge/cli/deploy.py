@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +11,7 @@ import typer
 from rich.markup import escape
 
 from tuneforge.cli.common import AllowPickle, DeviceOption, load_run, opt_in_to_pickle
+from tuneforge.cli.output import emit_json_lines
 from tuneforge.deploy.limits import Limits
 from tuneforge.errors import TuneforgeError
 from tuneforge.progress import console, out
@@ -27,13 +27,21 @@ def predict(
         Path | None, typer.Option("--output", "-o", help="Write predictions as JSONL.")
     ] = None,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print JSON lines instead of a table.")
+        bool,
+        typer.Option(
+            "--json",
+            help="Print JSON lines on stdout, one per input (with --input: unless --output).",
+        ),
     ] = False,
     allow_pickle: AllowPickle = False,
     device: DeviceOption = None,
 ) -> None:
     """Predict with a fine-tuned run: texts on the command line or a whole file."""
-    from tuneforge.deploy.predict import predict_file, predict_texts  # deferred: CLI start (torch)
+    from tuneforge.deploy.predict import (  # deferred: CLI start (torch)
+        predict_file,
+        predict_records,
+        predict_texts,
+    )
 
     opt_in_to_pickle(run, allow_pickle)
     if bool(texts) == bool(input):
@@ -41,6 +49,9 @@ def predict(
             "predict: give texts on the command line or --input FILE (one of them)"
         )
     loaded = load_run(run, device)
+    if input is not None and as_json and output is None:
+        emit_json_lines(predict_records(loaded, input))
+        return
     if input is not None:
         target = output or input.with_suffix(".predictions.jsonl")
         n = predict_file(loaded, input, target)
@@ -48,8 +59,7 @@ def predict(
         return
     results = predict_texts(loaded, texts or [])
     if as_json:
-        for text, r in zip(texts or [], results, strict=True):
-            print(json.dumps({"text": text, **r}, ensure_ascii=False))
+        emit_json_lines({"text": text, **r} for text, r in zip(texts or [], results, strict=True))
         return
     for text, r in zip(texts or [], results, strict=True):
         if "completion" in r:
