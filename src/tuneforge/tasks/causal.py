@@ -62,19 +62,27 @@ class CausalLMTask(Task):
             return PeftModel.from_pretrained(base, run_dir / "adapter")
         return load_causal_lm(run_dir / "model", trust_remote_code=recipe.trust_remote_code)
 
+    def system_prompt(self, recipe: Recipe) -> str | None:
+        """The system message every prompt gets (training, generation, serving)."""
+        return recipe.sft.system_prompt
+
+    def answer_tokens(self, recipe: Recipe) -> int:
+        """Longest answer `predict` generates."""
+        return recipe.sft.max_new_tokens
+
     def chat(
         self, model, tokenizer, messages: list[dict], info: dict, recipe: Recipe, sampling: Sampling
     ) -> Generation:
         """The next assistant turn of a conversation, rendered with the model's chat template."""
         eot = info["end_of_turn"] if "end_of_turn" in info else end_of_turn(tokenizer)
-        prompt = encode_prompt(tokenizer, with_system_prompt(messages, recipe.sft.system_prompt))
+        prompt = encode_prompt(tokenizer, with_system_prompt(messages, self.system_prompt(recipe)))
         return generate(model, tokenizer, [prompt], stop_token_ids(tokenizer, eot), sampling)[0]
 
     def predict(
         self, model, tokenizer, inputs: list, info: dict, recipe: Recipe
     ) -> list[dict[str, Any]]:
         """One completion per input (greedy, max_new_tokens from the recipe's sft section)."""
-        sampling = Sampling(max_new_tokens=recipe.sft.max_new_tokens)
+        sampling = Sampling(max_new_tokens=self.answer_tokens(recipe))
         return [
             {"completion": g.text, "stopped": g.stopped}
             for g in self.generate(model, tokenizer, inputs, info, recipe, sampling)

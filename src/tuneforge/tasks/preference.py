@@ -451,12 +451,18 @@ class PreferenceTask(CausalLMTask):
 
     # ---------------------------------------------------------------- using the run
 
+    def system_prompt(self, recipe: Recipe) -> str | None:
+        return recipe.preference.system_prompt
+
+    def answer_tokens(self, recipe: Recipe) -> int:
+        return recipe.preference.max_new_tokens
+
     def generate(self, model, tokenizer, prompts: list, info: dict, recipe: Recipe, sampling):
         """Answers to prompts (text: one user turn; a list of messages: a whole chat)."""
         chats = [
             with_system_prompt(
                 [{"role": "user", "content": p}] if isinstance(p, str) else p,
-                recipe.preference.system_prompt,
+                self.system_prompt(recipe),
             )
             for p in prompts
         ]
