@@ -23,6 +23,7 @@ from rich.markup import escape
 
 from tuneforge.cli import deploy, evaluate, train
 from tuneforge.cli.data import data_app
+from tuneforge.cli.feedback import feedback_app
 from tuneforge.cli.models import models_app
 from tuneforge.cli.runs import runs_app
 from tuneforge.errors import TuneforgeError
@@ -67,6 +68,7 @@ app.command()(deploy.serve)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 app.add_typer(runs_app, name="runs")
+app.add_typer(feedback_app, name="feedback")
 app.command()(train.demo)
 app.command()(evaluate.report)
 

@@ -32,3 +32,20 @@ class Limits:
     split); None: the run's evaluation batch size, so one call is one forward pass."""
     batch_wait: float = 0.005
     """Seconds the classify micro-batcher waits for more requests to share a forward pass."""
+
+
+@dataclass(frozen=True)
+class FeedbackLimits:
+    """Bounds on one `POST /v1/feedback` record, so the feedback log (kept for good, re-read by
+    every export) grows by kilobytes per judgement, never by whatever a client sends."""
+
+    max_id_chars: int = 128
+    """Longest `completion_id` (ours are `chatcmpl-` + 32 hex digits)."""
+    max_comment_chars: int = 2_000
+    """Longest free-text `comment`."""
+    max_answer_chars: int = 32_000
+    """Longest `preferred` answer, and longest `completion` given as text."""
+    max_prompt_chars: int = 64_000
+    """Longest prompt given as text: all its messages' contents together."""
+    max_messages: int = 256
+    """Most messages in a prompt given as text."""
