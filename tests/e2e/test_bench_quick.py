@@ -119,3 +119,52 @@ def test_sft_bench_quick(tmp_path):
     assert t["loss_positions"] <= t["vocab_rows"] < b["vocab_rows"]
     assert t["quality"]["tokens"] == b["quality"]["tokens"]  # validation loss over the same tokens
     assert abs(t["quality"]["loss"] - b["quality"]["loss"]) < 0.05  # same start, same few steps
+
+
+def test_preference_bench_quick(tmp_path):
+    """bench/preference.py --quick: tuneforge's DPO and a plain TRL DPOTrainer script train the
+    tiny model on the same pairs in the same steps and report throughput, MFU, memory and the
+    validation preference accuracy of both, scored the same way."""
+    import math
+
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, "bench/preference.py", "--quick", "--output", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "real tokens / s" in proc.stdout and "validation preference_accuracy" in proc.stdout
+    data = json.loads(out.read_text())
+    assert data["quick"] is True and data["matmul_peak"]["threads"] == 1
+    figures = [
+        "wall_s", "train_s", "eval_s", "real_tokens_per_s", "padded_tokens_per_s",
+        "model_flops", "reference_flops", "mfu", "peak_rss_mb", "peak_rss_train_mb",
+    ]  # fmt: skip
+    for arm in ("tuneforge", "baseline"):
+        r = data[arm]
+        for key in figures:
+            assert math.isfinite(r[key]) and r[key] > 0, (arm, key, r[key])
+        assert r["threads"] == 1 and r["evaluations"] >= 1
+        assert 0 < r["loss_positions"] < r["real_tokens"] <= r["padded_tokens"]
+        assert r["vocab_rows"] >= r["loss_positions"]
+        q = r["quality"]
+        assert 0 <= q["preference_accuracy"] <= 1 and q["pairs"] == 8
+        assert math.isfinite(q["logp_margin"])
+    for key in ("real_tokens_per_s", "mfu", "peak_rss_mb", "peak_pss_all_mb"):
+        assert math.isfinite(data["ratios"][key]), key
+    t, b = data["tuneforge"], data["baseline"]
+    # Same pairs in the same steps, the same LoRA layers running (TRL's frozen "ref" copy of an
+    # adapter it is handed is left out of the count).
+    assert (t["steps"], t["examples"]) == (b["steps"], b["examples"]) == (4, 32)
+    assert t["model"]["frozen_linear"] == b["model"]["frozen_linear"]
+    assert t["model"]["trained_linear"] == b["model"]["trained_linear"]
+    # The same prompts and answers; TRL's answers also keep the newline the chat template puts
+    # after the end-of-turn token (one token per sequence not cut at max_length), and only that.
+    extra = b["real_tokens"] - t["real_tokens"]
+    assert extra == b["loss_positions"] - t["loss_positions"]
+    assert 0 <= extra <= 2 * b["examples"]
+    assert "tuneforge_preference_accuracy" in t["quality"]
