@@ -5,16 +5,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
 from tuneforge.deploy.server.batcher import BatcherBusy, BatcherClosed
 from tuneforge.deploy.server.engine import RequestError
-from tuneforge.deploy.server.schemas import ClassifyRequest
+from tuneforge.deploy.server.errors import documented
+from tuneforge.deploy.server.health import require_ready
+from tuneforge.deploy.server.schemas import ClassificationList, ClassifyRequest
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(require_ready)])
 
 
-@router.post("/v1/classify")
+@router.post(
+    "/v1/classify",
+    response_model=ClassificationList,
+    responses=documented(400, 404, 413, 503),
+)
 async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
     """Labels and probabilities for one text or a list; concurrent calls share forwards."""
     state = request.app.state

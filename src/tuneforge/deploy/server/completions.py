@@ -10,19 +10,28 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.sse import EventSourceResponse, format_sse_event
 
 from tuneforge.deploy.server.engine import GenerationParams, ModelService, Prompt
-from tuneforge.deploy.server.errors import error_body
-from tuneforge.deploy.server.schemas import ChatCompletionRequest, CompletionRequest, _Sampling
+from tuneforge.deploy.server.errors import documented, error_body
+from tuneforge.deploy.server.health import require_ready
+from tuneforge.deploy.server.schemas import (
+    STREAM,
+    ChatCompletion,
+    ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
+    _Sampling,
+)
 from tuneforge.generation import Generation
 
 log = logging.getLogger("tuneforge.serve")
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(require_ready)])
+RESPONSES = {200: {"content": STREAM}} | documented(400, 404, 413, 503)
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", response_model=ChatCompletion, responses=RESPONSES)
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     service: ModelService = request.app.state.service
     service.require_generative("chat completions")
@@ -54,7 +63,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     }
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", response_model=Completion, responses=RESPONSES)
 async def completions(body: CompletionRequest, request: Request):
     service: ModelService = request.app.state.service
     service.require_generative("completions")

@@ -13,7 +13,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from transformers import AsyncTextIteratorStreamer, StoppingCriteria, StoppingCriteriaList
@@ -28,6 +28,8 @@ from tuneforge.data.chat import (
 from tuneforge.deploy.limits import Limits
 from tuneforge.generation import Generation, Sampling, generate
 from tuneforge.runs.run import Run
+
+GREEDY_BELOW = 1e-5  # temperatures below it decode greedily
 
 
 class RequestError(Exception):
@@ -72,7 +74,9 @@ class GenerationParams:
 
     @property
     def sampling(self) -> Sampling:
-        greedy = self.temperature == 0 or self.top_p == 0  # top_p 0 keeps only the likeliest token
+        # top_p 0 keeps only the likeliest token; dividing logits by a temperature this small
+        # overflows to inf (then NaN probabilities), and its sampling is greedy anyway (as vLLM)
+        greedy = self.temperature < GREEDY_BELOW or self.top_p == 0
         return Sampling(
             max_new_tokens=self.max_tokens,
             temperature=0.0 if greedy else self.temperature,
@@ -92,7 +96,8 @@ class _Cancelled(StoppingCriteria):
 
 
 class ModelService:
-    """One run, loaded once; generation serialised behind a lock, classification batched."""
+    """One run, loaded once (in the background: the server answers probes meanwhile);
+    generation serialised behind a lock, classification batched."""
 
     def __init__(self, run: Run, name: str, limits: Limits) -> None:
         self.run = run
@@ -100,9 +105,18 @@ class ModelService:
         self.limits = limits
         self.task = run.meta["task"]
         self.generative = self.task != "classification"
-        self.model = run.model  # load now: start-up, not the first request, pays for it
-        self.tokenizer = run.tokenizer
-        info = run.meta["info"]
+        self.state: Literal["loading", "ready", "failed", "stopping"] = "loading"
+        self.failure: str | None = None
+        self._lock = asyncio.Lock()
+        self._waiting = 0
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="tuneforge-generate")
+        self.generations = 0
+
+    def load(self) -> None:
+        """Loads the weights and tokenizer (slow: seconds to minutes); then the service is ready."""
+        self.model = self.run.model
+        self.tokenizer = self.run.tokenizer
+        info = self.run.meta["info"]
         if self.generative:
             eot = info["end_of_turn"] if "end_of_turn" in info else end_of_turn(self.tokenizer)
             self.chat_stop_ids = stop_token_ids(self.tokenizer, eot)
@@ -111,12 +125,30 @@ class ModelService:
             plain = [eos] if eos is not None else self.chat_stop_ids
             self.text_stop_ids = self.chat_stop_ids if self.chat_prompts else plain
         self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 4096)
-        self.max_prompt_tokens = min(limits.max_prompt_tokens or self.context, self.context - 1)
+        limit = self.limits.max_prompt_tokens or self.context
+        self.max_prompt_tokens = min(limit, self.context - 1)
         self.vocab = len(self.tokenizer)
-        self._lock = asyncio.Lock()
-        self._waiting = 0
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="tuneforge-generate")
-        self.generations = 0
+        if self.state == "loading":
+            self.state = "ready"
+
+    def fail(self, error: BaseException) -> None:
+        self.state = "failed"
+        self.failure = f"{type(error).__name__}: {error}"
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    def require_ready(self) -> None:
+        """Refuse (503) while the model is not loaded or the server is stopping."""
+        if self.ready:
+            return
+        message = {
+            "loading": "the model is still loading; retry in a moment",
+            "failed": f"the model failed to load ({self.failure}); see the server's log",
+            "stopping": "the server is shutting down",
+        }[self.state]
+        raise RequestError(503, message, code=f"model_{self.state}", type="server_error")
 
     @property
     def labels(self) -> list[str] | None:

@@ -1,6 +1,6 @@
-"""Errors in OpenAI's shape: every refusal is a 4xx with `{"error": {"message", "type", "param",
-"code"}}`, the body OpenAI clients parse; pydantic's 422s become 400s; a bug in one request is a
-500 for that request only."""
+"""Errors in OpenAI's shape: every refusal is a 4xx (or a 503) with `{"error": {"message", "type",
+"param", "code"}}`, the body OpenAI clients parse; pydantic's 422s become 400s; a bug in one
+request is a 500 for that request only. `documented` declares them in the OpenAPI document."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from tuneforge.deploy.limits import Limits
@@ -17,6 +18,35 @@ from tuneforge.deploy.server.engine import RequestError
 from tuneforge.errors import TuneforgeError
 
 log = logging.getLogger("tuneforge.serve")
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error body."""
+
+    error: ErrorDetail
+
+
+WHEN = {
+    400: "The request is invalid: not JSON, a parameter of the wrong type or out of range, or a "
+    "prompt longer than the model's context (`code` says which; `param` names the field).",
+    401: "The API key is missing or wrong (`Authorization: Bearer <key>`).",
+    404: "No such model: `model` must be the served model's id.",
+    413: "The request body is larger than the server's limit.",
+    503: "Not ready (the model is loading or failed to load), shutting down, or busy: too many "
+    "requests wait for the model. Retry later.",
+}
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses` of a route: these error statuses, each with OpenAI's error body."""
+    return {status: {"model": ErrorResponse, "description": WHEN[status]} for status in statuses}
 
 
 def error_body(

@@ -42,14 +42,18 @@ class BodyLimitMiddleware:
 
 
 class ApiKeyMiddleware:
-    """Every request needs `Authorization: Bearer <key>`; checked before the body is even read."""
+    """Every request but those to `open_paths` (the health probes) needs `Authorization: Bearer
+    <key>`; checked before the body is even read."""
 
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
+    def __init__(
+        self, app: ASGIApp, api_key: str, open_paths: frozenset[str] = frozenset()
+    ) -> None:
         self.app = app
         self.key = api_key.encode()
+        self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "http" and scope["path"] not in self.open_paths:
             scheme, token = get_authorization_scheme_param(
                 Headers(scope=scope).get("authorization")
             )
@@ -66,7 +70,3 @@ class ApiKeyMiddleware:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
-
-
-# ------------------------------------------------------------------------------------------------
-# The application

@@ -1,17 +1,54 @@
-"""Request bodies of the OpenAI-compatible API, validated by pydantic (strict types, OpenAI ranges).
+"""The JSON bodies of the OpenAI-compatible API: requests, validated by pydantic (strict types,
+OpenAI ranges), and the answers, which the OpenAPI document describes.
 
 Fields OpenAI clients commonly send but this server cannot honour are declared so that a
 non-default value is refused with a clear message instead of being silently ignored; fields not
-declared at all are ignored, as OpenAI-compatible servers usually do.
+declared at all are ignored, as OpenAI-compatible servers usually do. Where a validator narrows a
+field, `WithJsonSchema` states the same rule in the OpenAPI document, so that a request valid by
+the document is one the server accepts (tests/e2e/test_serve_contract.py checks it).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 
 MAX_STOP = 4  # OpenAI's limit on stop sequences
+SEED = (-(2**53), 2**53)  # exact in every JSON parser (doubles), and torch.manual_seed takes it
+
+
+def _whole(value: object) -> object:
+    """8.0 is the integer 8 in JSON (and JSON Schema); strict mode would refuse it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+WHOLE = BeforeValidator(_whole)  # outside the bounds, so they stay in the JSON Schema
+Integer = Annotated[int, WHOLE]
+Count = Annotated[Annotated[int, Field(ge=1)], WHOLE]
+Seed = Annotated[Annotated[int, Field(ge=SEED[0], le=SEED[1])], WHOLE]
+
+
+def _only(value: object, kind: str) -> WithJsonSchema:
+    """The document's view of a field whose validator accepts one value (or null)."""
+    return WithJsonSchema({"anyOf": [{"type": kind, "const": value}, {"type": "null"}]})
+
+
+NON_BLANK = {"type": "string", "pattern": r"\S"}  # str.strip() leaves something
+STOP = WithJsonSchema(
+    {
+        "anyOf": [
+            {"type": "string", "minLength": 1},
+            {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1},
+                "maxItems": MAX_STOP,
+            },
+            {"type": "null"},
+        ]
+    }
+)
+NO_PENALTY = WithJsonSchema({"type": "number", "minimum": 0, "maximum": 0})
 
 
 class _Body(BaseModel):
@@ -42,20 +79,26 @@ class _Sampling(_Body):
     """What chat and text completions share."""
 
     model: str
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Count | None = None
+    max_completion_tokens: Count | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
     top_p: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
-    stop: str | list[str] | None = Field(
+    stop: Annotated[str | list[str] | None, STOP] = Field(
         None, validate_default=True
     )  # always a list after validation
     stream: bool = False
     stream_options: StreamOptions | None = None
-    seed: int | None = None
-    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
-    n: int = 1
-    presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
-    frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
+    seed: Seed | None = None
+    logit_bias: (
+        Annotated[
+            dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]],
+            Field(json_schema_extra={"propertyNames": {"pattern": "^[0-9]+$"}}),
+        ]
+        | None
+    ) = None
+    n: Annotated[Integer, WithJsonSchema({"type": "integer", "const": 1})] = 1
+    presence_penalty: Annotated[float, NO_PENALTY] = 0.0
+    frequency_penalty: Annotated[float, NO_PENALTY] = 0.0
     user: str | None = None
 
     @field_validator("stop")
@@ -105,15 +148,11 @@ class _Sampling(_Body):
 
 class ChatCompletionRequest(_Sampling):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    tools: list | None = None
-    logprobs: bool | None = None
-
-    @field_validator("messages")
-    @classmethod
-    def _answerable(cls, value: list[ChatMessage]) -> list[ChatMessage]:
-        if value[-1].role != "user":
-            raise ValueError("the last message must come from the user (it is what gets answered)")
-        return value
+    tools: Annotated[
+        list | None,
+        WithJsonSchema({"anyOf": [{"type": "array", "maxItems": 0}, {"type": "null"}]}),
+    ] = None
+    logprobs: Annotated[bool | None, _only(False, "boolean")] = None
 
     @field_validator("tools")
     @classmethod
@@ -131,9 +170,12 @@ class ChatCompletionRequest(_Sampling):
 class CompletionRequest(_Sampling):
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
     echo: bool = False
-    logprobs: int | None = None
-    suffix: str | None = None
-    best_of: int | None = None
+    logprobs: Annotated[int | None, WithJsonSchema({"type": "null"})] = None
+    suffix: Annotated[
+        str | None,
+        WithJsonSchema({"anyOf": [{"type": "string", "maxLength": 0}, {"type": "null"}]}),
+    ] = None
+    best_of: Annotated[Integer | None, _only(1, "integer")] = None
 
     @field_validator("logprobs", "suffix")
     @classmethod
@@ -156,8 +198,103 @@ class CompletionRequest(_Sampling):
 
 class ClassifyRequest(_Body):
     model: str | None = None
-    input: str | Annotated[list[str], Field(min_length=1)]
+    input: Annotated[
+        str | Annotated[list[str], Field(min_length=1)],
+        WithJsonSchema(
+            {"anyOf": [NON_BLANK, {"type": "array", "items": NON_BLANK, "minItems": 1}]}
+        ),
+    ]
 
     @property
     def texts(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+# ------------------------------------------------------------------------------------------------
+# Answers
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: None
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class TextChoice(BaseModel):
+    text: str
+    index: int
+    logprobs: None
+    finish_reason: Literal["stop", "length"]
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[TextChoice]
+    usage: Usage
+
+
+STREAM = {
+    "text/event-stream": {
+        "schema": {  # Open API 3.1: the schema of one event
+            "type": "object",
+            "properties": {
+                "event": {"type": "string"},
+                "data": {
+                    "type": "string",
+                    "description": "an OpenAI chunk object as JSON; the last event: [DONE]",
+                },
+            },
+            "required": ["data"],
+        },
+        "description": "with `stream: true`: server-sent events ending with `data: [DONE]`",
+    }
+}
+
+
+class Classification(BaseModel):
+    object: Literal["classification"]
+    index: int
+    label: str
+    probabilities: dict[str, float]
+
+
+class ClassificationList(BaseModel):
+    object: Literal["list"]
+    model: str
+    data: list[Classification]
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
