@@ -10,6 +10,7 @@ from torch import nn
 
 from tuneforge.config import LoraConfig
 from tuneforge.errors import TuneforgeError
+from tuneforge.library_output import tame
 from tuneforge.methods.fused_lora import use_fused_lora
 from tuneforge.methods.lora_dropout import use_cheap_dropout
 
@@ -28,6 +29,7 @@ def apply_lora(
         lora_dropout=cfg.dropout,
         target_modules=cfg.target_modules,
     )
+    tame()  # PEFT reads the model's deprecated `is_gradient_checkpointing`: a FutureWarning
     try:
         model = get_peft_model(model, peft_cfg)
     except ValueError as e:
