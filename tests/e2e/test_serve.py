@@ -165,7 +165,7 @@ class Server:
             else:
                 try:
                     if (
-                        httpx.get(f"{self.url}/health", headers=headers, timeout=5).status_code
+                        httpx.get(f"{self.url}/ready", headers=headers, timeout=5).status_code
                         == 200
                     ):
                         return
@@ -258,9 +258,12 @@ def _with_system(messages: list[dict]) -> list[dict]:
 
 
 def _healthy(http: httpx.Client) -> dict:
-    r = http.get("/health")
+    """The server is alive and ready; its state and counters (/stats, behind the API key)."""
+    for probe, status in (("/health", "ok"), ("/ready", "ready")):
+        r = http.get(probe)
+        assert r.status_code == 200 and r.json() == {"status": status}, (probe, r.text)
+    r = http.get("/stats")
     assert r.status_code == 200, r.text
-    assert r.json()["status"] == "ok"
     return r.json()
 
 
@@ -438,7 +441,7 @@ def test_every_request_needs_the_api_key(servers):
     url = servers["sft"].url
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}):
         for method, path in (
-            ("GET", "/health"),
+            ("GET", "/stats"),
             ("GET", "/v1/models"),
             ("POST", "/v1/chat/completions"),
         ):
@@ -449,7 +452,10 @@ def test_every_request_needs_the_api_key(servers):
     wrong = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         wrong.models.list()
-    assert httpx.get(f"{servers['cls'].url}/health").status_code == 200  # no --api-key: open
+    for probe in ("/health", "/ready"):  # open for an orchestrator's probes, no model details
+        r = httpx.get(url + probe)
+        assert r.status_code == 200 and set(r.json()) == {"status"}, (probe, r.text)
+    assert httpx.get(f"{servers['cls'].url}/stats").status_code == 200  # no --api-key: open
 
 
 # --------------------------------------------------------------------------------------------------
@@ -483,8 +489,6 @@ SFT_ERRORS = [
      "messages[0].content", "missing_required_parameter"),
     ("image-part", CHAT, {"messages": [{"role": "user", "content": IMAGE}]}, 400,
      "messages[0].content", None),
-    ("ends-with-assistant", CHAT, {"messages": [*USER, {"role": "assistant", "content": "x"}]},
-     400, "messages", "invalid_value"),
     ("unknown-model", CHAT, {"model": "gpt-4o"}, 404, "model", "model_not_found"),
     ("no-model", CHAT, {"model": DROP}, 400, "model", "missing_required_parameter"),
     ("negative-temperature", CHAT, {"temperature": -0.5}, 400, "temperature", "invalid_value"),
@@ -542,6 +546,17 @@ def test_bad_requests_get_openai_errors(
         expected["code"] = code
     _assert_error_shape(r.json(), **expected)
     _healthy(http)
+
+
+def test_a_chat_ending_with_any_role_gets_the_next_assistant_turn(sft_http, servers):
+    """As OpenAI: the server answers the conversation as it is (no rule on the last role)."""
+    for role in ("assistant", "system"):
+        messages = [*USER, {"role": role, "content": "x"}]
+        r = sft_http.post(
+            CHAT, json={"model": servers["sft"].name, "messages": messages, "max_tokens": 2}
+        )
+        assert r.status_code == 200, (role, r.text)
+        assert r.json()["choices"][0]["message"]["role"] == "assistant"
 
 
 def test_malformed_and_oversized_bodies_and_unknown_routes(sft_http):
@@ -603,7 +618,7 @@ def test_sixty_simultaneous_requests_are_all_answered_correctly(servers, loaded,
     }  # fmt: skip
     client = openai.OpenAI(base_url=f"{servers['sft'].url}/v1", api_key=KEY, max_retries=0)
     expected_stream = client.chat.completions.create(**stream_body).choices[0].message.content
-    before = httpx.get(f"{servers['cls'].url}/health").json()["classify"]
+    before = httpx.get(f"{servers['cls'].url}/stats").json()["classify"]
 
     async def classify(c: httpx.AsyncClient, value):
         r = await c.post(f"{servers['cls'].url}/v1/classify", json={"input": value})
@@ -647,7 +662,7 @@ def test_sixty_simultaneous_requests_are_all_answered_correctly(servers, loaded,
         chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
         text = "".join(ch["choices"][0]["delta"].get("content") or "" for ch in chunks)
         assert text == expected_stream
-    after = httpx.get(f"{servers['cls'].url}/health").json()["classify"]
+    after = httpx.get(f"{servers['cls'].url}/stats").json()["classify"]
     requests, batches = after["requests"] - before["requests"], after["batches"] - before["batches"]
     assert requests == 40
     assert batches < requests  # concurrent classify calls shared forward passes
@@ -848,10 +863,10 @@ output_dir: {tmp / "runs"}
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "in-process server did not start"
-        time.sleep(0.05)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    while not server.started or httpx.get(f"{url}/ready").status_code != 200:
+        assert thread.is_alive() and time.monotonic() < deadline, "in-process server not ready"
+        time.sleep(0.05)
     try:
         yield {"url": url, "run": run}
     finally:
@@ -901,4 +916,4 @@ def test_requests_past_the_waiting_limit_get_503_and_the_rest_are_served(pretrai
             _assert_error_shape(r.json(), type="server_error", code="server_busy")
         else:
             assert r.json()["usage"]["completion_tokens"] == 200
-    assert httpx.get(f"{pretrain['url']}/health").json()["generation"]["busy"] is False
+    assert httpx.get(f"{pretrain['url']}/stats").json()["generation"]["busy"] is False
