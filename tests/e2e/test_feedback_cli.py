@@ -133,6 +133,13 @@ def test_bad_input_one_clear_message(served, tmp_path):
         run_cli("feedback", "export", served["run"], "-o", out, "--kind", "pair"),
         "unknown export kind 'pair' (did you mean 'pairs'?)",
     )
+    assert_user_error(run_cli("feedback", "export", served["run"], "-o", tmp_path), "is a folder")
+    log = default_log_path(served["run"])
+    before = log.read_bytes()
+    assert_user_error(
+        run_cli("feedback", "export", served["run"], "-o", log), "is the feedback log itself"
+    )
+    assert log.read_bytes() == before
     only_ups = tmp_path / "ups.jsonl"
     log = FeedbackLog(only_ups, ModelRef("r"))
     log.record_completion("c1", [{"role": "user", "content": "hi"}], "hello")

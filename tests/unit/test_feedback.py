@@ -29,7 +29,7 @@ from tuneforge.deploy.feedback import (
     default_log_path,
     read_log,
 )
-from tuneforge.deploy.feedback_export import export_feedback, feedback_stats
+from tuneforge.deploy.feedback_export import export_feedback, feedback_stats, write_rows
 from tuneforge.deploy.limits import FeedbackLimits
 from tuneforge.errors import TuneforgeError
 
@@ -218,6 +218,21 @@ def test_feedback_as_text_is_normalised_to_messages(log):
     record = log.record_feedback({"prompt": "hi", "completion": "go away", "rating": "down"})
     assert record["prompt"] == [{"role": "user", "content": "hi"}]
     assert "completion_id" not in record and record["completion"] == "go away"
+
+
+def test_text_that_is_not_valid_unicode_is_logged_escaped(log):
+    """A lone surrogate (JSON `"\\ud800"` from a client) must not fail the request."""
+    log.record_completion("chatcmpl-1", USER, "Paris \ud800")
+    log.record_feedback({"completion_id": "chatcmpl-1", "preferred": "Paris é"})
+    raw = log.path.read_bytes()
+    assert b"\\ud800" in raw and "Paris é".encode() in raw
+    assert log.find_completion("chatcmpl-1")["completion"] == "Paris \ud800"
+    assert read_log(log.path).skipped_lines == 0
+    write_rows(log.path.parent / "kto.jsonl", export_feedback(log.path, "kto")[0])
+    exported = [
+        json.loads(line) for line in (log.path.parent / "kto.jsonl").read_text().splitlines()
+    ]
+    assert [r["completion"] for r in exported] == ["Paris \ud800", "Paris é"]
 
 
 def test_limits_are_configurable(tmp_path):

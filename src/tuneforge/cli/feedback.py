@@ -82,7 +82,7 @@ def feedback_export_cmd(
             f"{counts['feedback']} feedback records)",
             hint=_empty_hint(kind, counts),
         )
-    write_rows(output, rows)
+    write_rows(output, rows, log=path)
     if as_json:
         emit_json(
             {

@@ -94,8 +94,16 @@ def now_iso() -> str:
 
 
 def encode_record(record: Mapping[str, Any]) -> bytes:
-    """One line: compact JSON (a newline inside a string is escaped, so it never splits a line)."""
-    return (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+    """One line: compact JSON (a newline inside a string is escaped, so it never splits a line).
+
+    Readable UTF-8; text that is not valid Unicode (a lone surrogate a client sent as `\\ud800`)
+    falls back to ASCII escapes rather than failing the request.
+    """
+    try:
+        text = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+        return (text + "\n").encode()
+    except UnicodeEncodeError:
+        return (json.dumps(record, separators=(",", ":")) + "\n").encode()
 
 
 def append_line(path: Path, line: bytes) -> int:

@@ -27,7 +27,7 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-from tuneforge.deploy.feedback import RATINGS, read_log
+from tuneforge.deploy.feedback import RATINGS, encode_record, read_log
 from tuneforge.errors import TuneforgeError, did_you_mean
 from tuneforge.files import ensure_dir, write_text
 
@@ -246,8 +246,19 @@ def _counts(
     return counts, kto, pairs
 
 
-def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    """JSON Lines, written whole or not at all (a training run never reads half an export)."""
+def write_rows(path: Path, rows: list[dict[str, Any]], log: Path | None = None) -> None:
+    """JSON Lines, written whole or not at all (a training run never reads half an export).
+
+    Refuses to replace `log` itself: the export would destroy the only copy of the feedback.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise TuneforgeError(
+            f"--output {path} is a folder", hint=f"give a file name, e.g. {path / 'prefs.jsonl'}"
+        )
+    if log is not None and path.resolve() == Path(log).resolve():
+        raise TuneforgeError(
+            f"--output {path} is the feedback log itself", hint="write the export to another file"
+        )
     ensure_dir(path.parent, "--output folder")
-    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_text(path, b"".join(encode_record(r) for r in rows).decode())
