@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 import schemathesis
+import uvicorn
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
@@ -31,6 +32,11 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 from test_serve import _one_thread, _recipes  # noqa: F401 - a fixture and the tiny recipes
+
+import tuneforge
+from tuneforge.deploy.serve import Limits, bind, create_app
+from tuneforge.deploy.server.engine import ModelService
+from tuneforge.deploy.server.openapi import decimal_below
 
 KEY = "sk-contract-0123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -58,8 +64,6 @@ FUZZ = settings(
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model) -> dict[str, Path]:
-    import tuneforge
-
     recipes = _recipes(tmp_path_factory.mktemp("contract"), tiny_model)
     return {
         kind: tuneforge.train(recipes[kind], ["training.max_steps=2"]).path
@@ -70,10 +74,6 @@ def runs(tmp_path_factory, tiny_model) -> dict[str, Path]:
 @contextmanager
 def live(run: Path, **options) -> Iterator[str]:
     """A uvicorn server for `run` on a free loopback port, once /ready says the model is loaded."""
-    import uvicorn
-
-    from tuneforge.deploy.serve import Limits, bind, create_app
-
     sock = bind("127.0.0.1", 0)
     app = create_app(run, limits=Limits(**LIMITS), **options)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -166,8 +166,6 @@ def test_the_probes_are_open_while_the_api_needs_the_key(sft_url):
 
 
 def test_guard_health_puts_the_probes_behind_the_key(runs):
-    from tuneforge.deploy.server import create_app
-
     app = create_app(runs["cls"], api_key=KEY, guard_health=True)
     with TestClient(app) as client:
         for probe in ("/health", "/ready"):
@@ -181,9 +179,6 @@ def test_guard_health_puts_the_probes_behind_the_key(runs):
 def loading(runs, monkeypatch, outcome: Exception | None) -> Iterator[tuple]:
     """A classification app whose model load waits for `release`, then ends with `outcome`; the
     list receives what `on_loaded` is told."""
-    from tuneforge.deploy.server import create_app
-    from tuneforge.deploy.server.engine import ModelService
-
     release, told = threading.Event(), []
     real_load = ModelService.load
 
@@ -286,8 +281,6 @@ def test_the_classification_document_lists_classify_only(cls_url):
 
 @pytest.mark.parametrize("n", [1, 2, 7, 10, 11, 99, 100, 101, 400, 1000, 32000, 49152, 128256])
 def test_token_id_pattern_matches_exactly_the_ids_below_the_vocabulary_size(n):
-    from tuneforge.deploy.server.openapi import decimal_below
-
     pattern = re.compile(decimal_below(n))
     probe = set(range(min(n + 50, 2000))) | {n - 2, n - 1, n, n + 1, 10 * n}
     for i in probe:
