@@ -60,6 +60,7 @@ COUNTS = {
     "pairs_capped": 0,
     "skipped_lines": 0,
     "skipped_unknown": 0,
+    "skipped_unusable": 0,
 }
 
 

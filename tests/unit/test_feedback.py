@@ -280,6 +280,8 @@ def hand_made_log(tmp_path) -> Path:
         feedback(prompt=P3, completion="Go away.", rating="down"),
         feedback(completion_id="chatcmpl-unknown", rating="up"),
         feedback(completion_id="c3", rating="down"),  # later feedback overrides the earlier up
+        completion("c6", [*P2, {"role": "assistant", "content": "4"}], "Sure?"),
+        feedback(completion_id="c6", rating="up"),  # a chat ending in an answer: not trainable
     ]
     path = tmp_path / "feedback.jsonl"
     text = "".join(json.dumps(r) + "\n" for r in records) + '{"type": "feedback", "compl'
@@ -288,8 +290,8 @@ def hand_made_log(tmp_path) -> Path:
 
 
 COUNTS = {
-    "completions": 5,
-    "feedback": 7,
+    "completions": 6,
+    "feedback": 8,
     "rated_up": 1,
     "rated_down": 3,
     "edited": 1,
@@ -299,6 +301,7 @@ COUNTS = {
     "pairs_capped": 0,
     "skipped_lines": 1,
     "skipped_unknown": 1,
+    "skipped_unusable": 1,
 }
 
 

@@ -39,6 +39,7 @@ LABELS = {
     "pairs_capped": "pairs over the per-prompt cap",
     "skipped_lines": "skipped: torn or unreadable lines",
     "skipped_unknown": "skipped: feedback on unknown ids",
+    "skipped_unusable": "skipped: chats ending in an answer",
     "rows": "rows written",
 }
 

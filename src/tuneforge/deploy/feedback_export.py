@@ -27,6 +27,7 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
+from tuneforge.data.chat import ROLES
 from tuneforge.deploy.feedback import RATINGS, encode_record, read_log
 from tuneforge.errors import TuneforgeError, did_you_mean
 from tuneforge.files import ensure_dir, write_text
@@ -73,7 +74,9 @@ def collect(log: Path) -> Collected:
             contents.skipped_lines += 1
     collected = Collected()
     counts = collected.counts
-    counts.update(completions=len(completions), feedback=len(feedback), skipped_unknown=0)
+    counts.update(
+        completions=len(completions), feedback=len(feedback), skipped_unknown=0, skipped_unusable=0
+    )
     counts["skipped_lines"] = contents.skipped_lines
     merged: dict[tuple[str, str], Judgement] = {}
     for position, record in enumerate(feedback):
@@ -82,6 +85,9 @@ def collect(log: Path) -> Collected:
             counts["skipped_unknown"] += 1
             continue
         prompt, completion = target
+        if not trainable(prompt):
+            counts["skipped_unusable"] += 1
+            continue
         judgement = merged.setdefault(
             (prompt_key(prompt), completion), Judgement(prompt, completion)
         )
@@ -90,6 +96,13 @@ def collect(log: Path) -> Collected:
         judgement.last = position
     collected.judgements = sorted(merged.values(), key=lambda j: j.last)
     return collected
+
+
+def trainable(prompt: list[dict[str, str]]) -> bool:
+    """What the preference task can learn from: known roles, the prompt not ending in an answer
+    (a chat the client ended with an assistant turn got a second answer the template cannot
+    render as one turn)."""
+    return all(m["role"] in ROLES for m in prompt) and prompt[-1]["role"] != "assistant"
 
 
 def _is_completion(record: dict[str, Any]) -> bool:
@@ -242,6 +255,7 @@ def _counts(
         "pairs_capped": capped,
         "skipped_lines": collected.counts["skipped_lines"],
         "skipped_unknown": collected.counts["skipped_unknown"],
+        "skipped_unusable": collected.counts["skipped_unusable"],
     }
     return counts, kto, pairs
 
