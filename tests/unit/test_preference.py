@@ -253,3 +253,31 @@ def test_answer_logprobs_equal_a_direct_computation(tiny_model, tiny_tokenizer):
         expected = sum(float(logp[len(prompt) + k - 1, token]) for k, token in enumerate(answer))
         assert score.tokens == len(answer)
         assert math.isclose(score.logp, expected, rel_tol=1e-4, abs_tol=1e-4)
+
+
+def test_a_fresh_adapters_reference_copy_is_dropped_a_trained_ones_kept(tiny_model):
+    """TRL's frozen "ref" copy of a zero (fresh) adapter is the adapter-off model: dropped; a
+    continued adapter's copy is the model being continued: kept."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.tasks.preference import drop_identical_reference
+
+    def with_reference(trained: bool):
+        model = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(tiny_model),
+            LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"),
+        )
+        if trained:
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.data.fill_(0.01)
+        model.add_adapter("ref", model.peft_config["default"])
+        return model
+
+    fresh = with_reference(trained=False)
+    drop_identical_reference(fresh)
+    assert list(fresh.peft_config) == ["default"]
+    continued = with_reference(trained=True)
+    drop_identical_reference(continued)
+    assert sorted(continued.peft_config) == ["default", "ref"]

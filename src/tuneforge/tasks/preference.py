@@ -9,10 +9,10 @@ same way (evaluation/preference.py): preference accuracy on held-out judgements,
 reward accuracy and margin against the reference, a sampled estimate of the KL divergence from it,
 and greedy answers side by side.
 
-The reference model is the starting point. With LoRA, TRL copies the adapter being trained into a
-frozen "ref" adapter before the first step (a fresh adapter: the base model itself; continuing an
-SFT LoRA run: the SFT model), so there is no second copy of the base weights; full and freeze
-runs get a frozen copy of the starting model.
+The reference model is the starting point. With a fresh LoRA adapter it is the model with its
+adapter off; continuing an SFT LoRA run, TRL's frozen "ref" copy of the adapter (the SFT model):
+no second copy of the base weights either way. Full and freeze runs get a frozen copy of the
+starting model.
 """
 
 from __future__ import annotations
@@ -508,8 +508,24 @@ class PreferenceTask(CausalLMTask):
 # TRL's trainers on data tokenised here
 
 
+def drop_identical_reference(model) -> None:
+    """TRL copies a PEFT model's adapter into a frozen "ref" adapter for the reference passes.
+    A fresh LoRA adapter is still zero (B = 0), so that copy computes the same function as the
+    model with its adapter off, which costs no extra matmuls and no memory: drop it. A continued
+    adapter (non-zero) keeps its copy: the reference is then the run being continued."""
+    if not isinstance(model, PeftModel) or "ref" not in model.peft_config:
+        return
+    trained = [p for n, p in model.named_parameters() if ".default." in n and "lora_B" in n]
+    if trained and not any(bool(p.detach().any()) for p in trained):
+        model.delete_adapter("ref")
+
+
 class PreTokenisedDPOTrainer(DPOTrainer):
     """TRL's DPO on rows already split into prompt/chosen/rejected token ids by the task."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        drop_identical_reference(self.model)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         return dataset
@@ -517,6 +533,10 @@ class PreTokenisedDPOTrainer(DPOTrainer):
 
 class PreTokenisedKTOTrainer(KTOTrainer):
     """TRL's KTO on rows already tokenised; only its KL completions are added (its own step)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        drop_identical_reference(self.model)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         if not self.calculate_KL:
