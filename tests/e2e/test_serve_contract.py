@@ -11,6 +11,8 @@ after it failed to load) and which endpoints each kind of run lists.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +23,7 @@ import httpx2 as httpx
 import pytest
 import schemathesis
 import uvicorn
+from conftest import assert_user_error
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
@@ -173,6 +176,12 @@ def test_guard_health_puts_the_probes_behind_the_key(runs):
         assert client.get("/health", headers=AUTH).json() == {"status": "ok"}
         doc = client.get("/openapi.json", headers=AUTH).json()
     assert "401" in doc["paths"]["/health"]["get"]["responses"]
+
+
+def test_guard_health_without_an_api_key_is_a_user_error(runs):
+    command = [sys.executable, "-m", "tuneforge.cli", "serve", str(runs["cls"]), "--guard-health"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert_user_error(result, "--guard-health needs --api-key")
 
 
 @contextmanager

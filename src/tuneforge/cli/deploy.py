@@ -230,9 +230,18 @@ def serve(
         typer.Option(
             "--api-key",
             envvar="TUNEFORGE_API_KEY",
-            help="Require 'Authorization: Bearer KEY' on every request.",
+            help="Require 'Authorization: Bearer KEY' on every request but the health probes "
+            "(/health, /ready).",
         ),
     ] = None,
+    guard_health: Annotated[
+        bool,
+        typer.Option(
+            "--guard-health",
+            help="With --api-key: require the key on /health and /ready too (default: open, "
+            "for an orchestrator's probes; they tell no model details).",
+        ),
+    ] = False,
     name: Annotated[
         str | None, typer.Option("--name", help="Model id for clients (default: the run's folder).")
     ] = None,
@@ -259,5 +268,11 @@ def serve(
         max_waiting=max_waiting,
     )
     serve_run(
-        load_run(run, device), host=host, port=port, api_key=api_key, name=name, limits=limits
+        load_run(run, device),
+        host=host,
+        port=port,
+        api_key=api_key,
+        name=name,
+        limits=limits,
+        guard_health=guard_health,
     )

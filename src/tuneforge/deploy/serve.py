@@ -60,6 +60,8 @@ def serve(
     (open without the API key unless `guard_health`)."""
     if api_key is not None and not api_key.strip():
         raise TuneforgeError("--api-key is empty", hint="give a key, or leave the option out")
+    if guard_health and not api_key:
+        raise TuneforgeError("--guard-health needs --api-key", hint="give a key, or leave it out")
     loaded = run if isinstance(run, Run) else Run.load(run)
     sock = bind(host, port)
     try:
