@@ -239,3 +239,25 @@ def test_a_rank_other_than_0_is_silent_but_for_errors():
     )
     assert proc.stdout == "bars False 1\n"
     assert proc.stderr == "a library error\n"
+
+
+def test_checkpointing_is_enabled_under_its_current_name(tiny_model):
+    """LoRA + activation checkpointing through `methods` alone: no FutureWarning about the
+    deprecated `gradient_checkpointing` names, and the adapters still get gradients."""
+    import torch
+
+    from tuneforge.config import FreezeConfig, LoraConfig
+    from tuneforge.methods import apply_method, enable_gradient_checkpointing
+    from tuneforge.models import load_causal_lm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        model = load_causal_lm(tiny_model)
+        model = apply_method(model, "lora", LoraConfig(r=4, alpha=8), FreezeConfig(), "CAUSAL_LM")
+        enable_gradient_checkpointing(model, "lora")
+        assert model.base_model.model.is_activation_checkpointing
+        model.train()
+        ids = torch.tensor([[1, 5, 9, 14, 3]])
+        model(input_ids=ids, labels=ids).loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
