@@ -496,8 +496,6 @@ SFT_ERRORS = [
     ("top-p-above-1", CHAT, {"top_p": 1.5}, 400, "top_p", "invalid_value"),
     ("max-tokens-0", CHAT, {"max_tokens": 0}, 400, "max_tokens", "invalid_value"),
     ("max-tokens-over-limit", CHAT, {"max_tokens": 100_000}, 400, "max_tokens", "invalid_value"),
-    ("max-tokens-past-context", CHAT, {"max_tokens": 2000}, 400, "max_tokens",
-     "context_length_exceeded"),
     ("max-tokens-text", CHAT, {"max_tokens": "ten"}, 400, "max_tokens", "invalid_type"),
     ("stream-text", CHAT, {"stream": "yes"}, 400, "stream", "invalid_type"),
     ("five-stops", CHAT, {"stop": list("abcde")}, 400, "stop", "invalid_value"),
@@ -548,6 +546,18 @@ def test_bad_requests_get_openai_errors(
     _healthy(http)
 
 
+def test_max_tokens_past_the_context_ends_the_answer_where_the_context_does(
+    client, servers, visible
+):
+    """max_tokens is an upper bound: a prompt of n tokens leaves room for 1024 - n (the tiny
+    model's context), and the answer stops there with finish_reason "length", not a 400."""
+    reply = client.chat.completions.create(
+        model=servers["sft"].name, messages=USER, temperature=0, max_tokens=2000, logit_bias=visible
+    )
+    assert reply.usage.total_tokens == 1024
+    assert reply.choices[0].finish_reason == "length"
+
+
 def test_a_chat_ending_with_any_role_gets_the_next_assistant_turn(sft_http, servers):
     """As OpenAI: the server answers the conversation as it is (no rule on the last role)."""
     for role in ("assistant", "system"):
@@ -590,8 +600,10 @@ def test_the_openai_client_raises_on_refusals_and_the_server_keeps_answering(cli
         client.chat.completions.create(model=name, messages=USER, temperature=-1)
     with pytest.raises(openai.NotFoundError, match="does not exist"):
         client.chat.completions.create(model="gpt-4o", messages=USER)
-    with pytest.raises(openai.BadRequestError, match="context"):
-        client.chat.completions.create(model=name, messages=USER, max_tokens=1020)
+    with pytest.raises(openai.BadRequestError, match="at most"):
+        client.chat.completions.create(
+            model=name, messages=[{"role": "user", "content": "fox " * 3000}]
+        )
     reply = client.chat.completions.create(model=name, messages=USER, max_tokens=2)
     assert reply.usage.completion_tokens <= 2
 

@@ -212,7 +212,9 @@ class ModelService:
         seed: int | None,
         logit_bias: dict[str, float] | None,
     ) -> GenerationParams:
-        """Checks a request's numbers against the limits and the context window."""
+        """Checks a request's numbers against the limits. `max_tokens` is an upper bound: past the
+        room the prompt leaves in the context, generation ends there (finish_reason "length"),
+        so every `max_tokens` the OpenAPI document allows is accepted."""
         n_prompt = len(prompt.ids)
         if n_prompt == 0:
             raise RequestError(400, "the prompt is empty", param=prompt.param, code="invalid_value")
@@ -231,15 +233,6 @@ class ModelService:
                 param="max_tokens",
                 code="invalid_value",
             )
-        room = self.context - n_prompt
-        if requested is not None and requested > room:
-            raise RequestError(
-                400,
-                f"this model's context is {self.context} tokens; the prompt uses {n_prompt}, so "
-                f"max_tokens can be at most {room} (got {requested})",
-                param="max_tokens",
-                code="context_length_exceeded",
-            )
         bias = {}
         for key, value in (logit_bias or {}).items():
             token = int(key)
@@ -251,8 +244,8 @@ class ModelService:
                     code="invalid_value",
                 )
             bias[token] = value
-        default = min(self.limits.default_max_tokens, self.limits.max_tokens, room)
-        max_tokens = requested if requested is not None else default
+        default = min(self.limits.default_max_tokens, self.limits.max_tokens)
+        max_tokens = min(requested if requested is not None else default, self.context - n_prompt)
         return GenerationParams(max_tokens, temperature, top_p, stop, seed, bias)
 
     # ---------------------------------------------------------------- generation

@@ -7,8 +7,8 @@ the limits this server enforces (`max_tokens`, texts per call, the model id, tok
 `logit_bias`), so that a request valid by the document is a request the server accepts. What no
 JSON Schema can say (a prompt longer than the model's context in tokens) is a documented 400.
 
-The limits that need the model (its context, its vocabulary) are added once it is loaded; until
-then the document is rebuilt on every request rather than cached.
+The limits that need the model (its vocabulary, whether prompts are chats) are added once it is
+loaded; until then the document is rebuilt on every request rather than cached.
 """
 
 from __future__ import annotations
@@ -80,14 +80,11 @@ def _served_limits(schemas: Schema, service: ModelService, limits: Limits) -> No
         _narrow(body["model"], "string", enum=[service.name])
         _narrow(body["input"], "array", maxItems=limits.max_texts)
         return
-    max_tokens = limits.max_tokens
-    if service.ready:
-        max_tokens = min(max_tokens, service.context - 1)
     for name in ("ChatCompletionRequest", "CompletionRequest"):
         body = schemas[name]["properties"]
         _narrow(body["model"], "string", enum=[service.name])
         for field in ("max_tokens", "max_completion_tokens"):
-            _narrow(body[field], "integer", maximum=max_tokens)
+            _narrow(body[field], "integer", maximum=limits.max_tokens)
         if service.ready:
             pattern = decimal_below(service.vocab)
             _narrow(body["logit_bias"], "object", propertyNames={"pattern": pattern})
