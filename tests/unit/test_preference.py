@@ -281,3 +281,44 @@ def test_a_fresh_adapters_reference_copy_is_dropped_a_trained_ones_kept(tiny_mod
     continued = with_reference(trained=True)
     drop_identical_reference(continued)
     assert sorted(continued.peft_config) == ["default", "ref"]
+
+
+def test_data_check_on_feedback_holds_out_whole_prompts(tmp_path, tiny_model, tiny_tokenizer):
+    """Several answers to one prompt are neither duplicates nor, with a validation_split, leakage;
+    a held-out prompt that is also in train is; thumbs up/down balance is counted."""
+    import json as _json
+
+    from tuneforge.config import load_recipe
+    from tuneforge.data.recipe_check import check_recipe_data
+    from tuneforge.tasks import get_task
+
+    rows = []
+    for i in range(20):
+        rows.append({"prompt": f"question {i}", "completion": f"good {i}", "label": True})
+        rows.append({"prompt": f"question {i}", "completion": f"bad {i}", "label": False})
+    rows += [{"prompt": f"extra {i}", "completion": f"bad x{i}", "label": False} for i in range(50)]
+    train = tmp_path / "fb.jsonl"
+    train.write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    recipe_path = tmp_path / "r.yaml"
+    recipe_path.write_text(
+        f"name: fb\nbase_model: {tiny_model}\ntask: preference\n"
+        f"data: {{train: {train}, validation_split: 0.25}}\npreference: {{algorithm: kto}}\n"
+    )
+    recipe = load_recipe(recipe_path)
+    task = get_task("preference")
+    splits = task.read(recipe, tmp_path)
+    prompts = {r["prompt"] for r in splits.train}
+    assert not prompts & {r["prompt"] for r in splits.validation}  # whole prompts held out
+    report = check_recipe_data(recipe, tiny_tokenizer, task, tmp_path)
+    checks = {(f.check, f.split) for f in report.findings}
+    assert not {c for c in checks if c[0] in ("duplicates", "leakage")}, report.findings
+    assert ("imbalance", "train") in checks  # 20 up against 70 down (ratio > 3)
+
+    validation = tmp_path / "val.jsonl"
+    validation.write_text(_json.dumps(rows[0] | {"completion": "other"}) + "\n")
+    recipe = load_recipe(
+        recipe_path, [f"data.validation={validation}", "data.validation_split=null"]
+    )
+    report = check_recipe_data(recipe, tiny_tokenizer, task, tmp_path)
+    leak = [f for f in report.findings if f.check == "leakage"]
+    assert leak and leak[0].severity == "error"

@@ -29,6 +29,13 @@ class Example:
     line: int
     label: str | None = None
     n_tokens: int | None = None
+    # The whole example when `text` is only the part that must not leak between splits (a
+    # preference row's prompt): duplicates are whole examples, several answers to one prompt are not.
+    whole: str | None = None
+
+    @property
+    def identity(self) -> str:
+        return self.text if self.whole is None else self.whole
 
 
 @dataclass
@@ -176,12 +183,12 @@ def _check_split(
     for e in examples:
         if not e.text.strip():
             continue
-        key = normalise(e.text)
-        if e.text in seen_exact:
+        key = normalise(e.identity)
+        if e.identity in seen_exact:
             exact.append(e.line)
         elif key in seen_norm:
             near.append(e.line)
-        seen_exact.setdefault(e.text, e.line)
+        seen_exact.setdefault(e.identity, e.line)
         seen_norm.setdefault(key, e.line)
     if exact:
         add("duplicates", f"{len(exact)} exact duplicate(s) of earlier rows", split, exact)

@@ -9,7 +9,7 @@ from typing import Any
 
 from tuneforge.config import DataConfig
 from tuneforge.data.readers import Row, read_records, row_where
-from tuneforge.data.splits import plain_split, stratified_split
+from tuneforge.data.splits import grouped_split, plain_split, stratified_split
 from tuneforge.errors import TuneforgeError
 
 
@@ -37,11 +37,13 @@ def load_splits(
     *,
     check: Check | None = None,
     stratify: Callable[[Row], Any] | None = None,
+    group: Callable[[Row], str] | None = None,
     skipped: dict[str, list] | None = None,
 ) -> Splits:
     """Read every split, `check` each file, and hold out a seeded validation set when asked.
 
-    The hold-out is stratified by `stratify(row)` when given (class balance is kept). With
+    The hold-out is stratified by `stratify(row)` when given (class balance is kept), or keeps
+    the rows of one `group(row)` together (every answer to one prompt on one side). With
     `skipped`, unparseable rows are recorded per split (split -> [(line, problem)]) instead of
     raising.
     """
@@ -64,6 +66,14 @@ def load_splits(
             _require_two_per_label(train, keys, cfg.train)
             train, validation = stratified_split(
                 train, keys, cfg.validation_split, seed, what="data.validation_split"
+            )
+        elif group is not None:
+            train, validation = grouped_split(
+                train,
+                [group(r) for r in train],
+                cfg.validation_split,
+                seed,
+                what="data.validation_split",
             )
         else:
             train, validation = plain_split(
@@ -117,9 +127,9 @@ def resolve_data_paths(cfg: DataConfig, base: Path) -> DataConfig:
 
 
 def lenient_splits(
-    recipe, recipe_dir: Path, stratify=None
+    recipe, recipe_dir: Path, stratify=None, group=None
 ) -> tuple[dict[str, list], dict[str, list]]:
     """Rows per split read with broken rows skipped and recorded, split as `train` splits them."""
     cfg = resolve_data_paths(recipe.data, recipe_dir)
-    splits = load_splits(cfg, recipe.training.seed, stratify=stratify, skipped={})
+    splits = load_splits(cfg, recipe.training.seed, stratify=stratify, group=group, skipped={})
     return dict(splits.items()), splits.skipped

@@ -48,3 +48,21 @@ def plain_split(
     n_val = max(1, round(len(rows) * fraction))
     train_idx, val_idx = train_test_split(index, test_size=n_val, random_state=seed)
     return [rows[i] for i in sorted(train_idx)], [rows[i] for i in sorted(val_idx)]
+
+
+def grouped_split(
+    rows: list[dict[str, Any]], groups: list[str], fraction: float, seed: int, *, what: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Seeded hold-out of whole groups (every answer to one prompt), so that no group is on both
+    sides: the validation prompts are then new to the model, as in the leakage check."""
+    from sklearn.model_selection import GroupShuffleSplit  # deferred: CLI start of report (sklearn)
+
+    if len(set(groups)) < 2:
+        raise TuneforgeError(
+            f"{what}: need at least 2 different prompts to make a validation_split, got "
+            f"{len(set(groups))}",
+            hint="add prompts or provide data.validation as a file",
+        )
+    splitter = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+    train_idx, val_idx = next(splitter.split(rows, groups=groups))
+    return [rows[i] for i in sorted(train_idx)], [rows[i] for i in sorted(val_idx)]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from tuneforge.data.chat import (
     with_system_prompt,
 )
 from tuneforge.data.check import Example
-from tuneforge.data.loading import Splits, load_splits, resolve_data_paths
+from tuneforge.data.loading import Splits, lenient_splits, load_splits, resolve_data_paths
 from tuneforge.data.preference import (
     PAIRWISE,
     Feedback,
@@ -92,6 +93,21 @@ def preference_fields(recipe: Recipe, rows: list[Row], where: str) -> Preference
     return PreferenceFields(**{**fields.to_info(), "format": shape})
 
 
+def prompt_key(recipe: Recipe):
+    """A row's prompt as a key: a validation_split holds out whole prompts (feedback has several
+    answers to one prompt; split apart, the leakage check would rightly refuse them)."""
+    d = recipe.data
+
+    def key(row: Row) -> str:
+        value = row.get(d.prompt_field)
+        if value is None:  # whole chats: the prompt is what chosen says before its answer
+            chosen = row.get(d.chosen_field)
+            value = chosen[:-1] if isinstance(chosen, list) else chosen
+        return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+
+    return key
+
+
 @dataclass
 class _Tokenised:
     rows: dict[str, list]  # dataset columns
@@ -117,8 +133,14 @@ class PreferenceTask(CausalLMTask):
                 parse_row(row, found["fields"], f"{what}: {row_where(path, row)}")
 
         return load_splits(
-            resolve_data_paths(recipe.data, recipe_dir), recipe.training.seed, check=check
+            resolve_data_paths(recipe.data, recipe_dir),
+            recipe.training.seed,
+            check=check,
+            group=prompt_key(recipe),
         )
+
+    def check_splits(self, recipe: Recipe, recipe_dir: Path):
+        return lenient_splits(recipe, recipe_dir, group=prompt_key(recipe))
 
     def columns(self, recipe: Recipe, splits: Splits) -> dict[str, Any]:
         where = f"data.train: {splits.sources.get('train', recipe.data.train)}"
@@ -197,7 +219,9 @@ class PreferenceTask(CausalLMTask):
                 columns["label"].append(label)
         return _Tokenised(columns, n_tokens, status)
 
-    def token_lengths(self, rows: list[Row], examples: list, recipe: Recipe, tokenizer) -> list[int]:
+    def token_lengths(
+        self, rows: list[Row], examples: list, recipe: Recipe, tokenizer
+    ) -> list[int]:
         if not rows:
             return []
         columns = {"preference": preference_fields(recipe, rows, "data").to_info()}
@@ -205,7 +229,8 @@ class PreferenceTask(CausalLMTask):
         return self._tokenise(rows, tokenizer, info, "data").n_tokens
 
     def check_examples(self, rows: list[Row], recipe: Recipe, split: str) -> list:
-        """The prompt is what must not leak between splits; feedback's label is its balance."""
+        """The prompt is what must not leak between splits; a duplicate is the same prompt with
+        the same answers; feedback's label (thumbs up/down) is what the balance check counts."""
         if not rows:
             return []
         fields = preference_fields(recipe, rows, f"data.{split}")
@@ -217,7 +242,11 @@ class PreferenceTask(CausalLMTask):
             label = None
             if isinstance(example, Feedback):
                 label = "thumbs up" if example.desirable else "thumbs down"
-            out.append(Example(prompt, line, label))
+                answers = [example.completion]
+            else:
+                answers = [example.chosen, example.rejected]
+            whole = "\n".join([prompt, *(f"answer: {a}" for a in answers)])
+            out.append(Example(prompt, line, label, whole=whole))
         return out
 
     def read_eval_rows(self, path: Path, info: dict) -> list[Row]:
@@ -324,7 +353,10 @@ class PreferenceTask(CausalLMTask):
             )
             encoded = [encode_answer(tokenizer, example.prompt, a, eot) for a in answers]
             kept, state = fit(
-                encoded[0].prompt_ids, [e.answer_ids for e in encoded], info["max_length"], "truncate"
+                encoded[0].prompt_ids,
+                [e.answer_ids for e in encoded],
+                info["max_length"],
+                "truncate",
             )
             if state == "dropped":
                 continue
@@ -479,7 +511,9 @@ class PreferenceTask(CausalLMTask):
     def preview(self, recipe: Recipe, tokenizer, recipe_dir: Path, n: int) -> list[Preview]:
         cfg = resolve_data_paths(recipe.data, recipe_dir)
         rows = read_records(cfg.train, what="data.train")
-        columns = {"preference": preference_fields(recipe, rows, f"data.train: {cfg.train}").to_info()}
+        columns = {
+            "preference": preference_fields(recipe, rows, f"data.train: {cfg.train}").to_info()
+        }
         info = self._encoding(recipe, tokenizer, columns)
         fields = PreferenceFields.from_info(info["preference"])
         previews = []
@@ -491,7 +525,9 @@ class PreferenceTask(CausalLMTask):
             else:
                 up = "thumbs up" if example.desirable else "thumbs down"
                 answers = [(up, example.completion)]
-            encoded = [encode_answer(tokenizer, example.prompt, a, info["end_of_turn"]) for _, a in answers]
+            encoded = [
+                encode_answer(tokenizer, example.prompt, a, info["end_of_turn"]) for _, a in answers
+            ]
             pieces = [(tokenizer.decode(encoded[0].prompt_ids), "context")]
             for (label, _), enc in zip(answers, encoded, strict=True):
                 pieces.append((f"\n[{label}] ", "special"))
@@ -543,7 +579,9 @@ class PreTokenisedKTOTrainer(KTOTrainer):
             return dataset
 
         def rotate(batch):  # mismatched (prompt, completion) pairs within each batch, as TRL does
-            batch["KL_completion_ids"] = [batch["completion_ids"][-1]] + batch["completion_ids"][:-1]
+            batch["KL_completion_ids"] = [batch["completion_ids"][-1]] + batch["completion_ids"][
+                :-1
+            ]
             return batch
 
         return dataset.map(rotate, batched=True, batch_size=args.per_device_train_batch_size)
