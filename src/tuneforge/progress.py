@@ -13,6 +13,7 @@ choice: :func:`sync_library_bars`.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import sys
@@ -160,6 +161,7 @@ class Meter:
             )
             self._bar.start()
             self._task = self._bar.add_task(escape(self.description), total=self.total, detail="")
+            atexit.register(self.close)  # Ctrl-C in training: the terminal gets its cursor back
 
     def advance(self, n: int = 1) -> None:
         self.update(self.completed + n)
@@ -187,6 +189,7 @@ class Meter:
             self._bar.update(self._task, completed=self.completed, detail=escape(self.detail))
             self._bar.stop()
             self._bar = None
+            atexit.unregister(self.close)
             return
         say(f"{self._line()} done in {seconds(self.clock() - self.started)}")
 

@@ -109,23 +109,33 @@ def test_meter_when_quiet_says_nothing(piped, monkeypatch):
     assert cap.get() == ""
 
 
-def test_bars_are_drawn_on_a_terminal_unasked():
-    """stderr on a pseudo-terminal, no TUNEFORGE_PROGRESS: a live bar (carriage returns/escapes)."""
+def on_a_terminal(code: str) -> tuple[int, str]:
+    """Run `code` with stderr on a pseudo-terminal, no TUNEFORGE_PROGRESS: (exit code, drawn)."""
     leader, follower = pty.openpty()
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("TUNEFORGE_QUIET", "TUNEFORGE_PROGRESS")
-    }
-    code = "from tuneforge.progress import track\nfor _ in track(range(3), 'counting'): pass\n"
-    proc = subprocess.run(
-        [sys.executable, "-c", code], stderr=follower, env=env, timeout=60, check=True
-    )
+    unset = ("TUNEFORGE_QUIET", "TUNEFORGE_PROGRESS")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    proc = subprocess.run([sys.executable, "-c", code], stderr=follower, env=env, timeout=60)
     os.close(follower)
     drawn = os.read(leader, 65536).decode(errors="replace")
     os.close(leader)
-    assert proc.returncode == 0
+    return proc.returncode, drawn
+
+
+def test_bars_are_drawn_on_a_terminal_unasked():
+    code = "from tuneforge.progress import track\nfor _ in track(range(3), 'counting'): pass\n"
+    returncode, drawn = on_a_terminal(code)
+    assert returncode == 0
     assert "counting" in drawn and "3/3" in drawn
     assert "\x1b[" in drawn  # drawn as a live display, not a finished line
     assert "done in" not in drawn
+
+
+def test_a_bar_left_open_by_an_interrupt_gives_the_cursor_back():
+    code = "from tuneforge.progress import Meter\nMeter('training', 10).start()\nraise KeyboardInterrupt\n"
+    returncode, drawn = on_a_terminal(code)
+    assert returncode != 0 and "KeyboardInterrupt" in drawn
+    assert drawn.count("\x1b[?25l") == 1  # the cursor hidden while the bar is drawn
+    assert drawn.endswith("\x1b[?25h")  # and shown again at exit, after the traceback
 
 
 def state(**fields) -> TrainerState:
