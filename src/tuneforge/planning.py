@@ -12,6 +12,7 @@ measured, not modelled: a few real optimiser steps on real batches on this machi
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -34,6 +35,7 @@ from tuneforge import devices
 from tuneforge.answer_forward import model_inputs
 from tuneforge.config import Recipe, apply_override, load_recipe, validate_recipe
 from tuneforge.errors import CheckFailed
+from tuneforge.evaluation.language_model import padding_collator
 from tuneforge.methods import apply_method, count_parameters, enable_gradient_checkpointing
 from tuneforge.models import load_tokenizer, quiet_transformers
 from tuneforge.progress import status
@@ -335,6 +337,7 @@ class _Context:
     max_trained: int  # sft: most label positions in one example
     logit_width: int
     runtime: int
+    rows_per_example: int = 1  # sequences one example runs as (a preference pair: 2)
 
 
 def plan(
@@ -351,17 +354,20 @@ def plan(
     source = base_source(recipe.base_model, trust_remote_code=recipe.trust_remote_code)
     tokenizer = load_tokenizer(source.path, trust_remote_code=recipe.trust_remote_code)
     runtime = psutil.Process().memory_info().rss
-    prepared = task.prepare(recipe, tokenizer, Path(recipe_path).parent)
+    prepared, rows = task.planning_view(task.prepare(recipe, tokenizer, Path(recipe_path).parent))
     lengths = [len(ids) for ids in prepared.train["input_ids"]]
     dataset, max_trained = _dataset_summary(recipe, prepared, lengths)
+    if rows > 1:  # a preference pair runs as its two sequences
+        dataset.update(examples=len(lengths) // rows, sequences_per_example=rows)
     ctx = _context(recipe, source.path, prepared, lengths, max_trained, runtime)
+    ctx.rows_per_example = rows
     trainable, total = _counts(ctx, recipe)
 
     budget, budget_source = _budget(memory_budget_gb)
     notes = list(ESTIMATE_NOTES)
     chosen = None
     if auto_batch_size:
-        chosen = _auto_batch_size(ctx, budget, budget_source, examples=len(lengths))
+        chosen = _auto_batch_size(ctx, budget, budget_source, examples=len(lengths) // rows)
         recipe = ctx.recipe = _with(recipe, f"training.batch_size={chosen}")
         notes.append(
             f"--auto-batch-size: {chosen} is the largest batch size whose estimated peak fits "
@@ -371,7 +377,7 @@ def plan(
     if memory.total > budget:
         raise _does_not_fit(ctx, budget, budget_source)
 
-    timing = _time_epoch(task, source, prepared, recipe, tokenizer, lengths, steps)
+    timing = _time_epoch(task, source, prepared, recipe, tokenizer, lengths, steps, rows)
     return Plan(
         recipe=recipe.name,
         task=recipe.task,
@@ -487,7 +493,14 @@ def _batch_summary(ctx: _Context, recipe: Recipe) -> dict[str, Any]:
 
 
 def _time_epoch(
-    task, source, prepared, recipe: Recipe, tokenizer, lengths: list[int], steps: int
+    task,
+    source,
+    prepared,
+    recipe: Recipe,
+    tokenizer,
+    lengths: list[int],
+    steps: int,
+    rows: int = 1,
 ) -> dict[str, Any]:
     """`measure_steps` on the epoch's own batches, and the time per epoch for one process: the
     measured rate (padded tokens/s) over the tokens of the batches that process computes (a
@@ -495,7 +508,12 @@ def _time_epoch(
     ones)."""
     tc = recipe.training
     world, processes, per_process = _parallelism(recipe)
-    batches = epoch_batches(lengths, per_process, tc, world * processes)
+    # batches of examples; an example of `rows` sequences (a preference pair) runs all of them
+    examples = [max(lengths[i * rows : (i + 1) * rows]) for i in range(len(lengths) // rows)]
+    batches = [
+        [i * rows + r for i in b for r in range(rows)]
+        for b in epoch_batches(examples, per_process, tc, world * processes)
+    ]
     timing = measure_steps(
         task, source, prepared, recipe, tokenizer, lengths, batches, steps, processes
     )
@@ -559,7 +577,7 @@ def _workload(ctx: _Context, recipe: Recipe, b: int) -> Workload:
     else:
         positions = s
     return Workload(
-        batch_size=b,
+        batch_size=b * ctx.rows_per_example,
         seq_len=s,
         logit_positions=positions,
         logit_width=ctx.logit_width,
@@ -748,9 +766,9 @@ def measure_steps(
     device = devices.resolve(recipe.device)
     set_seed(recipe.training.seed)
     model = _model_for_timing(task, source, prepared, recipe, tokenizer, device)
-    collate = task.collator(tokenizer)
+    collate = task.collator(tokenizer) or padding_collator(tokenizer)
     model.train()
-    step = _training_step(model, recipe, device)
+    step = _training_step(model, recipe, device, task.reference_passes(recipe))
     columns = prepared.train.column_names
 
     def batch(idx: list[int]) -> dict:
@@ -796,9 +814,13 @@ def _model_for_timing(task, source, prepared, recipe: Recipe, tokenizer, device)
     return model
 
 
-def _training_step(model, recipe: Recipe, device) -> Callable[[dict], float]:
+def _training_step(
+    model, recipe: Recipe, device, reference_passes: int = 0
+) -> Callable[[dict], float]:
     """One optimiser step on a batch, as the Trainer runs it (AdamW, autocast at the recipe's
-    precision, sft batches through `model_inputs`); returns the batch's loss."""
+    precision, sft batches through `model_inputs`); returns the batch's loss. With
+    `reference_passes`, the batch also goes through the reference model without gradients first
+    (preference tuning: the adapter-off model, or a frozen copy of the same size)."""
     tc = recipe.training
     precision = devices.precision(tc.precision, device)
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -807,6 +829,9 @@ def _training_step(model, recipe: Recipe, device) -> Callable[[dict], float]:
 
     def step(b: dict) -> float:
         b = devices.to_device(b, device)
+        for _ in range(reference_passes):
+            with torch.no_grad(), _adapter_off(model):
+                model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
         with (
             model_inputs(model, b) as inputs,  # as the Trainer runs it
             torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None),
@@ -818,6 +843,13 @@ def _training_step(model, recipe: Recipe, device) -> Callable[[dict], float]:
         return float(loss.detach())
 
     return step
+
+
+def _adapter_off(model):
+    """The reference's forward costs what the model's costs with its adapter off."""
+    return (
+        model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+    )
 
 
 def _timed_batches(batches: list[list[int]], lengths: list[int], steps: int) -> list[int]:
@@ -854,7 +886,12 @@ def describe(p: Plan) -> list[str]:
         f"trainable ({pct:.2f}%)",
         f"  training data    {d['examples']:,} examples, {d['tokens']:,} tokens "
         f"(mean {d['mean_tokens']}, longest {d['longest']})"
-        + (f", {d['trained_tokens']:,} trained" if "trained_tokens" in d else ""),
+        + (f", {d['trained_tokens']:,} trained" if "trained_tokens" in d else "")
+        + (
+            f"; each example runs as {d['sequences_per_example']} sequences (chosen, rejected)"
+            if d.get("sequences_per_example", 1) > 1
+            else ""
+        ),
         f"  batch            {b['per_process_batch']} per process x {b['gradient_accumulation_steps']} "
         f"accumulation x {b['processes']} process(es) = global batch {b['global_batch']}; "
         f"worst case {b['seq_len']} tokens per row",

@@ -279,3 +279,12 @@ def test_bad_preference_data_exits_2_naming_file_and_line(
     assert not (tmp_path / "runs" / "bad").exists() or not any(
         (tmp_path / "runs" / "bad").iterdir()
     )
+
+
+def test_plan_counts_pairs_and_times_real_steps(dpo):
+    proc = run_cli("plan", dpo["recipe"], "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    plan = json.loads(proc.stdout)
+    assert plan["task"] == "preference"
+    assert plan["dataset"]["examples"] == 16 and plan["dataset"]["sequences_per_example"] == 2
+    assert plan["timing"]["tokens_per_second"] > 0 and plan["fits"] is True

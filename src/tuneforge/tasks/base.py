@@ -148,6 +148,15 @@ class Task:
         """The frozen reference model a task's own trainer compares against (or None)."""
         return None
 
+    def planning_view(self, prepared: Prepared) -> tuple[Prepared, int]:
+        """The training data as sequences the model runs (`input_ids`, `labels`) for `plan`, and
+        how many sequences one example runs as; by default the prepared data itself, one each."""
+        return prepared, 1
+
+    def reference_passes(self, recipe: Recipe) -> int:
+        """Forward passes without gradients a training step adds per sequence (`plan` times them)."""
+        return 0
+
     def trainer_callbacks(
         self, prepared: Prepared, tokenizer, recipe: Recipe, run_path: Path
     ) -> list:

@@ -305,6 +305,28 @@ class PreferenceTask(CausalLMTask):
 
         return PreTokenisedORPOTrainer(), ORPOConfig, common
 
+    def planning_view(self, prepared: Prepared) -> tuple[Prepared, int]:
+        """Each pair as its two sequences, prompt + chosen and prompt + rejected, next to each
+        other (TRL runs both in one batch); feedback rows as one sequence each."""
+        train = prepared.train
+        answers = (
+            ["chosen_ids", "rejected_ids"]
+            if "chosen_ids" in train.column_names
+            else ["completion_ids"]
+        )
+        ids, labels = [], []
+        for row in train:
+            for column in answers:
+                ids.append(row["prompt_ids"] + row[column])
+                labels.append([-100] * len(row["prompt_ids"]) + row[column])
+        view = Dataset.from_dict({"input_ids": ids, "labels": labels})
+        return Prepared(prepared.splits, view, prepared.validation, prepared.info), len(answers)
+
+    def reference_passes(self, recipe: Recipe) -> int:
+        """DPO: the reference on both sequences; KTO: the reference on each row, and the policy
+        and reference on its mismatched (KL) row; ORPO: none."""
+        return {"dpo": 1, "kto": 3, "orpo": 0}[recipe.preference.algorithm]
+
     def reference_model(self, model, recipe: Recipe):
         """TRL's `ref_model` argument: None with LoRA (adapter off or the "ref" adapter), else a
         frozen copy of the starting weights (full and freeze train every copy's weights)."""
