@@ -288,3 +288,106 @@ def test_plan_counts_pairs_and_times_real_steps(dpo):
     assert plan["task"] == "preference"
     assert plan["dataset"]["examples"] == 16 and plan["dataset"]["sequences_per_example"] == 2
     assert plan["timing"]["tokens_per_second"] > 0 and plan["fits"] is True
+
+
+# ------------------------------------------------------------------ the feedback loop
+
+
+def test_served_answers_get_feedback_that_trains_the_next_version(dpo, files, tiny_model):
+    """serve -> chat -> POST /v1/feedback (by id, and as text) -> feedback export -> a KTO run
+    continuing the served version -> the gate; the log is never half-written."""
+    import threading
+
+    import httpx2 as httpx
+    import uvicorn
+
+    from tuneforge.deploy.serve import bind, create_app
+
+    tmp = files["tmp"]
+    log = tmp / "served-feedback.jsonl"
+    sock = bind("127.0.0.1", 0)
+    app = create_app(dpo["run"], name="assistant", feedback_log=log, model_version="assistant@1")
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        deadline = time.monotonic() + 120
+        while not server.started or httpx.get(f"{url}/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert "/v1/feedback" in httpx.get(f"{url}/openapi.json").json()["paths"]
+        ids = []
+        for i in range(6):
+            r = httpx.post(
+                f"{url}/v1/chat/completions",
+                json={
+                    "model": "assistant",
+                    "messages": [{"role": "user", "content": f"Review film #{300 + i}."}],
+                    "max_tokens": 4,
+                },
+                timeout=60,
+            )
+            assert r.status_code == 200, r.text
+            ids.append(r.json()["id"])
+        for i, completion_id in enumerate(ids):
+            body = {"completion_id": completion_id, "rating": "up" if i % 2 else "down"}
+            if i == 0:
+                body["preferred"] = GOOD[0]
+            r = httpx.post(f"{url}/v1/feedback", json=body, timeout=30)
+            assert r.status_code == 200, r.text
+            assert r.json()["object"] == "feedback" and r.json()["completion_id"] == completion_id
+        # feedback on an answer given as text (from another channel)
+        for i in range(8):
+            r = httpx.post(
+                f"{url}/v1/feedback",
+                json={
+                    "prompt": f"Review film #{400 + i}.",
+                    "completion": GOOD[i % 3] if i % 2 else BAD[i % 3],
+                    "rating": "up" if i % 2 else "down",
+                },
+                timeout=30,
+            )
+            assert r.status_code == 200, r.text
+        unknown = httpx.post(
+            f"{url}/v1/feedback", json={"completion_id": "chatcmpl-nope", "rating": "up"}
+        )
+        assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "completion_id"
+        bad = httpx.post(f"{url}/v1/feedback", json={"completion_id": ids[0], "rating": "meh"})
+        assert bad.status_code == 400 and "error" in bad.json()
+        big = httpx.post(
+            f"{url}/v1/feedback", json={"completion_id": ids[0], "preferred": "x" * 40_000}
+        )
+        assert big.status_code in (400, 413)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        sock.close()
+
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sum(r["type"] == "completion" for r in records) == 6
+    assert sum(r["type"] == "feedback" for r in records) == 14  # refused requests wrote nothing
+    assert all(r["model"] == {"run": dpo["run"].name, "version": "assistant@1"} for r in records)
+
+    exported = tmp / "from-feedback.jsonl"
+    proc = run_cli(
+        "feedback", "export", dpo["run"], "--log", log, "--kind", "kto", "-o", exported, "--json"
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in exported.read_text().splitlines()]
+    assert len(rows) == 15  # 14 judged answers + the preferred (edited) one
+    assert {r["label"] for r in rows} == {True, False}
+
+    recipe = _recipe(
+        tmp,
+        tiny_model,
+        "kto-from-feedback",
+        f"{{train: {exported}, validation_split: 0.3}}",
+        "algorithm: kto, kl_examples: 0",
+        base=f"run:{dpo['run']}",
+    )
+    proc = run_cli("train", recipe)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = _only_run(tmp / "runs" / "kto-from-feedback")
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["parent"]["run_id"] == dpo["run"].name

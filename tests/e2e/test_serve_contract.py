@@ -254,10 +254,13 @@ def test_the_sft_document_lists_the_chat_endpoints_their_errors_and_limits(sft_u
     doc = _document(sft_url, AUTH)
     assert set(doc["paths"]) == {
         "/health", "/ready", "/stats", "/v1/models", "/v1/models/{model}",
-        "/v1/chat/completions", "/v1/completions",
+        "/v1/chat/completions", "/v1/completions", "/v1/feedback",
     }  # fmt: skip
     for path in ("/v1/chat/completions", "/v1/completions"):
         assert _statuses(doc, path, "post") == {"200", "400", "401", "404", "413", "503"}
+    assert _statuses(doc, "/v1/feedback", "post") == {"200", "400", "401", "404", "413"}
+    feedback = doc["components"]["schemas"]["FeedbackRequest"]
+    assert len(feedback["oneOf"]) == 2 and feedback["anyOf"]  # an id or the text; a judgement
     assert _statuses(doc, "/health", "get") == {"200"}  # open: no 401
     assert _statuses(doc, "/ready", "get") == {"200", "503"}
     assert _statuses(doc, "/stats", "get") == {"200", "401"}

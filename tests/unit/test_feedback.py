@@ -193,7 +193,6 @@ def test_a_completion_logged_by_another_worker_is_found(log):
         ({"rating": "up"}, FeedbackError, "needs the `completion_id`", "completion_id"),
         ({"prompt": "hi", "rating": "up"}, FeedbackError, "needs the `completion_id`", "completion_id"),
         ({"completion_id": "chatcmpl-1", "prompt": "hi", "completion": "yo", "rating": "up"}, FeedbackError, "not both", "completion_id"),
-        ({"prompt": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], "completion": "yo", "rating": "up"}, FeedbackError, "ends with an assistant message", "prompt"),
         ({"prompt": [{"role": "robot", "content": "hi"}], "completion": "yo", "rating": "up"}, FeedbackError, "unknown role 'robot'", "prompt"),
         ({"prompt": "p" * 64_001, "completion": "yo", "rating": "up"}, FeedbackTooLong, "`prompt` is 64,001 characters", "prompt"),
         ({"prompt": [{"role": "user", "content": "a"}] * 257, "completion": "yo", "rating": "up"}, FeedbackTooLong, "257 messages", "prompt"),

@@ -245,6 +245,18 @@ def serve(
     name: Annotated[
         str | None, typer.Option("--name", help="Model id for clients (default: the run's folder).")
     ] = None,
+    feedback_log: Annotated[
+        Path | None,
+        typer.Option(
+            "--feedback-log",
+            help="Where chat completions and POST /v1/feedback are recorded (generative runs; "
+            "default: <run>/feedback/feedback.jsonl).",
+        ),
+    ] = None,
+    no_feedback: Annotated[
+        bool,
+        typer.Option("--no-feedback", help="Record no completions and serve no /v1/feedback."),
+    ] = False,
     allow_pickle: AllowPickle = False,
     max_body_bytes: MaxBodyBytes = SERVE_LIMITS.max_body_bytes,
     max_texts: MaxTexts = SERVE_LIMITS.max_texts,
@@ -255,6 +267,8 @@ def serve(
     device: DeviceOption = None,
 ) -> None:
     """Serve a run over an OpenAI-compatible HTTP API (chat, completions; /v1/classify)."""
+    if no_feedback and feedback_log is not None:
+        raise TuneforgeError("--no-feedback and --feedback-log contradict each other")
     opt_in_to_pickle(run, allow_pickle)
     from tuneforge.deploy.serve import serve as serve_run  # deferred: CLI start (torch, fastapi)
 
@@ -275,4 +289,5 @@ def serve(
         name=name,
         limits=limits,
         guard_health=guard_health,
+        feedback_log=False if no_feedback else (feedback_log or True),
     )

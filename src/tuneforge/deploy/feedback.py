@@ -323,8 +323,9 @@ def validate_feedback(body: Mapping[str, Any], limits: FeedbackLimits) -> dict[s
             if v is not None
         }
     )
-    if "completion" in fields:
-        check_preferred_differs(fields, fields["completion"])
+    # A `preferred` equal to a `completion` given as text, or a `prompt` ending in an answer,
+    # is kept as sent: the OpenAPI document cannot state these rules, so the API does not refuse
+    # them; `feedback export` skips (and counts) what it cannot turn into a preference.
     return fields
 
 
@@ -364,7 +365,7 @@ def _text(given: Mapping[str, Any], name: str, limit: int, blank_ok: bool = Fals
 
 
 def _prompt(value: Any, limits: FeedbackLimits) -> list[Message]:
-    """Chat messages (or one user message's text), bounded, not ending in an answer."""
+    """Chat messages (or one user message's text), bounded."""
     if isinstance(value, list) and len(value) > limits.max_messages:
         raise FeedbackTooLong(
             f"`prompt` has {len(value)} messages; at most {limits.max_messages} are accepted",
@@ -385,11 +386,6 @@ def _prompt(value: Any, limits: FeedbackLimits) -> list[Message]:
     if chars > limits.max_prompt_chars:
         raise FeedbackTooLong(
             f"`prompt` is {chars:,} characters; at most {limits.max_prompt_chars:,} are accepted",
-            param="prompt",
-        )
-    if messages[-1]["role"] == "assistant":
-        raise FeedbackError(
-            "`prompt` ends with an assistant message; the answer goes in `completion`",
             param="prompt",
         )
     return messages

@@ -19,6 +19,7 @@ import uvicorn
 from tuneforge.deploy.server import Limits, create_app
 from tuneforge.errors import TuneforgeError
 from tuneforge.progress import console
+from tuneforge.runs import registry
 from tuneforge.runs.run import Run
 
 __all__ = ["Limits", "create_app", "serve"]
@@ -54,10 +55,13 @@ def serve(
     limits: Limits | None = None,
     guard_health: bool = False,
     log_level: str = "info",
+    feedback_log: Path | None | bool = True,
 ) -> None:
     """Serve a run until interrupted (Ctrl-C): chat and completions for sft/pretrain runs,
     /v1/classify for classification runs, /v1/models for all, and the probes /health and /ready
-    (open without the API key unless `guard_health`)."""
+    (open without the API key unless `guard_health`); generative runs also record their chat
+    completions and POST /v1/feedback in `feedback_log` (True: <run>/feedback/feedback.jsonl,
+    False: off)."""
     if api_key is not None and not api_key.strip():
         raise TuneforgeError("--api-key is empty", hint="give a key, or leave the option out")
     if guard_health and not api_key:
@@ -65,7 +69,9 @@ def serve(
     loaded = run if isinstance(run, Run) else Run.load(run)
     sock = bind(host, port)
     try:
-        server, failed = _server(loaded, sock, api_key, name, limits, guard_health, log_level)
+        server, failed = _server(
+            loaded, sock, api_key, name, limits, guard_health, log_level, feedback_log
+        )
         server.run(sockets=[sock])
     finally:
         sock.close()
@@ -81,6 +87,7 @@ def _server(
     limits: Limits | None,
     guard_health: bool,
     log_level: str,
+    feedback_log: Path | None | bool = True,
 ) -> tuple[uvicorn.Server, list[BaseException]]:
     """The uvicorn server, announced; it stops if the model fails to load (the error is put in
     the list it returns)."""
@@ -97,10 +104,12 @@ def _server(
 
     app = create_app(
         run, name=name, api_key=api_key, limits=limits, guard_health=guard_health,
-        on_loaded=on_loaded,
+        on_loaded=on_loaded, feedback_log=feedback_log, model_version=registered_version(run),
     )  # fmt: skip
     os.environ["TUNEFORGE_QUIET"] = "1"  # no progress bars per request in the server's log
     _announce(app.state.service.name, run.meta["task"], sock, api_key, guard_health)
+    if app.state.service.feedback is not None:
+        console.print(f"Feedback log: {app.state.service.feedback.path}", soft_wrap=True)
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     return server, failed
@@ -136,3 +145,15 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+def registered_version(run: Run) -> str | None:
+    """The newest `name@version` this run is registered as, recorded with each completion and
+    judgement so feedback says which version it was about (None: not registered)."""
+    try:
+        found = [
+            m for m in registry.list_models(run.recipe.registry) if m["run_id"] == run.path.name
+        ]
+    except Exception:  # noqa: BLE001 - an unreadable registry only leaves the version out
+        return None
+    return f"{found[-1]['name']}@{found[-1]['version']}" if found else None

@@ -2,11 +2,12 @@
 probes answer meanwhile), the request limits and the API key in front (`middleware`), errors in
 OpenAI's shape (`errors`), one router per resource: `health` (/health, /ready, /stats), `models`
 (/v1/models), `completions` (/v1/chat/completions, /v1/completions), `classify` (/v1/classify),
-and the OpenAPI document of what this run serves (`openapi`)."""
+`feedback` (/v1/feedback), and the OpenAPI document of what this run serves (`openapi`)."""
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -15,13 +16,15 @@ from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
 
+from tuneforge.deploy.feedback import FeedbackLog, ModelRef, default_log_path
 from tuneforge.deploy.limits import Limits
-from tuneforge.deploy.server import classify, completions, health, models
+from tuneforge.deploy.server import classify, completions, feedback, health, models
 from tuneforge.deploy.server.batcher import MicroBatcher
 from tuneforge.deploy.server.engine import ModelService
 from tuneforge.deploy.server.errors import install_error_handlers
 from tuneforge.deploy.server.middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from tuneforge.deploy.server.openapi import install_openapi
+from tuneforge.errors import TuneforgeError
 from tuneforge.runs.run import Run
 
 log = logging.getLogger("tuneforge.serve")
@@ -37,6 +40,7 @@ def routers(service: ModelService) -> list[tuple[APIRouter, bool]]:
         (models.router, True),
         (completions.router, service.generative),
         (classify.router, not service.generative),
+        (feedback.router, service.feedback is not None),
     ]
 
 
@@ -48,12 +52,19 @@ def create_app(
     limits: Limits | None = None,
     guard_health: bool = False,
     on_loaded: Loaded | None = None,
+    feedback_log: Path | None | bool = True,
+    model_version: str | None = None,
 ) -> FastAPI:
     """An app serving one run. Its model loads in a background thread when the app starts:
-    GET /ready answers 200 once it has (and `on_loaded` is told)."""
+    GET /ready answers 200 once it has (and `on_loaded` is told). A generative run records its
+    chat completions and POST /v1/feedback in `feedback_log` (True: the run's
+    feedback/feedback.jsonl; False: no log, no feedback endpoint), with `model_version`."""
     run = run if isinstance(run, Run) else Run.load(run)
     limits = limits or Limits()
     service = ModelService(run, name or run.path.name, limits)
+    if service.generative and feedback_log is not False:
+        path = default_log_path(run.path) if feedback_log is True else Path(feedback_log)
+        service.feedback = FeedbackLog(writable(path), ModelRef(run.path.name, model_version))
     batcher = None if service.generative else _batcher(run, limits)
 
     @asynccontextmanager
@@ -87,6 +98,21 @@ def create_app(
         app.include_router(router, include_in_schema=served)
     install_openapi(app, service, limits, open_paths if api_key else None)
     return app
+
+
+def writable(path: Path) -> Path:
+    """The feedback log's path once its folder exists and can be written: refused at start,
+    not at the first answer."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TuneforgeError(f"feedback log: cannot create {path.parent}: {e.strerror}") from None
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise TuneforgeError(
+            f"feedback log: {path} cannot be written",
+            hint="pass --feedback-log PATH somewhere writable, or --no-feedback",
+        )
+    return path
 
 
 def _batcher(run: Run, limits: Limits) -> MicroBatcher:

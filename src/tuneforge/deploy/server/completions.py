@@ -42,6 +42,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     prompt, params = await _prepare(service, body, service.chat_prompt, messages)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time())}
     head |= {"model": service.name}
+
+    async def record(gen: Generation) -> None:  # the answer, by its id, for POST /v1/feedback
+        await service.record_completion(head["id"], messages, gen.text)
+
     if body.stream:
 
         def delta(text: str | None, reason: str | None) -> dict:
@@ -51,9 +55,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None}
         first["finish_reason"] = None
         return _sse(
-            service, prompt, params, body, head | {"object": "chat.completion.chunk"}, delta, first
-        )
+            service, prompt, params, body, head | {"object": "chat.completion.chunk"}, delta, first,
+            record,
+        )  # fmt: skip
     gen = await service.complete(prompt, params)
+    await record(gen)
     choice = {"index": 0, "message": {"role": "assistant", "content": gen.text}}
     choice |= {"logprobs": None, "finish_reason": _finish_reason(gen)}
     return head | {
@@ -107,9 +113,12 @@ def _finish_reason(gen: Generation) -> str:
     return "stop" if gen.stopped else "length"
 
 
-def _sse(service: ModelService, prompt, params, body: _Sampling, head: dict, choice, first):
+def _sse(
+    service: ModelService, prompt, params, body: _Sampling, head: dict, choice, first, done=None
+):
     """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`: an optional
-    first chunk, one per piece of text, one with the finish reason, then (if asked) usage."""
+    first chunk, one per piece of text, one with the finish reason, then (if asked) usage;
+    `done(generation)` is awaited once the answer is complete."""
     service.check_capacity()  # a 503 must come before the response starts
 
     async def events() -> AsyncIterator[bytes]:
@@ -126,6 +135,8 @@ def _sse(service: ModelService, prompt, params, body: _Sampling, head: dict, cho
             yield format_sse_event(data_str="[DONE]")
             return
         gen = finished[0]
+        if done is not None:  # a streamed answer is recorded once it has ended
+            await done(gen)
         yield _event(head | {"choices": [choice(None, _finish_reason(gen))]})
         if body.include_usage:
             yield _event(head | {"choices": [], "usage": _usage(prompt, gen)})

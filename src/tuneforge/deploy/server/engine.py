@@ -9,6 +9,7 @@ the model one request at a time, in a worker thread, so the event loop keeps ans
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,9 +26,12 @@ from tuneforge.data.chat import (
     stop_token_ids,
     with_system_prompt,
 )
+from tuneforge.deploy.feedback import FeedbackLog
 from tuneforge.deploy.limits import Limits
 from tuneforge.generation import Generation, Sampling, generate
 from tuneforge.runs.run import Run
+
+log = logging.getLogger("tuneforge.serve")
 
 GREEDY_BELOW = 1e-5  # temperatures below it decode greedily
 
@@ -111,6 +115,17 @@ class ModelService:
         self._waiting = 0
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="tuneforge-generate")
         self.generations = 0
+        self.feedback: FeedbackLog | None = None  # set by the app for generative runs
+
+    async def record_completion(self, completion_id: str, messages, text: str) -> None:
+        """Log an answer the server returns, so feedback can name it by id; a log that cannot be
+        written is reported in the server's log and never fails the answer itself."""
+        if self.feedback is None:
+            return
+        try:
+            await asyncio.to_thread(self.feedback.record_completion, completion_id, messages, text)
+        except Exception:  # noqa: BLE001 - the answer is sent either way
+            log.exception("could not record the completion in the feedback log")
 
     def load(self) -> None:
         """Loads the weights and tokenizer (slow: seconds to minutes); then the service is ready."""
@@ -120,7 +135,8 @@ class ModelService:
         if self.generative:
             eot = info["end_of_turn"] if "end_of_turn" in info else end_of_turn(self.tokenizer)
             self.chat_stop_ids = stop_token_ids(self.tokenizer, eot)
-            self.chat_prompts = "chat" in info  # sft: a completion prompt is one user turn
+            # sft, preference: a completion prompt is one user turn
+            self.chat_prompts = "chat" in info or "preference" in info
             eos = self.tokenizer.eos_token_id
             plain = [eos] if eos is not None else self.chat_stop_ids
             self.text_stop_ids = self.chat_stop_ids if self.chat_prompts else plain
@@ -168,7 +184,8 @@ class ModelService:
         if not self.generative:
             raise RequestError(
                 400,
-                f"{endpoint} needs a generative (sft or pretrain) run; '{self.name}' is a "
+                f"{endpoint} needs a generative (sft, preference or pretrain) run; "
+                f"'{self.name}' is a "
                 "classification run: use POST /v1/classify",
                 code="unsupported_task",
             )
@@ -190,7 +207,7 @@ class ModelService:
     def chat_prompt(self, messages: list[Message]) -> Prompt:
         """A chat ending in the assistant header, with the run's system prompt (as `Run.chat`);
         the answer ends at EOS or the template's end-of-turn token."""
-        messages = with_system_prompt(messages, self.run.recipe.sft.system_prompt)
+        messages = with_system_prompt(messages, self.run.task.system_prompt(self.run.recipe))
         return Prompt(encode_prompt(self.tokenizer, messages), self.chat_stop_ids, "messages")
 
     def completion_prompt(self, text: str) -> Prompt:

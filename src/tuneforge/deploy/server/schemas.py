@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 
+from tuneforge.deploy.limits import FeedbackLimits
+
 MAX_STOP = 4  # OpenAI's limit on stop sequences
 SEED = (-(2**53), 2**53)  # exact in every JSON parser (doubles), and torch.manual_seed takes it
 
@@ -210,6 +212,76 @@ class ClassifyRequest(_Body):
         return [self.input] if isinstance(self.input, str) else list(self.input)
 
 
+FEEDBACK_LIMITS = FeedbackLimits()
+# The server bounds a prompt's messages together (count and characters); the document states a
+# stricter per-message form of the same bound, so a request it allows is always accepted.
+FEEDBACK_DOC_MESSAGES = 16
+_FEEDBACK_MESSAGE = {
+    "type": "object",
+    "properties": {
+        "role": {"enum": ["system", "user", "assistant"]},
+        "content": {
+            **NON_BLANK,
+            "maxLength": FEEDBACK_LIMITS.max_prompt_chars // FEEDBACK_DOC_MESSAGES,
+        },
+    },
+    "required": ["role", "content"],
+}
+
+
+def _text(limit: int, blank_ok: bool = False) -> WithJsonSchema:
+    """A string field that is left out rather than null (the document's view of `None`)."""
+    return WithJsonSchema({"type": "string", "maxLength": limit} | ({} if blank_ok else NON_BLANK))
+
+
+class FeedbackMessage(_Body):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class FeedbackRequest(_Body):
+    """What a user said of an answer: about `completion_id` (the `id` of a chat completion this
+    server returned) or about `prompt` + `completion` given as text; with a `rating`, a
+    `preferred` answer, or both; and an optional `comment`."""
+
+    model_config = ConfigDict(
+        strict=True,
+        extra="ignore",
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "required": ["completion_id"],
+                    "not": {"anyOf": [{"required": ["prompt"]}, {"required": ["completion"]}]},
+                },
+                {"required": ["prompt", "completion"], "not": {"required": ["completion_id"]}},
+            ],
+            "anyOf": [{"required": ["rating"]}, {"required": ["preferred"]}],
+        },
+    )
+
+    completion_id: Annotated[str | None, _text(FEEDBACK_LIMITS.max_id_chars)] = None
+    prompt: Annotated[
+        str | list[FeedbackMessage] | None,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {**NON_BLANK, "maxLength": FEEDBACK_LIMITS.max_answer_chars},
+                    {
+                        "type": "array",
+                        "items": _FEEDBACK_MESSAGE,
+                        "minItems": 1,
+                        "maxItems": FEEDBACK_DOC_MESSAGES,
+                    },
+                ]
+            }
+        ),
+    ] = None
+    completion: Annotated[str | None, _text(FEEDBACK_LIMITS.max_answer_chars)] = None
+    rating: Annotated[Literal["up", "down"] | None, WithJsonSchema({"enum": ["up", "down"]})] = None
+    preferred: Annotated[str | None, _text(FEEDBACK_LIMITS.max_answer_chars)] = None
+    comment: Annotated[str | None, _text(FEEDBACK_LIMITS.max_comment_chars, blank_ok=True)] = None
+
+
 # ------------------------------------------------------------------------------------------------
 # Answers
 
@@ -298,3 +370,11 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"]
     data: list[ModelCard]
+
+
+class FeedbackReceipt(BaseModel):
+    id: str
+    object: Literal["feedback"]
+    created: str  # ISO-8601, as in the log
+    model: str
+    completion_id: str | None
