@@ -13,11 +13,41 @@ from peft import PeftModel
 
 from tuneforge import devices
 from tuneforge.config import Recipe
-from tuneforge.data.chat import encode_prompt, end_of_turn, stop_token_ids, with_system_prompt
+from tuneforge.data.chat import (
+    FALLBACK_TEMPLATE,
+    encode_prompt,
+    end_of_turn,
+    stop_token_ids,
+    with_system_prompt,
+)
 from tuneforge.evaluation.language_model import PerplexityCallback
 from tuneforge.generation import Generation, Sampling, generate
 from tuneforge.models import ModelSource, load_causal_lm
+from tuneforge.progress import console
 from tuneforge.tasks.base import Prepared, Task, base_language_model
+
+
+def settle_chat_template(tokenizer) -> None:
+    """A base model without a chat template gets a plain one (saved with the run's tokenizer)."""
+    if not tokenizer.chat_template:
+        console.print(
+            "[yellow]note[/yellow]: the base model has no chat template; using a plain one"
+        )
+        tokenizer.chat_template = FALLBACK_TEMPLATE
+
+
+def warn_counts(info: dict[str, Any], dropped_why: str, truncated_what: str) -> None:
+    """Say how many examples did not fit in max_length (also stored in run.json and the report)."""
+    for counts, what in (
+        (info["dropped"], f"left out ({dropped_why})"),
+        (info["truncated"], truncated_what),
+    ):
+        for split, n in counts.items():
+            if n:
+                console.print(
+                    f"[yellow]warning[/yellow]: {n} of {info['examples'][split]} {split} "
+                    f"examples {what}"
+                )
 
 
 class CausalLMTask(Task):

@@ -32,7 +32,6 @@ from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
 from tuneforge import devices
 from tuneforge.config import Recipe
 from tuneforge.data.chat import (
-    FALLBACK_TEMPLATE,
     encode_prompt,
     end_of_turn,
     stop_token_ids,
@@ -63,9 +62,8 @@ from tuneforge.evaluation.preference import (
 )
 from tuneforge.generation import Sampling, generate
 from tuneforge.models import load_causal_lm
-from tuneforge.progress import console
 from tuneforge.tasks.base import Prepared, Preview, base_language_model
-from tuneforge.tasks.causal import CausalLMTask
+from tuneforge.tasks.causal import CausalLMTask, settle_chat_template, warn_counts
 
 PREFERENCE_METRICS = ("preference_accuracy", "logp_margin", "rewards/accuracies", "rewards/margins")
 
@@ -147,11 +145,7 @@ class PreferenceTask(CausalLMTask):
         return {"preference": preference_fields(recipe, splits.train, where).to_info()}
 
     def _encoding(self, recipe: Recipe, tokenizer, columns: dict[str, Any]) -> dict[str, Any]:
-        if not tokenizer.chat_template:
-            console.print(
-                "[yellow]note[/yellow]: the base model has no chat template; using a plain one"
-            )
-            tokenizer.chat_template = FALLBACK_TEMPLATE  # saved with the run's tokenizer
+        settle_chat_template(tokenizer)
         p = recipe.preference
         return {
             **columns,
@@ -639,15 +633,4 @@ def _count(info: dict, split: str, done: _Tokenised) -> None:
 
 def _warn_counts(info: dict, recipe: Recipe) -> None:
     limit = f"training.max_length={recipe.training.max_length}"
-    for split, n in info["dropped"].items():
-        if n:
-            console.print(
-                f"[yellow]warning[/yellow]: {n} of {info['examples'][split]} {split} examples "
-                f"left out (longer than {limit})"
-            )
-    for split, n in info["truncated"].items():
-        if n:
-            console.print(
-                f"[yellow]warning[/yellow]: {n} of {info['examples'][split]} {split} examples "
-                f"had answers cut to fit {limit}"
-            )
+    warn_counts(info, f"longer than {limit}", f"had answers cut to fit {limit}")

@@ -45,9 +45,8 @@ from tuneforge.evaluation.language_model import (
 )
 from tuneforge.evaluation.text_metrics import GENERATION_METRICS, generation_metrics
 from tuneforge.generation import Sampling, generate
-from tuneforge.progress import console
 from tuneforge.tasks.base import Prepared, Preview
-from tuneforge.tasks.causal import CausalLMTask
+from tuneforge.tasks.causal import CausalLMTask, settle_chat_template, warn_counts
 
 
 def chat_fields(recipe: Recipe, rows: list[Row], where: str) -> ChatFields:
@@ -133,11 +132,7 @@ class SftTask(CausalLMTask):
 
     def _encoding(self, recipe: Recipe, tokenizer, columns: dict[str, Any]) -> dict[str, Any]:
         """The run's info on how chats become tokens (the chat template is settled here)."""
-        if not tokenizer.chat_template:
-            console.print(
-                "[yellow]note[/yellow]: the base model has no chat template; using a plain one"
-            )
-            tokenizer.chat_template = FALLBACK_TEMPLATE  # saved with the run's tokenizer
+        settle_chat_template(tokenizer)
         return {
             **columns,
             "end_of_turn": end_of_turn(tokenizer),
@@ -381,25 +376,13 @@ class SftTask(CausalLMTask):
 
 
 def _warn_counts(info: dict, recipe: Recipe) -> None:
-    """Say how many examples did not fit in max_length (also stored in run.json and the report)."""
     limit = f"training.max_length={recipe.training.max_length}"
     why = (
         f"longer than {limit}"
         if recipe.sft.overlong == "drop"
         else f"no assistant token left within {limit}"
     )
-    for split, n in info["dropped"].items():
-        if n:
-            console.print(
-                f"[yellow]warning[/yellow]: {n} of {info['examples'][split]} {split} examples "
-                f"left out ({why})"
-            )
-    for split, n in info["truncated"].items():
-        if n:
-            console.print(
-                f"[yellow]warning[/yellow]: {n} of {info['examples'][split]} {split} examples "
-                f"truncated to {limit}"
-            )
+    warn_counts(info, why, f"truncated to {limit}")
 
 
 def _encode(tokenizer, messages: list[dict], info: dict, where: str = "") -> Encoded:
