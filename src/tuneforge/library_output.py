@@ -10,11 +10,14 @@ order sorted without datasets' ``Dataset.sort``, see ``tasks/classification.py``
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import re
 import warnings
+from collections.abc import Iterator
 
-from tuneforge.progress import sync_library_bars
+from tuneforge.progress import bars_enabled, sync_library_bars
 
 # (category, start of the message, why it cannot be fixed where it comes from)
 UNACTIONABLE_WARNINGS: tuple[tuple[type[Warning], str, str], ...] = (
@@ -58,3 +61,19 @@ def tame() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropMessages) for f in logger.filters):
             logger.addFilter(_DropMessages((message,)))
+
+
+@contextlib.contextmanager
+def gguf_conversion_bar() -> Iterator[None]:
+    """transformers' GGUF reader draws its "Converting and de-quantizing GGUF tensors" bar with
+    tqdm directly, outside the switch `sync_library_bars` turns (a first run's log got hundreds
+    of carriage-return updates): while converting, its bar follows :func:`bars_enabled` too."""
+    from transformers import modeling_gguf_pytorch_utils as gguf  # deferred: CLI start
+
+    original = gguf.tqdm
+    if not bars_enabled():
+        gguf.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf.tqdm = original

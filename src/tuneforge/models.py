@@ -24,7 +24,7 @@ from filelock import FileLock, Timeout
 
 from tuneforge.errors import TuneforgeError
 from tuneforge.files import fsync_tree
-from tuneforge.library_output import tame
+from tuneforge.library_output import gguf_conversion_bar, tame
 from tuneforge.paths import models_cache
 from tuneforge.progress import status
 from tuneforge.safety import check_weights, use_safetensors
@@ -237,7 +237,10 @@ def _convert(folder: Path, filename: str, target: Path) -> None:
     tame()  # the libraries: bars as tuneforge shows them, unactionable warnings off
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     t0 = time.perf_counter()
-    with status(f"Converting {filename} to safetensors (once; cached in {target.parent})"):
+    with (
+        status(f"Converting {filename} to safetensors (once; cached in {target.parent})"),
+        gguf_conversion_bar(),
+    ):
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
             model = AutoModelForCausalLM.from_pretrained(

@@ -271,3 +271,21 @@ def test_checkpointing_is_enabled_under_its_current_name(tiny_model):
         model(input_ids=ids, labels=ids).loss.backward()
     grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_the_gguf_readers_own_bar_follows_the_progress_switch(monkeypatch):
+    """transformers draws the GGUF conversion bar with tqdm directly (a first run's log showed it);
+    while converting it is off when bars are, and it is the library's own bar again after."""
+    from transformers import modeling_gguf_pytorch_utils as gguf
+
+    from tuneforge.library_output import gguf_conversion_bar
+
+    original = gguf.tqdm
+    monkeypatch.setenv("TUNEFORGE_PROGRESS", "0")
+    monkeypatch.delenv("TUNEFORGE_QUIET", raising=False)
+    with gguf_conversion_bar():
+        assert gguf.tqdm(range(3)).disable
+    assert gguf.tqdm is original
+    monkeypatch.setenv("TUNEFORGE_PROGRESS", "1")
+    with gguf_conversion_bar():
+        assert gguf.tqdm is original
