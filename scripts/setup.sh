@@ -15,8 +15,14 @@ fi
 pip_lock=$(mktemp)
 trap 'rm -f "$pip_lock"' EXIT
 grep -E '^pip==' requirements.lock > "$pip_lock"
-.venv/bin/python -m pip install --quiet --require-hashes --no-deps -r "$pip_lock"
-.venv/bin/python -m pip install --quiet --require-hashes --no-deps -r requirements.lock
-.venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+# pip warns once per package about index folders of this machine's pip config that do not exist
+# (/opt/pypi-more, ...): hundreds of lines that say nothing about the install; other output stays.
+pip_install() {
+  .venv/bin/python -m pip install --quiet "$@" \
+    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+pip_install --require-hashes --no-deps -r "$pip_lock"
+pip_install --require-hashes --no-deps -r requirements.lock
+pip_install --no-deps --no-build-isolation -e .
 .venv/bin/python scripts/check_lock.py --installed
 .venv/bin/python -c "import torch, transformers, peft; print(f'tuneforge env ready: torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}')"
