@@ -102,6 +102,6 @@ def report(
 
     loaded = load_run(run, None)
     path = write_report(loaded.path)
-    console.print(f"Report: {path} (and {loaded.path / 'report.md'})")
+    console.print(f"Report: {path} (and {loaded.path / 'report.md'})", soft_wrap=True)
     if open_:
         webbrowser.open(path.resolve().as_uri())

@@ -94,4 +94,6 @@ def print_summary(run: Run) -> None:
         print_comparison(f"{run.path.name}: {split}", metrics.get("base", {}).get(split, {}), tuned)
     if metrics.get("forgetting"):  # continued runs: the parent's validation set before and after
         out.print(forgetting.describe(metrics["forgetting"]), highlight=False)
-    console.print(f"Report: {run.path / 'report.html'} (and report.md)")
+    console.print(
+        f"Report: {run.path / 'report.html'} (and report.md)", soft_wrap=True
+    )  # one line: paths
