@@ -188,9 +188,18 @@ def test_sft_then_dpo_starts_from_the_sft_model_and_passes_the_gate(files, tiny_
     # the starting point (the SFT model) measured on the same pairs, beside base and tuned
     start = metrics["start"]["test"]
     assert start["n_pairs"] == 6 and start["logp_margin"] != metrics["base"]["test"]["logp_margin"]
+    assert "reward_margin" not in start and "kl" not in start  # its own reference: nothing to say
+    assert {"reward_margin", "kl"} <= set(metrics["tuned"]["test"])  # against the SFT model
     # forgetting is measured on the parent's own task and metric (sft loss)
     assert metrics["forgetting"]["metric"] == "loss"
     assert metrics["forgetting"]["parent_run"] == sft_run.name
+
+    # loaded back, the run compares against the SFT adapter it trained against (as "ref")
+    again = run_cli("eval", run, "--data", files["test"], "--json")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads(again.stdout)["reward_margin"] == pytest.approx(
+        metrics["tuned"]["test"]["reward_margin"], abs=1e-3
+    )
 
     assert run_cli("models", "register", "assistant", run.name, *env_registry).returncode == 0
     gate = run_cli("models", "promote", "assistant", "2", *env_registry)

@@ -91,6 +91,12 @@ def preference_fields(recipe: Recipe, rows: list[Row], where: str) -> Preference
     return PreferenceFields(**{**fields.to_info(), "format": shape})
 
 
+def _parent_record(run_dir: Path) -> dict[str, Any] | None:
+    """run.json's `parent` (the run this one continued), or None."""
+    record = Path(run_dir) / "run.json"
+    return json.loads(record.read_text()).get("parent") if record.is_file() else None
+
+
 def prompt_key(recipe: Recipe):
     """A row's prompt as a key: a validation_split holds out whole prompts (feedback has several
     answers to one prompt; split apart, the leakage check would rightly refuse them)."""
@@ -118,6 +124,10 @@ class PreferenceTask(CausalLMTask):
     default_metric = "preference_accuracy"
     metric_names = ("loss", *PREFERENCE_METRICS)
     starts_from = ("sft", "preference")
+    # Whether the model being scored has a reference apart from itself: once training has begun
+    # (TRL's trainer built) or for a finished run loaded back; not the starting point scored
+    # before training (it is its own reference: rewards and KL would be about the base model).
+    _reference_known = False
 
     # ---------------------------------------------------------------- data
 
@@ -267,6 +277,7 @@ class PreferenceTask(CausalLMTask):
 
     def trainer_type(self, recipe: Recipe, model) -> tuple[type, type, dict[str, Any]]:
         """TRL's trainer for the algorithm, its arguments class and the algorithm's settings."""
+        self._reference_known = True
         p = recipe.preference
         # Rows carry token ids, not `input_ids`, so batches are drawn at random (no length
         # grouping); lengths were already fitted to training.max_length when tokenising.
@@ -403,23 +414,39 @@ class PreferenceTask(CausalLMTask):
         policy = answer_logprobs(model, sequences, batch, pad, f"Scoring preferences ({split})")
         result = self._preference_metrics(examples, policy)
         result["n"] = len(rows)
-        sampled = self._sampled(model, tokenizer, rows, info, recipe)
-        sampled_policy = answer_logprobs(model, sampled, batch, pad) if sampled else []
-        pairwise = bool(examples) and isinstance(examples[0], Pair)
-        # every policy score is taken before this: with LoRA the reference is the same model
-        with self._as_reference(model, recipe) as reference:
-            if reference is not None and pairwise:
-                ref = answer_logprobs(reference, sequences, batch, pad, "Scoring the reference")
-                beta = info.get("beta", recipe.preference.beta)
-                result.update(
-                    reward_metrics((policy[0::2], policy[1::2]), (ref[0::2], ref[1::2]), beta)
-                )
-            if reference is not None and sampled:
-                result.update(
-                    kl_estimate(sampled_policy, answer_logprobs(reference, sampled, batch, pad))
-                )
+        if self._reference_known:
+            scored = (examples, sequences, policy)
+            result.update(self._against_reference(model, tokenizer, rows, info, recipe, scored))
         result["samples"] = self._samples(model, tokenizer, rows, info, recipe)
         return result
+
+    def _against_reference(
+        self, model, tokenizer, rows, info, recipe: Recipe, scored: tuple
+    ) -> dict[str, Any]:
+        """DPO's implicit rewards (pairs) and the sampled KL estimate, against the reference;
+        `scored` is (examples, sequences, the policy's scores of them)."""
+        batch = recipe.training.eval_batch_size or recipe.training.batch_size
+        pad = tokenizer.pad_token_id
+        examples, sequences, policy = scored
+        pairwise = bool(examples) and isinstance(examples[0], Pair)
+        sampled = self._sampled(model, tokenizer, rows, info, recipe)
+        sampled_policy = answer_logprobs(model, sampled, batch, pad) if sampled else []
+        found: dict[str, Any] = {}
+        # every policy score is taken before this: with LoRA the reference is the same model
+        with self._as_reference(model, recipe) as reference:
+            if reference is None:
+                return found
+            if pairwise:
+                ref = answer_logprobs(reference, sequences, batch, pad, "Scoring the reference")
+                beta = info.get("beta", recipe.preference.beta)
+                found.update(
+                    reward_metrics((policy[0::2], policy[1::2]), (ref[0::2], ref[1::2]), beta)
+                )
+            if sampled:
+                found.update(
+                    kl_estimate(sampled_policy, answer_logprobs(reference, sampled, batch, pad))
+                )
+        return found
 
     @contextlib.contextmanager
     def _as_reference(self, model, recipe: Recipe):
@@ -498,6 +525,23 @@ class PreferenceTask(CausalLMTask):
         return samples
 
     # ---------------------------------------------------------------- using the run
+
+    def load_tuned(self, run_dir: Path, source, info: dict, method: str, tokenizer, recipe: Recipe):
+        """The tuned model; a LoRA run that continued a LoRA run also gets the parent's adapter
+        as its frozen "ref" adapter (the reference it trained against), when that run is there."""
+        model = super().load_tuned(run_dir, source, info, method, tokenizer, recipe)
+        self._source = source
+        parent = _parent_record(run_dir)
+        parent_adapter = Path(parent.get("path", "")) / "adapter" if parent else None
+        if not parent:
+            self._reference_known = True  # the base model (adapter off, or `source`)
+        elif method == "lora" and parent.get("method") == "lora":
+            if parent_adapter is not None and parent_adapter.is_dir():
+                model.load_adapter(parent_adapter, adapter_name="ref", is_trainable=False)
+                self._reference_known = True
+        else:  # a full/freeze parent's model is this run's `source`
+            self._reference_known = True
+        return model
 
     def system_prompt(self, recipe: Recipe) -> str | None:
         return recipe.preference.system_prompt
