@@ -272,7 +272,7 @@ class Server:
                 self.url = found.group(1) if found else ""
             else:
                 try:
-                    r = httpx.get(f"{self.url}/health", timeout=5)
+                    r = httpx.get(f"{self.url}/ready", timeout=5)  # the model loaded
                     if r.status_code == 200:
                         return r.json()
                 except httpx.TransportError:
@@ -283,7 +283,7 @@ class Server:
     def health(self) -> dict:
         import httpx2 as httpx
 
-        return httpx.get(f"{self.url}/health", timeout=30).json()
+        return httpx.get(f"{self.url}/stats", timeout=30).json()  # model, counters
 
     def _sample_rss(self) -> None:
         import psutil

@@ -1101,7 +1101,7 @@ class Check:
                 url = found.group(1) if found else ""
             if url:
                 try:
-                    with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
+                    with urllib.request.urlopen(f"{url}/ready", timeout=5) as r:  # model loaded
                         if r.status == 200:
                             return url
                 except (urllib.error.URLError, OSError):

@@ -202,22 +202,35 @@ class Meter:
 # library not imported yet reads the environment variable set here. A variable the user set
 # keeps its say (the libraries give it priority and warn when code disagrees).
 _LIBRARY_BAR_VARIABLES = ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS")
-_variables_set_here: set[str] = set()
+# Which of them tuneforge set (not the user): kept in the environment too, so a child process
+# (a CLI run started by a Python program or a test that used tuneforge) does not mistake a
+# variable its parent's tuneforge set for the user's choice.
+_SET_BY_TUNEFORGE = "TUNEFORGE_SET_BAR_VARIABLES"
+
+
+def _set_here() -> set[str]:
+    return set(filter(None, os.environ.get(_SET_BY_TUNEFORGE, "").split(",")))
+
+
+def _remember(found: set[str]) -> None:
+    os.environ[_SET_BY_TUNEFORGE] = ",".join(sorted(found))
 
 
 def sync_library_bars() -> None:
     """datasets' (tokenizing), transformers' (loading weights, writing shards) and the Hub's
     (downloads) tqdm bars on exactly when :func:`bars_enabled`; call before work that shows them."""
     on = bars_enabled()
+    ours = _set_here()
     for variable in _LIBRARY_BAR_VARIABLES:
-        if variable in os.environ and variable not in _variables_set_here:
+        if variable in os.environ and variable not in ours:
             continue  # the user's
         if on:
             os.environ.pop(variable, None)
-            _variables_set_here.discard(variable)
+            ours.discard(variable)
         else:
             os.environ[variable] = "1"
-            _variables_set_here.add(variable)
+            ours.add(variable)
+    _remember(ours)
     if "datasets" in sys.modules:
         _sync_datasets(on)
     if "huggingface_hub" in sys.modules:
