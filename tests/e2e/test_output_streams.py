@@ -37,7 +37,12 @@ NOISE = ["\r", "\x1b[", "it/s", "%|", "━", "Warning", "gradient_checkpointing"
 
 
 def train(recipe: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFORGE_")}
+    # a user's shell: no tuneforge settings, and not the library-bar variables that tuneforge set
+    # in this test process (an earlier in-process test), which it marks as its own
+    ours = set(os.environ.get("TUNEFORGE_SET_BAR_VARIABLES", "").split(","))
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith("TUNEFORGE_") and k not in ours
+    }
     environment.update(
         HF_HUB_OFFLINE="1",
         OMP_NUM_THREADS="1",
