@@ -10,6 +10,7 @@ shape, with the server still healthy afterwards.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -682,12 +683,73 @@ def test_sixty_simultaneous_requests_are_all_answered_correctly(servers, loaded,
     print(f"64 simultaneous requests in {elapsed:.1f}s; 40 classify calls in {batches} passes")
 
 
-def test_health_and_other_requests_are_answered_during_a_long_generation(
-    client, servers, sft_http, visible
-):
-    """A 500-token stream holds the model; /health, /v1/models and a refused /v1/classify are
-    answered meanwhile, and a chat sent meanwhile waits its turn and is answered after."""
-    name = servers["sft"].name
+@contextlib.contextmanager
+def _in_process(app):
+    """`app` served by uvicorn in a thread on a free loopback port; yields its URL once ready."""
+    import uvicorn
+
+    from tuneforge.deploy.serve import bind
+
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    while not server.started or httpx.get(f"{url}/ready", headers=AUTH).status_code != 200:
+        assert thread.is_alive() and time.monotonic() < deadline, "in-process server not ready"
+        time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        sock.close()
+
+
+STEP_S = 0.01
+
+
+def _slow_down(app) -> None:
+    """Every forward pass of the served model (one per generated token) takes STEP_S longer."""
+    embed = app.state.service.model.get_input_embeddings()
+    embed.register_forward_pre_hook(lambda *_: time.sleep(STEP_S))
+
+
+@pytest.fixture(scope="module")
+def slow_sft(runs):
+    """The sft run served in-process with every forward pass made STEP_S longer, so that a long
+    generation lasts seconds on any machine (the tiny model alone writes ~1,000 tokens a second:
+    a test could not see it running, as one CI run found)."""
+    from tuneforge.deploy.serve import create_app
+
+    app = create_app(runs["sft"], name="slow-sft", api_key=KEY, feedback_log=False)
+    with _in_process(app) as url:
+        _slow_down(app)
+        with httpx.Client(base_url=url, headers=AUTH, timeout=120) as http:
+            yield {"url": url, "http": http, "name": "slow-sft"}
+
+
+def _busy(http: httpx.Client) -> bool:
+    return _healthy(http)["generation"]["busy"]
+
+
+def _until(condition, seconds: float, what: str) -> float:
+    """Polls `condition` until true; the seconds it took."""
+    start = time.monotonic()
+    while not condition():
+        assert time.monotonic() - start < seconds, what
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+def test_health_and_other_requests_are_answered_during_a_long_generation(slow_sft, visible):
+    """Generation runs off the event loop: while one holds the model (500 tokens, over 5 s),
+    probes, the model list and refusals are answered at once, and a second chat waits its turn."""
+    http, name = slow_sft["http"], slow_sft["name"]
+    client = openai.OpenAI(
+        base_url=f"{slow_sft['url']}/v1", api_key=KEY, max_retries=0, timeout=120
+    )
     long = client.chat.completions.create(
         model=name, messages=ALERT, temperature=0, max_tokens=500, logit_bias=visible,
         stream=True, stream_options={"include_usage": True},
@@ -695,10 +757,7 @@ def test_health_and_other_requests_are_answered_during_a_long_generation(
     chunks: list = []
     reader = threading.Thread(target=lambda: chunks.extend(long), daemon=True)
     reader.start()
-    deadline = time.monotonic() + 30
-    while not _healthy(sft_http)["generation"]["busy"]:
-        assert time.monotonic() < deadline, "the long generation never started"
-        time.sleep(0.02)
+    _until(lambda: _busy(http), 30, "the long generation never started")
     queued: dict = {}
 
     def second_chat():
@@ -708,14 +767,14 @@ def test_health_and_other_requests_are_answered_during_a_long_generation(
     waiter.start()
     latencies = {}
     for label, call in [
-        ("health", lambda: _healthy(sft_http)),
-        ("models", lambda: sft_http.get("/v1/models").raise_for_status()),
-        ("classify", lambda: sft_http.post("/v1/classify", json={"input": "x"})),
+        ("health", lambda: _healthy(http)),
+        ("models", lambda: http.get("/v1/models").raise_for_status()),
+        ("classify", lambda: http.post("/v1/classify", json={"input": "x"})),
     ]:
         start = time.monotonic()
         call()
         latencies[label] = time.monotonic() - start
-    state = _healthy(sft_http)["generation"]
+    state = _healthy(http)["generation"]
     assert state["busy"], "the long generation ended before the other requests were answered"
     assert max(latencies.values()) < 2.0, latencies
     reader.join(timeout=120)
@@ -727,30 +786,26 @@ def test_health_and_other_requests_are_answered_during_a_long_generation(
     print(f"while generating 500 tokens: {shown}")
 
 
-def test_a_client_that_leaves_a_stream_frees_the_model(servers, sft_http, visible):
+def test_a_client_that_leaves_a_stream_frees_the_model(slow_sft, visible):
+    """950 tokens take over 9.5 s here: a model free within 3 s of the client leaving was
+    stopped, not left to finish."""
+    http = slow_sft["http"]
     body = {
-        "model": servers["sft"].name, "messages": ALERT, "temperature": 0, "max_tokens": 950,
+        "model": slow_sft["name"], "messages": ALERT, "temperature": 0, "max_tokens": 950,
         "logit_bias": visible, "stream": True,
     }  # fmt: skip
-    url = servers["sft"].url
-    with (
-        httpx.Client(base_url=url, headers=AUTH, timeout=60) as c,
-        c.stream("POST", "/v1/chat/completions", json=body) as r,
-    ):
+    before = _healthy(http)["generation"]["finished"]
+    with http.stream("POST", "/v1/chat/completions", json=body) as r:
         assert r.status_code == 200
-        next(r.iter_lines())  # the first chunk
-        deadline = time.monotonic() + 30
-        while not _healthy(sft_http)["generation"]["busy"]:
-            assert time.monotonic() < deadline, "the generation never started"
-            time.sleep(0.02)
+        lines = r.iter_lines()
+        next(lines)  # the role chunk, sent before the generation starts
+        assert next(line for line in lines if line.startswith("data:"))  # the first text
+        assert _busy(http), "the generation ended before the client left"
     # leaving the block closed the connection mid-generation
-    left = time.monotonic()
-    while _healthy(sft_http)["generation"]["busy"]:
-        assert time.monotonic() - left < 3.0, "the abandoned generation kept the model"
-        time.sleep(0.02)
-    reply = sft_http.post(
-        "/v1/chat/completions",
-        json={"model": servers["sft"].name, "messages": USER, "max_tokens": 2},
+    _until(lambda: not _busy(http), 3.0, "the abandoned generation kept the model")
+    assert _healthy(http)["generation"]["finished"] == before + 1
+    reply = http.post(
+        "/v1/chat/completions", json={"model": slow_sft["name"], "messages": USER, "max_tokens": 2}
     )
     assert reply.status_code == 200
 
@@ -847,10 +902,8 @@ def test_serve_help_shows_the_limits_and_their_defaults():
 
 @pytest.fixture(scope="module")
 def pretrain(tmp_path_factory, tiny_model):
-    import uvicorn
-
     import tuneforge
-    from tuneforge.deploy.serve import Limits, bind, create_app
+    from tuneforge.deploy.serve import Limits, create_app
 
     tmp = tmp_path_factory.mktemp("serve-pretrain")
     sentence = "the quick brown fox jumps over the lazy dog and the film was wonderful"
@@ -869,22 +922,10 @@ output_dir: {tmp / "runs"}
 """
     )
     run = tuneforge.train(tmp / "pretrain.yaml", ["training.max_steps=2"])
-    sock = bind("127.0.0.1", 0)
     app = create_app(run, name="notes-lm", limits=Limits(max_waiting=1))  # one may wait
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    while not server.started or httpx.get(f"{url}/ready").status_code != 200:
-        assert thread.is_alive() and time.monotonic() < deadline, "in-process server not ready"
-        time.sleep(0.05)
-    try:
+    with _in_process(app) as url:
+        _slow_down(app)  # 200 tokens take over 2 s: a burst of requests finds the model taken
         yield {"url": url, "run": run}
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
-        sock.close()
 
 
 def test_a_pretrain_run_continues_plain_text_and_stops_at_eos(pretrain):
