@@ -242,6 +242,11 @@ class DataChecksConfig(_Strict):
     truncation: CheckSeverity = Field(
         "warning", description="Examples longer than training.max_length."
     )
+    small_evaluation: CheckSeverity = Field(
+        "warning",
+        description="Validation/test sets too small to show evaluation.detectable_difference "
+        "as significant.",
+    )
     imbalance_ratio: float = Field(
         3.0, gt=1, description="Class-count ratio that counts as imbalance."
     )
@@ -273,6 +278,65 @@ class BaselineConfig(_Strict):
     )
     label_words: dict[str, str] | None = Field(
         None, description="Word the base model should answer for each label (default: the label)."
+    )
+
+
+class EvaluationConfig(_Strict):
+    """How sure a comparison is: every base-vs-tuned (and start-vs-tuned) figure carries an
+    interval from a paired bootstrap over the same evaluation examples (evaluation/intervals.py)."""
+
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1.0, description="Confidence level of the intervals (0.95: 95%)."
+    )
+    resamples: int = Field(
+        1000, ge=100, le=100_000, description="Bootstrap resamples per interval (seeded)."
+    )
+    seed: int = Field(0, description="Seed of the bootstrap resampling.")
+    detectable_difference: float = Field(
+        0.05,
+        gt=0.0,
+        lt=1.0,
+        description="The accuracy difference the validation set should be able to show as "
+        "significant (80% power); `data check` and `plan` warn when it is too small to, and say "
+        "how many examples would be.",
+    )
+
+
+class ClassificationConfig(_Strict):
+    """Classification runs: what happens to the tuned model's probabilities after training."""
+
+    calibration: Literal["none", "temperature"] = Field(
+        "none",
+        description="`temperature`: after training, fit one temperature T on the validation "
+        "split (the tuned model's log-probabilities divided by T minimise the log-loss), store it "
+        "with the run (calibration.json, run.json) and apply it in predict, `eval` and the server: "
+        "probabilities that say how often the model is right, the same predicted labels. The "
+        "expected calibration error (ECE) before and after is in metrics.json and the report. "
+        "`none`: the model's own probabilities.",
+    )
+
+
+class MemorizationConfig(_Strict):
+    """Canaries for the memorisation audit (`tuneforge eval RUN --memorization`): random secrets
+    in a fixed format ("The access code for account 4821 is 7391-0284-5517.") planted into the
+    training data only (sft: a user question with the assistant's answer; pretrain: a document),
+    never into validation or test; recorded in the run's canaries.json (data/canaries.py)."""
+
+    canaries: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="How many random secrets to plant (0: none). sft and pretrain runs only.",
+    )
+    repeats: int = Field(
+        5,
+        ge=1,
+        le=10_000,
+        description="How many times each canary appears in the training data (more repeats, "
+        "more memorisation: the audit measures how much).",
+    )
+    seed: int = Field(
+        0, description="Seed of the secrets and of where they go among the training rows."
     )
 
 
@@ -415,8 +479,11 @@ class Recipe(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     data_checks: DataChecksConfig = Field(default_factory=DataChecksConfig)
+    classification: ClassificationConfig = Field(default_factory=ClassificationConfig)
     sft: SftConfig = Field(default_factory=SftConfig)
+    memorization: MemorizationConfig = Field(default_factory=MemorizationConfig)
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     replay: float = Field(
         0.0,

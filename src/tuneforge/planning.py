@@ -35,6 +35,7 @@ from tuneforge import devices
 from tuneforge.answer_forward import model_inputs
 from tuneforge.config import Recipe, apply_override, load_recipe, validate_recipe
 from tuneforge.errors import CheckFailed
+from tuneforge.evaluation.intervals import too_small
 from tuneforge.evaluation.language_model import padding_collator
 from tuneforge.methods import apply_method, count_parameters, enable_gradient_checkpointing
 from tuneforge.models import load_tokenizer, quiet_transformers
@@ -365,6 +366,9 @@ def plan(
 
     budget, budget_source = _budget(memory_budget_gb)
     notes = list(ESTIMATE_NOTES)
+    small = too_small(len(prepared.splits.validation), recipe.evaluation.detectable_difference)
+    if small:
+        notes.append(f"validation set: {small}")
     chosen = None
     if auto_batch_size:
         chosen = _auto_batch_size(ctx, budget, budget_source, examples=len(lengths) // rows)

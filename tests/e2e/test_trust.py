@@ -68,9 +68,25 @@ def test_data_check_lists_unparseable_rows(tmp_path, tiny_model, sentiment_files
 
 
 def test_clean_data_check_exits_zero(sentiment_recipe):
-    proc = run_cli("data", "check", sentiment_recipe)
+    proc = run_cli("data", "check", sentiment_recipe, "--set", "data_checks.small_evaluation=off")
     assert proc.returncode == 0, proc.stderr
     assert "Data summary" in proc.stdout and "no findings" in proc.stdout
+
+
+def test_data_check_warns_that_a_small_evaluation_set_cannot_show_a_small_gain(sentiment_recipe):
+    proc = run_cli("data", "check", sentiment_recipe, "--json")
+    assert proc.returncode == 0, proc.stderr  # a warning, not an error
+    found = {(f["check"], f["split"]): f for f in json.loads(proc.stdout)["findings"]}
+    validation = found[("small_evaluation", "validation")]
+    assert validation["severity"] == "warning"
+    # 2.80 * sqrt(0.5 / n) for the tiny validation set; 1,570 examples show 0.05
+    assert "1,570 would show 0.05" in validation["message"]
+    bigger = run_cli(
+        "data", "check", sentiment_recipe, "--json", "--set", "evaluation.detectable_difference=0.9"
+    )
+    assert not [
+        f for f in json.loads(bigger.stdout)["findings"] if f["check"] == "small_evaluation"
+    ]
 
 
 @pytest.fixture(scope="module")

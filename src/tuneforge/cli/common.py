@@ -55,13 +55,38 @@ def opt_in_to_pickle(run: Path | None, allowed: bool) -> None:
         safety.check_run(run)
 
 
-def print_comparison(title: str, base: dict, tuned: dict) -> None:
-    """One split's metrics: base model, fine-tuned, change."""
-    from tuneforge.report import summary_rows  # deferred: CLI start (matplotlib)
+def print_comparison(
+    title: str,
+    base: dict,
+    tuned: dict,
+    comparison: dict | None = None,
+    metric: str | None = None,
+    where: str = "",
+) -> None:
+    """One split's metrics: base model, fine-tuned, change, and with the split's `comparison`
+    the change's interval and significance, then one sentence on `metric`'s change `where`."""
+    from tuneforge.report.markdown import (  # deferred: CLI start (matplotlib, scipy)
+        significance_line,
+        summary_rows,
+    )
 
     table = Table(title=f"{title} (n={tuned.get('n')})")
-    for col in ("metric", "base model", "fine-tuned", "change"):
-        table.add_column(col, justify="right" if col != "metric" else "left")
-    for row in summary_rows(base, tuned):
+    columns = ["metric", "base model", "fine-tuned", "change"]
+    if comparison is not None:
+        columns += ["95% CI of change", "significant?"]
+        level = next(iter(comparison.values()), {}).get("confidence", 0.95)
+        columns[4] = f"{100 * level:g}% CI of change"
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("metric", "significant?") else "right")
+    for row in summary_rows(base, tuned, comparison):
         table.add_row(*row)
+    if tuned.get("ece") is not None:  # classification: calibration
+        table.caption = "ece: expected calibration error (15 confidence bins), lower is better" + (
+            f"; ece_scaled: after temperature scaling (T = {tuned['temperature']:.3f})"
+            if tuned.get("temperature")
+            else ""
+        )
     out.print(table)
+    sentence = significance_line(where or title, metric, comparison) if metric else None
+    if sentence:
+        out.print(sentence, highlight=False, soft_wrap=True)

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from tuneforge.cli import memorization as mem
 from tuneforge.cli.common import (
     AllowPickle,
     DeviceOption,
@@ -37,34 +38,92 @@ def eval_(
         Path | None,
         typer.Option("--bias-terms", help="YAML with extra categories/templates for --bias."),
     ] = None,
+    generate: Annotated[
+        int | None,
+        typer.Option(
+            "--generate",
+            help="Generation metrics (sft) from greedy answers to the first N rows only "
+            "(default: every row).",
+            min=0,
+        ),
+    ] = None,
+    memorization: mem.Memorization = False,
+    samples: mem.Samples = 32,
+    prefix_tokens: mem.PrefixTokens = None,
+    suffix_tokens: mem.SuffixTokens = 32,
+    seed: mem.Seed = 0,
+    candidates: mem.Candidates = 1000,
     allow_pickle: AllowPickle = False,
     device: DeviceOption = None,
 ) -> None:
-    """Metrics of a run on a labelled file (base model too with --base); --bias probes identity swaps."""
+    """Metrics of a run on a labelled file, with intervals (base model too with --base, and
+    whether the difference is significant); --bias probes identity swaps."""
     opt_in_to_pickle(run, allow_pickle)
-    if data is None and not bias:
-        raise TuneforgeError("eval: give --data FILE (and/or --bias)")
+    if data is None and not bias and not memorization:
+        raise TuneforgeError("eval: give --data FILE (and/or --bias, --memorization)")
     loaded = load_run(run, device)
     probe = loaded.bias_probe(bias_terms) if bias else None
     if probe is not None:
         console.print(f"Bias probe saved to {loaded.path / 'bias.json'}; report updated")
         if not as_json:
             print_bias(probe)
-    result = loaded.evaluate(data, base=base) if data is not None else None
+    audit = None
+    if memorization:
+        audit = loaded.memorization(
+            samples=samples,
+            prefix_tokens=prefix_tokens,
+            suffix_tokens=suffix_tokens,
+            seed=seed,
+            candidates=candidates,
+        )
+        console.print(
+            f"Memorisation audit saved to {loaded.path / 'memorization.json'}; report updated"
+        )
+        if not as_json:
+            mem.print_memorization(audit)
+    result = loaded.evaluate(data, base=base, generate=generate) if data is not None else None
     if as_json:
-        emit_json(eval_document(result, probe))
+        emit_json(mem.with_audit(eval_document(result, probe), audit, data is None and not bias))
     elif result is not None:
-        print_comparison(f"{run} on {data}", result.get("base", {}), result["tuned"])
+        print_comparison(
+            f"{run} on {data}",
+            result.get("base", {}),
+            result["tuned"],
+            result.get("comparison"),
+            loaded.metrics.get("selection_metric"),
+            str(data),
+        )
+        print_intervals(result)
+
+
+def print_intervals(result: dict) -> None:
+    """The tuned model's own intervals, and how many answers the generation metrics scored."""
+    tuned, found = result["tuned"], result.get("intervals", {})
+    if not found:
+        return
+    shown = ", ".join(f"{m} {lo:.3f}–{hi:.3f}" for m, (lo, hi) in found.items())
+    level = f"{100 * result.get('confidence', 0.95):g}%"
+    out.print(f"Fine-tuned, {level} intervals: {shown}", highlight=False, soft_wrap=True)
+    if tuned.get("generated") is not None and tuned["generated"] < tuned.get("n", 0):
+        out.print(
+            f"Generation metrics from the first {tuned['generated']} of {tuned['n']} rows "
+            "(--generate); the intervals say how far they may be from all rows'.",
+            highlight=False,
+        )
 
 
 def eval_document(result: dict | None, probe: dict | None) -> dict:
-    """--json: the tuned metrics at the top level (`base`: the base model's, with --base); with
-    --bias as well, the probe under `bias`; with --bias alone, the probe itself."""
+    """--json: the tuned metrics at the top level, with `intervals` (each metric's own interval);
+    with --base, `base` (the base model's) and `comparison` (each difference with its interval,
+    significance and test); with --bias as well, the probe under `bias`; with --bias alone, the
+    probe itself."""
     if result is None:
         return probe or {}
     payload = dict(result["tuned"])
+    payload["intervals"] = result.get("intervals", {})
     if "base" in result:
         payload["base"] = result["base"]
+        payload["comparison"] = result.get("comparison", {})
     if probe is not None:
         payload["bias"] = probe
     return payload

@@ -91,7 +91,14 @@ def print_summary(run: Run) -> None:
     """Base vs fine-tuned for every split, the forgetting check of a continued run, the report."""
     metrics = run.metrics
     for split, tuned in metrics["tuned"].items():
-        print_comparison(f"{run.path.name}: {split}", metrics.get("base", {}).get(split, {}), tuned)
+        print_comparison(
+            f"{run.path.name}: {split}",
+            metrics.get("base", {}).get(split, {}),
+            tuned,
+            metrics.get("comparison", {}).get(split),
+            metrics.get("selection_metric"),
+            split,
+        )
     if metrics.get("forgetting"):  # continued runs: the parent's validation set before and after
         out.print(forgetting.describe(metrics["forgetting"]), highlight=False)
     console.print(

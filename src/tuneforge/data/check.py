@@ -18,6 +18,7 @@ from typing import Any
 
 from tuneforge.config import CheckSeverity as Severity
 from tuneforge.config import DataChecksConfig
+from tuneforge.evaluation.intervals import too_small
 
 _DEFAULTS = DataChecksConfig()
 DEFAULT_SEVERITY: dict[str, Severity] = _DEFAULTS.severities()
@@ -77,8 +78,10 @@ def run_checks(
     short_chars: int = _DEFAULTS.short_chars,
     long_factor: float = 4.0,
     truncates: bool = True,
+    detectable_difference: float | None = None,
 ) -> CheckReport:
-    """All checks over all splits. `parse_errors`: split -> [(line, message)]."""
+    """All checks over all splits. `parse_errors`: split -> [(line, message)]. With
+    `detectable_difference`, validation and test splits too small to show it are flagged."""
     sev = {**DEFAULT_SEVERITY, **(severity or {})}
     findings: list[Finding] = []
 
@@ -111,6 +114,12 @@ def run_checks(
             long_factor,
         )
     _check_leakage(splits, add)
+    if detectable_difference is not None:
+        for split in ("validation", "test"):
+            if splits.get(split):
+                message = too_small(len(splits[split]), detectable_difference)
+                if message:
+                    add("small_evaluation", message, split, [])
     return CheckReport(findings, summary)
 
 

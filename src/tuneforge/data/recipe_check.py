@@ -49,6 +49,7 @@ def check_recipe_data(
         imbalance_ratio=cfg.imbalance_ratio,
         short_chars=cfg.short_chars,
         truncates=task.truncates,
+        detectable_difference=recipe.evaluation.detectable_difference,
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from tuneforge.evaluation.metrics import LOWER_IS_BETTER
+from tuneforge.evaluation.outcomes import EXAMPLES
 
 
 def scalars(metrics: dict[str, Any]) -> dict[str, float]:
@@ -51,7 +52,21 @@ def forgetting_summary(
         "worse": change > 0 if lower_is_better else change < 0,
         "before_metrics": scalars(before),
         "after_metrics": scalars(after),
+        **_interval(metric, before, after),
     }
+
+
+def _interval(metric: str, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The change's paired bootstrap interval over the parent's validation examples (both
+    measurements hold their per-example outcomes), and whether it is significant."""
+    from tuneforge.evaluation.intervals import compare  # deferred: CLI start (numpy, sacrebleu)
+
+    if EXAMPLES not in before or EXAMPLES not in after:
+        return {}
+    found = compare(before[EXAMPLES], after[EXAMPLES]).get(metric)
+    if found is None:
+        return {}
+    return {"interval": found["interval"], "significant": found["significant"]}
 
 
 def describe(forgetting: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ import torch
 from transformers import DataCollatorForSeq2Seq, TrainerCallback
 
 from tuneforge import answer_forward
+from tuneforge.evaluation.outcomes import EXAMPLES
 from tuneforge.evaluation.text_metrics import perplexity
 from tuneforge.progress import track
 
@@ -73,32 +74,56 @@ def accepts_logits_to_keep(model) -> bool:
 def lm_loss(
     model, collate, features: list[dict[str, list[int]]], batch_size: int, description: str
 ) -> dict[str, Any]:
-    """Token-weighted mean loss and perplexity over `features` (input_ids + labels)."""
+    """Token-weighted mean loss and perplexity over `features` (input_ids + labels), and each
+    feature's summed token loss and token count (`examples`, in the order of `features`)."""
     if not features:
         return {"loss": None, "perplexity": None, "tokens": 0}
     was_training = model.training
     model.eval()
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    total, count = 0.0, 0
+    sums, counts = [0.0] * len(features), [0] * len(features)
     device = next(model.parameters()).device
     try:
         for idx in batches if len(batches) <= 1 else track(batches, description):
             batch = collate([{k: features[i][k] for k in ("input_ids", "labels")} for i in idx])
-            # the model shifts labels by one (or the collator did, into shift_labels); counted
-            # before the batch moves, so no GPU sync
-            n = int((batch.get("shift_labels", batch["labels"][:, 1:]) != -100).sum())
-            if n == 0:
-                continue
             batch = {k: v.to(device) for k, v in batch.items()}
             with answer_forward.model_inputs(model, batch) as inputs:
-                out = model(**inputs)
-            total += float(out.loss) * n
-            count += n
+                logits = model(**inputs).logits
+            row_sums, row_counts = _row_losses(logits, batch)
+            for i, total, n in zip(idx, row_sums.tolist(), row_counts.tolist(), strict=True):
+                sums[i], counts[i] = total, n
     finally:
         model.train(was_training)
-    loss = total / count if count else None
-    return {"loss": loss, "perplexity": None if loss is None else perplexity(loss), "tokens": count}
+    count = sum(counts)
+    loss = sum(sums) / count if count else None
+    return {
+        "loss": loss,
+        "perplexity": None if loss is None else perplexity(loss),
+        "tokens": count,
+        EXAMPLES: {"loss_sum": sums, "tokens": counts},
+    }
+
+
+def _row_losses(logits: torch.Tensor, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's summed next-token loss and labelled-token count, from the logits a batch made
+    by `padding_collator` or `AnswerLogitsCollator` gave (the same terms the model's loss has)."""
+    if "shift_labels" in batch:
+        targets = batch["shift_labels"]
+    else:
+        targets, logits = batch["labels"][:, 1:], logits[:, :-1]
+    nll = torch.nn.functional.cross_entropy(
+        logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none"
+    ).view(targets.shape)
+    labelled = targets != -100
+    rows = batch.get(answer_forward.ROWS)
+    if rows is None:  # one row of targets per row of the batch
+        return (nll * labelled).sum(-1).cpu(), labelled.sum(-1).cpu()
+    # the labelled (row, position) pairs, flattened in row-major order into one row
+    row_of = rows.nonzero()[:, 0]
+    n_rows = rows.shape[0]
+    sums = torch.zeros(n_rows, device=nll.device).index_add_(0, row_of, nll[0])
+    return sums.cpu(), torch.bincount(row_of, minlength=n_rows).cpu()
 
 
 class PerplexityCallback(TrainerCallback):

@@ -6,7 +6,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-LOWER_IS_BETTER = frozenset({"loss", "perplexity"})  # every other metric: higher is better
+# every other metric: higher is better. ECE (classification calibration; `_scaled`: after
+# temperature scaling) is never a selection metric (a task's metric_names), so the promotion gate,
+# early stopping and `runs list` (the selection metric) never compare it; the tables show it.
+LOWER_IS_BETTER = frozenset({"loss", "perplexity", "ece", "ece_scaled"})
 
 # Headline metrics of every task, in the order the report and the model card show them.
 HEADLINE_METRICS = (
@@ -22,6 +25,8 @@ HEADLINE_METRICS = (
     "reward_accuracy",
     "reward_margin",
     "kl",
+    "ece",
+    "ece_scaled",
     "loss",
     "perplexity",
 )

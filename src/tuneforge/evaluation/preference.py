@@ -24,6 +24,7 @@ import torch
 from transformers import TrainerCallback
 
 from tuneforge.evaluation.language_model import accepts_logits_to_keep
+from tuneforge.evaluation.outcomes import EXAMPLES
 from tuneforge.progress import track
 
 
@@ -102,6 +103,7 @@ def pairwise_metrics(chosen: list[AnswerScore], rejected: list[AnswerScore]) -> 
         "chosen_logp": sum(c.mean for c in chosen) / len(chosen),
         "rejected_logp": sum(r.mean for r in rejected) / len(rejected),
         "n_pairs": len(wins),
+        EXAMPLES: {"correct": [float(w) for w in wins], "margin": margins},
     }
 
 
@@ -111,7 +113,11 @@ def unpaired_metrics(scores: list[AnswerScore], desirable: list[bool]) -> dict[s
 
     ups = sum(desirable)
     if ups == 0 or ups == len(desirable):
-        return {"preference_accuracy": None, "n_desirable": ups, "n_undesirable": len(desirable) - ups}
+        return {
+            "preference_accuracy": None,
+            "n_desirable": ups,
+            "n_undesirable": len(desirable) - ups,
+        }
     means = [s.mean for s in scores]
     up = [m for m, d in zip(means, desirable, strict=True) if d]
     down = [m for m, d in zip(means, desirable, strict=True) if not d]

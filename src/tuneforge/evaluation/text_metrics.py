@@ -16,13 +16,14 @@ import sacrebleu
 GENERATION_METRICS = ("exact_match", "first_line_exact_match", "rouge_l", "chrf", "bleu")
 
 
-def _norm(text: str) -> str:
+def normalise(text: str) -> str:
+    """Whitespace runs as one space (how exact matches compare)."""
     return " ".join(text.split())
 
 
 def first_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
-    return _norm(lines[0]) if lines else ""
+    return normalise(lines[0]) if lines else ""
 
 
 def generation_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
@@ -38,7 +39,7 @@ def generation_metrics(predictions: Sequence[str], references: Sequence[str]) ->
     )
     return {
         "exact_match": sum(
-            _norm(p) == _norm(r) for p, r in zip(predictions, references, strict=True)
+            normalise(p) == normalise(r) for p, r in zip(predictions, references, strict=True)
         )
         / n,
         "first_line_exact_match": sum(

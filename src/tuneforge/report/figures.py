@@ -44,6 +44,15 @@ def write_figures(run_path: Path) -> dict[str, str]:
         images["confusion_matrix"] = plots.confusion_matrix(
             validation["confusion_matrix"], validation["labels"]
         )
+    if tuned.get("reliability"):  # classification: calibration on the split the report leads with
+        images["reliability"] = plots.reliability_diagram(
+            {
+                "base model": base.get("reliability"),
+                "fine-tuned": tuned["reliability"],
+                "fine-tuned, temperature-scaled": tuned.get("reliability_scaled"),
+            },
+            split,
+        )
     check = run_path / "data_check.json"
     if check.is_file():
         train = json.loads(check.read_text())["summary"]["splits"].get("train", {})

@@ -10,12 +10,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tuneforge.evaluation.intervals import format_p, signed, verdict
 from tuneforge.evaluation.metrics import (
     HEADLINE_METRICS,
     LOWER_IS_BETTER,
     error_reduction,
     relative_drop,
 )
+from tuneforge.evaluation.text_metrics import GENERATION_METRICS
 
 RATES = {
     "accuracy",
@@ -39,18 +41,54 @@ COUNT_KEYS = (
 )
 
 
-def summary_rows(base: dict[str, Any], tuned: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(metric, base, tuned, change) rows for one split; shared by the report and the CLI."""
+def summary_rows(
+    base: dict[str, Any], tuned: dict[str, Any], comparison: dict[str, Any] | None = None
+) -> list[tuple[str, ...]]:
+    """(metric, base, tuned, change) rows for one split, shared by the report and the CLI; with
+    the split's `comparison` (evaluation/intervals.py), each row also has the change's interval
+    and whether it is significant. Generation metrics name how many answers they scored."""
     rows = []
     for m in HEADLINE_METRICS:
         if tuned.get(m) is None:
             continue
         b = base.get(m)
         t = tuned[m]
-        rows.append(
-            (m, "—" if b is None else _num(m, b), _num(m, t), "" if b is None else _change(m, b, t))
+        row = (
+            _metric_name(m, tuned),
+            "—" if b is None else _num(m, b),
+            _num(m, t),
+            "" if b is None else _change(m, b, t),
         )
+        if comparison is not None:
+            row += interval_cells(m, comparison.get(m))
+        rows.append(row)
     return rows
+
+
+def _metric_name(metric: str, tuned: dict[str, Any]) -> str:
+    if metric in GENERATION_METRICS and tuned.get("generated") is not None:
+        return f"{metric} ({tuned['generated']} answers)"
+    return metric
+
+
+def interval_cells(metric: str, comparison: dict[str, Any] | None) -> tuple[str, str]:
+    """(the change's interval, 'gain' / 'loss' / 'n.s.' with McNemar's p where it applies)."""
+    if comparison is None:
+        return "", ""
+    low, high = comparison["interval"]
+    cell = f"{signed(low, metric)} to {signed(high, metric)}"
+    word = {"candidate": "gain", "reference": "loss", None: "n.s."}[comparison["better"]]
+    test = comparison.get("test")
+    if test is not None:
+        word += f" (p={format_p(test['p_value'])})"
+    return cell, word
+
+
+def significance_line(split: str, metric: str, comparison: dict[str, Any] | None) -> str | None:
+    """One sentence: is the selection metric's change on this split significant?"""
+    if comparison is None or metric not in comparison:
+        return None
+    return f"{metric} on {split}: {verdict(metric, comparison[metric])}"
 
 
 def _num(metric: str, value: float) -> str:
@@ -89,12 +127,14 @@ def render_report(
     sections = [
         _header(title or run_path.name, meta, metrics),
         _comparison_section(meta, metrics, figures),
+        _calibration_section(metrics, figures),
         _forgetting_section(metrics, meta),
         _samples_section(metrics),
         _training_section(metrics, figures),
         _data_section(meta, figures),
         _data_check_section(run_path),
         _bias_section(run_path, figures),
+        _memorization_section(run_path),
         _recipe_section(run_path),
         _timings_section(meta),
         _environment_section(meta),
@@ -135,23 +175,46 @@ def _comparison_section(
             "(0-1), chrF and BLEU (0-100).",
             "",
         ]
+    comparisons = metrics.get("comparison", {})
+    if comparisons:
+        level = next(iter(next(iter(comparisons.values())).values()), {}).get("confidence", 0.95)
+        lines += [
+            f"Each change carries a {100 * level:g}% interval from a paired bootstrap over the same "
+            "examples; a change is significant (gain or loss) when its interval excludes zero. "
+            "For 0/1 metrics McNemar's exact test gives p.",
+            "",
+        ]
     for split, tuned in metrics["tuned"].items():
-        lines += _split_tables(split, metrics.get("base", {}).get(split, {}), tuned)
+        lines += _split_tables(
+            split,
+            metrics.get("base", {}).get(split, {}),
+            tuned,
+            comparisons.get(split),
+            metrics.get("selection_metric"),
+        )
     lines += _figure(figures, "base_vs_tuned", "Base model vs fine-tuned")
     lines += _figure(figures, "confusion_matrix", "Confusion matrix (fine-tuned, validation)")
     return lines
 
 
-def _split_tables(split: str, base: dict[str, Any], tuned: dict[str, Any]) -> list[str]:
-    """One split: metric, base, fine-tuned, change; for classification per class and confusion."""
+def _split_tables(
+    split: str,
+    base: dict[str, Any],
+    tuned: dict[str, Any],
+    comparison: dict[str, Any] | None = None,
+    metric: str | None = None,
+) -> list[str]:
+    """One split: metric, base, fine-tuned, change (its interval and significance where the run
+    has per-example outcomes); for classification per class and confusion."""
     lines = [f"### {split} (n={tuned.get('n')})", ""]
-    lines += [
-        _table(
-            ["metric", "base", "fine-tuned", "change"],
-            [list(r) for r in summary_rows(base, tuned)],
-        ),
-        "",
-    ]
+    header = ["metric", "base", "fine-tuned", "change"]
+    if comparison is not None:
+        level = next(iter(comparison.values()), {}).get("confidence", 0.95)
+        header += [f"{100 * level:g}% CI of change", "significant?"]
+    lines += [_table(header, [list(r) for r in summary_rows(base, tuned, comparison)]), ""]
+    sentence = significance_line(split, metric, comparison) if metric else None
+    if sentence:
+        lines += [f"**{sentence}.**", ""]
     if "per_class" not in tuned:
         return lines
     base_per_class = base.get("per_class", {})
@@ -171,6 +234,61 @@ def _split_tables(split: str, base: dict[str, Any], tuned: dict[str, Any]) -> li
     cm = [[labels[i], *row] for i, row in enumerate(tuned["confusion_matrix"])]
     lines += ["Confusion matrix of the fine-tuned model (rows: true, columns: predicted):", ""]
     lines += [_table(["true \\ predicted", *labels], cm), ""]
+    return lines
+
+
+def _calibration_section(metrics: dict[str, Any], figures: dict[str, str]) -> list[str]:
+    """Classification: expected calibration error of base and tuned per split, temperature
+    scaling's effect when the recipe turned it on, the reliability diagram."""
+    tuned = {s: m for s, m in metrics["tuned"].items() if m.get("ece") is not None}
+    if not tuned:
+        return []
+    fitted = metrics.get("calibration")
+    lines = [
+        "## Calibration",
+        "",
+        "Whether the probabilities can be taken at their word: of the answers given with "
+        "confidence 0.8, 80% should be right. Expected calibration error (ECE): the predictions "
+        "in 15 equal-width bins of their top-label probability; per bin, the gap between its "
+        "accuracy and its mean confidence, weighted by its share of the examples. MCE: the largest "
+        "gap of a bin. 0 is perfect; lower is better.",
+        "",
+    ]
+    header = ["split", "base ECE", "tuned ECE", "base MCE", "tuned MCE"]
+    if fitted:
+        header[3:3] = ["tuned ECE, temperature-scaled"]
+    rows = []
+    for split, t in tuned.items():
+        b = metrics.get("base", {}).get(split, {})
+        row = [split, _fmt(b.get("ece")), _fmt(t["ece"]), _fmt(b.get("mce")), _fmt(t.get("mce"))]
+        if fitted:
+            scaled = _fmt(t.get("ece_scaled"))
+            row[3:3] = [f"{scaled} (fitted here)" if split == fitted["fitted_on"] else scaled]
+        rows.append(row)
+    lines += [_table(header, rows), ""]
+    if fitted:
+        on = fitted["splits"].get(fitted["fitted_on"], {})
+        lines += [
+            f"Temperature scaling (`classification.calibration: temperature`): T = "
+            f"{fitted['temperature']:.3f}, fitted on {fitted['fitted_on']} by minimising the "
+            f"log-loss ({on.get('nll_before', float('nan')):.4f} -> "
+            f"{on.get('nll_after', float('nan')):.4f}); predict, `eval` and the server apply it "
+            "(same labels, probabilities divided in log space by T). The figures on "
+            f"{fitted['fitted_on']} are measured on the data T was fitted on and flatter it"
+            + (
+                "; test is the honest measure."
+                if "test" in fitted["splits"]
+                else "; this run has no test split to confirm them."
+            ),
+            "",
+        ]
+    else:
+        lines += [
+            "Temperature scaling is off (`classification.calibration: temperature` fits one on "
+            "validation and applies it in predict and the server).",
+            "",
+        ]
+    lines += _figure(figures, "reliability", "Reliability diagram (accuracy against confidence)")
     return lines
 
 
@@ -415,6 +533,72 @@ def _bias_section(run_path: Path, figures: dict[str, str]) -> list[str]:
             ),
             "",
         ]
+    return lines
+
+
+def _memorization_section(run_path: Path) -> list[str]:
+    """`eval --memorization`: train vs held-out reproduction, loss gap, AUC, canaries."""
+    path = run_path / "memorization.json"
+    if not path.is_file():
+        return []
+    audit = json.loads(path.read_text())
+    s = audit["settings"]
+    lines = [
+        "## Memorisation audit",
+        "",
+        f"{audit['sampled']['train']} training and {audit['sampled']['held_out']} held-out "
+        f"examples (seed {s['seed']}), prompted with {s['prefix_tokens']} tokens of the example "
+        "(sft: after the chat up to the answer) and decoded greedily for the next "
+        f"{s['suffix_tokens']}. Verbatim: every token reproduced; near-verbatim: difflib ratio "
+        f">= {s['near_verbatim_ratio']}; loss: mean token loss on the true continuation. AUC: how "
+        "well the loss tells training from held-out examples (0.5: not at all).",
+        "",
+    ]
+    rows = []
+    for who in ("base", "tuned"):
+        m = audit.get(who)
+        if m is None:
+            continue
+        for side in ("train", "held_out"):
+            r = m[side]
+            rows.append(
+                [
+                    who,
+                    side.replace("_", "-"),
+                    _fmt(r["verbatim"]),
+                    _fmt(r["near_verbatim"]),
+                    _fmt(r["loss"]),
+                    _fmt(m["loss_gap"]) if side == "train" else "",
+                    _fmt(m["auc"]) if side == "train" else "",
+                ]
+            )
+    header = ["model", "side", "verbatim", "near-verbatim", "loss", "loss gap", "AUC"]
+    lines += [_table(header, rows), ""]
+    canaries = audit["tuned"].get("canaries", [])
+    if canaries:
+        base = audit.get("base", {}).get("canaries", [])
+        lines += [
+            f"Canaries planted in the training data (canaries.json): exposure in bits among "
+            f"{s['candidates']} random secrets of the same format (at most "
+            f"{canaries[0]['max_exposure']:.2f}).",
+            "",
+            _table(
+                ["account", "secret", "base exposure", "tuned exposure", "tuned reproduces"],
+                [
+                    [
+                        c["account"],
+                        c["secret"],
+                        _fmt(base[k]["exposure"]) if k < len(base) else "",
+                        _fmt(c["exposure"]),
+                        "yes" if c["reproduced"] else "no",
+                    ]
+                    for k, c in enumerate(canaries)
+                ],
+            ),
+            "",
+        ]
+    for warning in audit.get("warnings", []):
+        lines += [f"**Warning:** {warning} ({s['warning_rule']}).", ""]
     return lines
 
 

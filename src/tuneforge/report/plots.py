@@ -160,3 +160,45 @@ def bias_flip_rates(results: dict[str, dict[str, Any]]) -> bytes | None:
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     return _png(fig)
+
+
+def reliability_diagram(curves: dict[str, dict[str, Any] | None], split: str) -> bytes | None:
+    """Accuracy against confidence per bin for each model (`curves`: name -> the `reliability`
+    figures of a split: bins with lower, upper, count, confidence, accuracy); the diagonal is
+    perfect calibration; below it, over-confidence. Beneath: how many predictions each bin holds."""
+    curves = {name: r for name, r in curves.items() if r and r.get("bins")}
+    if not curves:
+        return None
+    fig, (ax, counts) = plt.subplots(
+        2, 1, figsize=(6.4, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    ax.plot([0, 1], [0, 1], linestyle=":", color="#333333", label="perfect calibration")
+    colours = ["#8C8C8C", "#4C72B0", "#DD8452", "#55A868"]
+    n = len(curves)
+    for k, (name, r) in enumerate(curves.items()):
+        bins, colour = r["bins"], colours[k % len(colours)]
+        ax.plot(
+            [b["confidence"] for b in bins],
+            [b["accuracy"] for b in bins],
+            "o-",
+            color=colour,
+            label=name,
+        )
+        width = (bins[0]["upper"] - bins[0]["lower"]) / (n + 1)
+        counts.bar(
+            [b["lower"] + (k + 0.5) * width for b in bins],
+            [b["count"] for b in bins],
+            width=width,
+            align="edge",
+            color=colour,
+        )
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability ({split})")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    counts.set_xlabel("confidence (top-label probability)")
+    counts.set_ylabel("examples")
+    counts.grid(axis="y", alpha=0.3)
+    return _png(fig)

@@ -11,7 +11,10 @@ import yaml
 
 from tuneforge import devices, safety
 from tuneforge.config import Recipe, validate_recipe
+from tuneforge.data import canaries
 from tuneforge.errors import TuneforgeError
+from tuneforge.evaluation import calibration, memorization, outcomes
+from tuneforge.evaluation.intervals import Settings, compare, estimate
 from tuneforge.files import write_json
 from tuneforge.generation import Sampling
 from tuneforge.models import ModelSource, load_tokenizer
@@ -19,6 +22,7 @@ from tuneforge.report import write_report
 from tuneforge.runs.directory import INCOMPLETE
 from tuneforge.runs.parents import base_source
 from tuneforge.tasks import get_task
+from tuneforge.tasks.base import base_language_model
 
 
 class Run:
@@ -146,18 +150,85 @@ class Run:
             write_report(self.path)
         return result
 
-    def evaluate(self, data: str | Path, *, base: bool = False) -> dict[str, Any]:
-        """Metrics of the tuned model on a labelled file; with `base`, of the untouched base too."""
+    def memorization(
+        self,
+        *,
+        samples: int = 32,
+        prefix_tokens: int | None = None,
+        suffix_tokens: int = 32,
+        seed: int = 0,
+        candidates: int = 1000,
+        base: bool = True,
+        save: bool = True,
+    ) -> dict[str, Any]:
+        """The memorisation audit (sft, pretrain; evaluation/memorization.py): greedy
+        reproduction and loss of `samples` training vs held-out examples, the planted canaries'
+        exposure, the base model beside; saved to memorization.json and the report."""
+        options = memorization.Options(
+            samples=samples,
+            prefix_tokens=prefix_tokens,
+            suffix_tokens=suffix_tokens,
+            seed=seed,
+            candidates=candidates,
+            batch_size=self.recipe.training.eval_batch_size or self.recipe.training.batch_size,
+        )
+        view = self.task.memorization_view(self.tokenizer, self.meta["info"], self.recipe)
+        splits = memorization.read_run_splits(self.task, self.recipe, self.meta.get("data", {}))
+        planted = self.path / canaries.FILE
+        result = memorization.audit(
+            view,
+            splits,
+            self.model,
+            self.tokenizer,
+            options,
+            base_model=(lambda: base_language_model(self.source, self.recipe)) if base else None,
+            canaries=canaries.load(json.loads(planted.read_text())) if planted.is_file() else [],
+        )
+        if save:
+            write_json(self.path / memorization.FILE, result)
+            write_report(self.path)
+        return result
+
+    def evaluate(
+        self,
+        data: str | Path,
+        *,
+        base: bool = False,
+        generate: int | None = None,
+        settings: Settings | None = None,
+    ) -> dict[str, Any]:
+        """Metrics of the tuned model on a labelled file; with `base`, of the untouched base too,
+        and the comparison: each difference with its paired bootstrap interval (`settings`:
+        the recipe's `evaluation` section by default). Generation metrics (sft) come from greedy
+        answers to every row, or to the first `generate`. Returns {"tuned", "base", "comparison",
+        "intervals" (each tuned metric's own interval), "outcomes" (per example, by model)}."""
         rows = self.task.read_eval_rows(Path(data), self.meta["info"])
-        result = {
-            "tuned": self.task.evaluate(
-                self.model, self.tokenizer, rows, self.meta["info"], self.recipe, "data"
-            )
+        if generate is not None and generate < 0:
+            raise TuneforgeError(f"--generate must be 0 or more, not {generate}")
+        recipe = self.task.generating(self.recipe, len(rows) if generate is None else generate)
+        settings = settings or Settings.of(self.recipe.evaluation)
+        info = self.meta["info"]
+        scored = {
+            "tuned": self.task.evaluate(self.model, self.tokenizer, rows, info, recipe, "data")
         }
+        if info.get("temperature"):  # temperature scaling: ECE and loss after it, beside
+            calibration.add_scaled(scored["tuned"], info["temperature"])
         if base:
-            result["base"] = self.task.evaluate_base(
-                self.source, self.tokenizer, rows, self.meta["info"], self.recipe, "data"
+            scored["base"] = self.task.evaluate_base(
+                self.source, self.tokenizer, rows, info, recipe, "data"
             )
+        result: dict[str, Any] = {"outcomes": {}, "confidence": settings.confidence}
+        for who, metrics in scored.items():
+            result[who], found = outcomes.split_off(metrics)
+            if found is not None:
+                result["outcomes"][who] = found
+        tuned = result["outcomes"].get("tuned")
+        result["intervals"] = {
+            metric: found["interval"]
+            for metric, found in (estimate(tuned, settings) if tuned else {}).items()
+        }
+        if base and tuned and "base" in result["outcomes"]:
+            result["comparison"] = compare(result["outcomes"]["base"], tuned, settings)
         return result
 
     def __repr__(self) -> str:

@@ -107,6 +107,11 @@ class Task:
         """Score a tuned model on labelled rows."""
         raise NotImplementedError
 
+    def generating(self, recipe: Recipe, n: int) -> Recipe:
+        """The recipe with the generation metrics computed from greedy answers to the first `n`
+        rows (`eval` answers every row unless capped); a task without them keeps the recipe."""
+        return recipe
+
     def read_eval_rows(self, path: Path, info: dict) -> list[dict]:
         """Rows of a file for `eval --data`, checked like training data."""
         raise NotImplementedError
@@ -178,6 +183,22 @@ class Task:
         self, model, source, tokenizer, info: dict, recipe: Recipe, extra_terms: Path | None = None
     ):
         raise TuneforgeError(f"the bias probe is for classification runs, not {self.name}")
+
+    def canary_row(self, canary, columns: dict[str, Any]) -> dict:
+        """A training row holding one canary (recipe `memorization.canaries`), in the data's own
+        columns (`columns`: what :meth:`columns` returned)."""
+        raise TuneforgeError(
+            f"memorization.canaries: canaries are planted into sft and pretrain data, not "
+            f"{self.name} data",
+            hint="set memorization.canaries: 0",
+        )
+
+    def memorization_view(self, tokenizer, info: dict, recipe: Recipe):
+        """How the memorisation audit prompts this task's model (evaluation/memorization.py)."""
+        raise TuneforgeError(
+            f"the memorisation audit is for sft and pretrain runs; this is a {self.name} run",
+            hint="audit a run that generates text (task: sft or pretrain)",
+        )
 
     def check_splits(
         self, recipe: Recipe, recipe_dir: Path

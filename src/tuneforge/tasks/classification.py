@@ -22,8 +22,10 @@ from tuneforge.data.check import Example
 from tuneforge.data.loading import Splits, lenient_splits, load_splits, resolve_data_paths
 from tuneforge.data.readers import Row, read_records, require_column, row_where
 from tuneforge.errors import TuneforgeError
+from tuneforge.evaluation import calibration
 from tuneforge.evaluation.bias import load_probe_set, run_probe
 from tuneforge.evaluation.metrics import classification_metrics
+from tuneforge.evaluation.outcomes import EXAMPLES
 from tuneforge.evaluation.zero_shot import DEFAULT_INSTRUCTION, softmax, zero_shot_scores
 from tuneforge.models import ModelSource, load_causal_lm, load_sequence_classifier
 from tuneforge.progress import track
@@ -211,7 +213,17 @@ class ClassificationTask(Task):
         y_true = np.array([label_id[label_of(r, info["label_field"])] for r in rows])
         metrics = classification_metrics(y_true, probs.argmax(-1), info["labels"])
         picked = probs[np.arange(len(rows)), y_true]
-        metrics["loss"] = float(-np.log(np.clip(picked, 1e-12, 1.0)).mean())
+        nll = -np.log(np.clip(picked, 1e-12, 1.0))
+        metrics["loss"] = float(nll.mean())
+        # per example, for the intervals (evaluation/intervals.py) and calibration; the run keeps
+        # them in outcomes.json, not metrics.json
+        metrics[EXAMPLES] = {
+            "label": y_true.tolist(),
+            "predicted": probs.argmax(-1).tolist(),
+            "probabilities": np.round(probs, 6).tolist(),
+            "loss": nll.tolist(),
+        }
+        metrics.update(calibration.figures(probs, y_true))  # ece, mce, reliability (15 bins)
         return metrics
 
     @torch.no_grad()
@@ -244,6 +256,8 @@ class ClassificationTask(Task):
 
     def predict(self, model, tokenizer, texts, info, recipe: Recipe) -> list[dict[str, Any]]:
         probs = self._probabilities(model, tokenizer, texts, recipe)
+        if info.get("temperature"):  # fitted on validation after training (calibration.json)
+            probs = calibration.scale(probs, info["temperature"])
         labels = info["labels"]
         return [
             {

@@ -14,12 +14,14 @@ from typing import Any
 from transformers import default_data_collator
 
 from tuneforge.config import Recipe
+from tuneforge.data.canaries import document_row
 from tuneforge.data.check import Example
 from tuneforge.data.corpus import Documents, Packed, pack_documents, read_documents
 from tuneforge.data.loading import Splits, resolve_data_paths
 from tuneforge.data.splits import plain_split
 from tuneforge.errors import TuneforgeError
 from tuneforge.evaluation.language_model import lm_loss, padding_collator
+from tuneforge.evaluation.memorization import TextView
 from tuneforge.generation import Sampling, generate
 from tuneforge.progress import console
 from tuneforge.tasks.base import Prepared, Preview
@@ -176,6 +178,12 @@ class PretrainTask(CausalLMTask):
                 raise TuneforgeError("a pretrain run continues text; give a string, not a chat")
         ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         return generate(model, tokenizer, ids, [tokenizer.eos_token_id], sampling)
+
+    def canary_row(self, canary, columns: dict[str, Any]) -> dict:
+        return document_row(canary)
+
+    def memorization_view(self, tokenizer, info: dict, recipe: Recipe):
+        return TextView(tokenizer)
 
     def preview(self, recipe: Recipe, tokenizer, recipe_dir: Path, n: int) -> list[Preview]:
         cfg = resolve_data_paths(recipe.data, recipe_dir)

@@ -16,6 +16,7 @@ from datasets import Dataset
 
 from tuneforge.answer_forward import can_share_prefix
 from tuneforge.config import Recipe
+from tuneforge.data import canaries
 from tuneforge.data.chat import (
     FALLBACK_TEMPLATE,
     ChatFields,
@@ -43,6 +44,8 @@ from tuneforge.evaluation.language_model import (
     lm_loss,
     padding_collator,
 )
+from tuneforge.evaluation.memorization import ChatView
+from tuneforge.evaluation.outcomes import EXAMPLES
 from tuneforge.evaluation.text_metrics import GENERATION_METRICS, generation_metrics
 from tuneforge.generation import Sampling, generate
 from tuneforge.tasks.base import Prepared, Preview
@@ -259,7 +262,15 @@ class SftTask(CausalLMTask):
             scores, samples = self._generation(model, tokenizer, rows, info, recipe, split)
             result.update(scores)
             result["samples"] = samples
+            result.setdefault(EXAMPLES, {}).update(
+                prediction=[s["prediction"] for s in samples],
+                reference=[s["reference"] for s in samples],
+            )
         return result
+
+    def generating(self, recipe: Recipe, n: int) -> Recipe:
+        sft = recipe.sft.model_copy(update={"generation_examples": n})
+        return recipe.model_copy(update={"sft": sft})
 
     def loss_collator(self, model, tokenizer):
         if accepts_logits_to_keep(model):
@@ -324,6 +335,13 @@ class SftTask(CausalLMTask):
     def _as_chat(self, prompt, recipe: Recipe) -> list[dict]:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         return with_system_prompt(messages, recipe.sft.system_prompt)
+
+    def canary_row(self, canary, columns: dict[str, Any]) -> dict:
+        return canaries.chat_row(canary, ChatFields.from_info(columns["chat"]))
+
+    def memorization_view(self, tokenizer, info: dict, recipe: Recipe):
+        fields = ChatFields.from_info(info["chat"])
+        return ChatView(tokenizer, fields, stop_token_ids(tokenizer, info["end_of_turn"]))
 
     def inputs_from_rows(self, rows: list[Row], path: Path, info: dict) -> list:
         """Chats to answer: in the run's data format, else the format the file's columns show."""

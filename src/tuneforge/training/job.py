@@ -26,8 +26,11 @@ from transformers import set_seed
 
 from tuneforge import devices, safety
 from tuneforge.config import Recipe, load_recipe
+from tuneforge.data import canaries
 from tuneforge.data.recipe_check import check_data
 from tuneforge.errors import TuneforgeError, did_you_mean
+from tuneforge.evaluation import calibration, outcomes
+from tuneforge.evaluation.intervals import Settings, compare_splits
 from tuneforge.files import write_json, write_text
 from tuneforge.library_output import tame
 from tuneforge.methods import apply_method, count_parameters, enable_gradient_checkpointing
@@ -180,6 +183,8 @@ def _main_rank(setup: _Setup, run: RunDir, job: Job, t0: float, load_seconds: fl
     if job.resume is None:
         write_text(run.path / "recipe.yaml", _yaml(recipe))
     write_json(run.path / "data_check.json", setup.data_report.to_dict())
+    if setup.planted is not None:  # memorization.canaries: the secrets, for the audit
+        write_json(run.path / canaries.FILE, setup.planted.record())
     eval_splits = {"validation": prepared.splits.validation}
     if prepared.splits.test is not None:
         eval_splits["test"] = prepared.splits.test
@@ -203,6 +208,25 @@ def _main_rank(setup: _Setup, run: RunDir, job: Job, t0: float, load_seconds: fl
         if setup.continued is not None:
             after = setup.continued.measure(task, model, tokenizer, "after")
             forgetting = setup.continued.forgetting(setup.metric, trainer.forgetting_before, after)
+    # classification.calibration: temperature: T fitted on validation, put in info (run.json)
+    calibrated = calibration.calibrate_run(
+        run.path, tuned, prepared.info, recipe.classification.calibration
+    )
+    scored = {"base": base, "tuned": tuned}
+    if trainer.start_metrics is not None:  # continued: the parent's weights on these splits
+        scored["start"] = trainer.start_metrics
+    figures, per_example = {}, {}
+    for who, results in scored.items():
+        figures[who], per_example[who] = outcomes.split_all(results)
+    settings = Settings.of(recipe.evaluation)
+    comparisons = {
+        # how sure each gain is: paired bootstrap intervals over the same examples
+        f"{who}_comparison" if who != "base" else "comparison": compare_splits(
+            per_example[who], per_example["tuned"], settings
+        )
+        for who in scored
+        if who != "tuned" and per_example[who]
+    }
     timings["final_eval"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     metrics = {
@@ -211,14 +235,14 @@ def _main_rank(setup: _Setup, run: RunDir, job: Job, t0: float, load_seconds: fl
         "best": _best(trainer, setup.metric),
         "evaluations": trainer.record.evaluations,
         "log_history": trainer.state.log_history,
-        "base": base,
-        "tuned": tuned,
+        **figures,
+        **comparisons,
         "overfitting": trainer.record.overfitting,
         **({"forgetting": forgetting} if forgetting is not None else {}),
-        # continued runs: the parent's weights on this run's splits, before training
-        **({"start": trainer.start_metrics} if trainer.start_metrics is not None else {}),
+        **({"calibration": calibrated} if calibrated is not None else {}),
     }
     write_json(run.path / "metrics.json", metrics)
+    outcomes.save(run.path, per_example)
     write_json(run.path / "run.json", _run_record(setup, trainer, timings))
     write_report(run.path, run.final.name)
     _remove_checkpoints(run.path)
@@ -357,6 +381,7 @@ class _Setup:
     data_report: Any
     continued: Any
     inputs: dict[str, Any]  # provenance: base weights and data hashes, versions (rank 0)
+    planted: Any = None  # data.canaries.Planted: memorization.canaries in the training rows
 
 
 def _set_up(job: Job) -> _Setup:
@@ -386,12 +411,17 @@ def _set_up(job: Job) -> _Setup:
     # message (file, line, field). The rows are read and tokenised once; the data check's findings
     # (leakage, duplicates, ...) are about those rows and their token counts.
     splits = task.read(recipe, recipe_dir)
+    planted = canaries.plant(task, recipe, splits)  # memorization.canaries: train rows only
+    if planted is not None:
+        splits = planted.splits
     continued = continue_from(parent, task, recipe, splits) if parent is not None else None
     with status("Tokenizing the data"):
         if continued is not None:
             prepared = continued.tokenize(task, splits, tokenizer)
         else:
             prepared = task.tokenize(splits, recipe, tokenizer)
+    if planted is not None:  # the data check and token counts: the user's own rows
+        planted.hide(prepared)
     data_report = check_data(recipe, tokenizer, task, recipe_dir, prepared)
     inputs = (
         provenance(recipe, source, prepared.splits.sources) if distributed.is_main() else {}
@@ -408,6 +438,7 @@ def _set_up(job: Job) -> _Setup:
         data_report,
         continued,
         inputs,
+        planted,
     )
 
 
