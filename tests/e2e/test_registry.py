@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from conftest import assert_check_failed, assert_user_error, run_cli
@@ -42,6 +43,10 @@ def test_runs_are_recorded_with_lineage_and_promotion_is_gated(
     assert len(good.row["base_weights_sha256"]) == 64
     assert good.json("versions")["torch"] and good.json("recipe")["name"] == "good"
     good_f1 = good.json("metrics")["tuned"]["test"]["macro_f1"]
+    # per-example outcomes on the same test rows: what the gate pairs (no base: baseline off)
+    kept = [json.loads(Path(r.path, "outcomes.json").read_text()) for r in (good, bad)]
+    assert set(kept[0]) == {"tuned"}
+    assert kept[0]["tuned"]["test"]["label"] == kept[1]["tuned"]["test"]["label"]
     bad_f1 = bad.json("metrics")["tuned"]["test"]["macro_f1"]
     assert good_f1 > bad_f1, (good_f1, bad_f1)
 
@@ -58,7 +63,10 @@ def test_runs_are_recorded_with_lineage_and_promotion_is_gated(
     assert run_cli("models", "promote", "sentiment", "1", "--stage", "production").returncode == 0
 
     refused = run_cli("models", "promote", "sentiment", "3", "--stage", "production")
-    assert_check_failed(refused, "promotion refused", "macro_f1", "sentiment@1", "--force")
+    # paired over the same test examples (outcomes.json): the verdict names the interval
+    assert_check_failed(
+        refused, "promotion refused", "macro_f1", "sentiment@1", "--force", "95% CI", "n="
+    )
     assert reg.model_version("sentiment", "production", registry)["version"] == 1
 
     lenient = run_cli(

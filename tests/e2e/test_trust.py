@@ -111,8 +111,9 @@ def test_report_has_every_plot_and_table(run_with_report):
     html = (run / "report.html").read_text()
     assert "http://" not in html and "https://" not in html  # self-contained, readable offline
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    assert len(images) == 5  # base-vs-tuned, confusion matrix, loss, metric, token lengths
-    for name in ("base_vs_tuned", "confusion_matrix", "loss", "metric", "lengths"):
+    # base-vs-tuned, confusion matrix, loss, metric, token lengths, reliability diagram
+    assert len(images) == 6
+    for name in ("base_vs_tuned", "confusion_matrix", "loss", "metric", "lengths", "reliability"):
         assert (run / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for heading in (
         "Base model vs fine-tuned",
@@ -124,6 +125,24 @@ def test_report_has_every_plot_and_table(run_with_report):
     ):
         assert heading in html, heading
     assert "<table>" in html
+
+
+def test_every_base_vs_tuned_change_carries_a_paired_interval(run_with_report):
+    metrics = json.loads((run_with_report / "metrics.json").read_text())
+    kept = json.loads((run_with_report / "outcomes.json").read_text())
+    accuracy = metrics["comparison"]["validation"]["accuracy"]
+    tuned, base = metrics["tuned"]["validation"], metrics["base"]["validation"]
+    assert accuracy["candidate"] == pytest.approx(tuned["accuracy"])
+    assert accuracy["reference"] == pytest.approx(base["accuracy"])
+    low, high = accuracy["interval"]
+    assert low <= accuracy["difference"] <= high and accuracy["n"] == tuned["n"] == 8
+    assert accuracy["test"]["name"] == "McNemar (exact)"
+    assert {"macro_f1", "loss"} <= set(metrics["comparison"]["validation"])
+    assert len(kept["base"]["validation"]["label"]) == 8  # what the bootstrap resampled
+    assert "examples" not in tuned  # per-example outcomes stay out of metrics.json
+    report = (run_with_report / "report.md").read_text()
+    assert "95% CI of change" in report and "| verdict |" in report
+    assert f"**{metrics['selection_metric']} on validation: " in report
 
 
 def test_bias_probe_is_saved_and_added_to_the_report(run_with_report, tmp_path):

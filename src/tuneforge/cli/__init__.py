@@ -1,7 +1,8 @@
 """Command line: parses arguments and calls library functions, nothing more.
 
 One module per group of commands, registered here in the order `tuneforge --help` lists them:
-train.py (train, plan, demo), deploy.py (predict, generate, chat, export, serve), evaluate.py
+train.py (train, plan, demo), deploy.py (predict, generate, chat, export, serve), verify.py
+(verify), evaluate.py
 (eval, report), and the sub-command groups data.py, models.py, runs.py; common.py holds the
 options and helpers they share. A command imports the library modules that load torch (or
 pydantic, matplotlib, filelock) inside itself, so `tuneforge --help` starts fast.
@@ -21,7 +22,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from tuneforge.cli import deploy, evaluate, train
+from tuneforge.cli import deploy, evaluate, train, verify
 from tuneforge.cli.data import data_app
 from tuneforge.cli.feedback import feedback_app
 from tuneforge.cli.models import models_app
@@ -65,6 +66,7 @@ app.command()(deploy.generate)
 app.command()(deploy.chat)
 app.command()(deploy.export)
 app.command()(deploy.serve)
+app.command()(verify.verify)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 app.add_typer(runs_app, name="runs")

@@ -73,11 +73,11 @@ def print_comparison(
     table = Table(title=f"{title} (n={tuned.get('n')})")
     columns = ["metric", "base model", "fine-tuned", "change"]
     if comparison is not None:
-        columns += ["95% CI of change", "significant?"]
+        columns += ["95% CI of change", "verdict"]
         level = next(iter(comparison.values()), {}).get("confidence", 0.95)
         columns[4] = f"{100 * level:g}% CI of change"
     for col in columns:
-        table.add_column(col, justify="left" if col in ("metric", "significant?") else "right")
+        table.add_column(col, justify="left" if col in ("metric", "verdict") else "right")
     for row in summary_rows(base, tuned, comparison):
         table.add_row(*row)
     if tuned.get("ece") is not None:  # classification: calibration

@@ -99,13 +99,30 @@ def models_promote(
     force: Annotated[
         bool, typer.Option("--force", help="Promote even if worse (recorded).")
     ] = False,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Require a passing `tuneforge verify` of the version's run (its verify.json; "
+            "--force does not override it).",
+        ),
+    ] = False,
     registry: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Move a version to a stage; refused (exit 1) if worse than the stage's current holder."""
     from tuneforge.runs.promotion import promote  # deferred: CLI start (psutil)
 
-    result = promote(name, version, stage, data=data, tolerance=tolerance, force=force, db=registry)
+    result = promote(
+        name,
+        version,
+        stage,
+        data=data,
+        tolerance=tolerance,
+        force=force,
+        db=registry,
+        verify=verify,
+    )
     if as_json:
         emit_json({"name": name, "version": version, "forced": False, **result})
         return

@@ -223,7 +223,7 @@ def _export_merged(
     verification = None
     if verify:
         with phases("check", "Checking the export (loading it back with transformers)"):
-            reloaded = _load_merged(folder, run.meta["task"])
+            reloaded = load_merged(folder, run.meta["task"])
             verification = compare(
                 reference, reloaded, "transformers from_pretrained(folder)", run.meta["task"]
             )
@@ -269,9 +269,7 @@ def _export_gguf(
     verification = None
     if verify:
         with phases("check", f"Checking the export (loading {name} back with transformers)"):
-            reloaded = AutoModelForCausalLM.from_pretrained(
-                folder, gguf_file=name, dtype=torch.float32
-            ).eval()
+            reloaded = load_gguf(folder, name)
             verification = compare(
                 reference,
                 reloaded,
@@ -280,8 +278,8 @@ def _export_gguf(
             )
             del reloaded
         with phases("check_tokenizer", "Checking the GGUF tokenizer"):
-            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-            verification.update(_compare_tokenizers(run.tokenizer, tokenizer))
+            tokenizer = load_gguf_tokenizer(folder, name)
+            verification.update(compare_tokenizers(run.tokenizer, tokenizer))
         if quant == "f32":
             _require_exact(verification, "GGUF F32")
         if not verification["tokenizer_match"]:
@@ -338,9 +336,20 @@ def merged_model(run, phases: Phases | None = None):
     return merged.eval()
 
 
-def _load_merged(folder: Path, task: str):
+def load_merged(folder: Path, task: str):
+    """A merged export as stock transformers loads it (also `tuneforge verify`'s loader)."""
     cls = AutoModelForSequenceClassification if task == "classification" else AutoModelForCausalLM
     return cls.from_pretrained(folder, dtype=torch.float32, use_safetensors=True).eval()
+
+
+def load_gguf(folder: Path, name: str):
+    """A GGUF export as transformers loads it (de-quantized to float32)."""
+    return AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+
+
+def load_gguf_tokenizer(folder: Path, name: str):
+    """The tokenizer transformers rebuilds from a GGUF file's metadata (chat template included)."""
+    return AutoTokenizer.from_pretrained(folder, gguf_file=name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -419,7 +428,7 @@ def compare(reference: dict[str, Any], model, loader: str, task: str) -> dict[st
     }
 
 
-def _compare_tokenizers(ours, theirs) -> dict[str, Any]:
+def compare_tokenizers(ours, theirs) -> dict[str, Any]:
     texts = [PROBE_TEXT, "  leading spaces,\ttabs\nand new lines\n\n", "Émigré 🙂 über 3.14159"]
     if ours.chat_template:
         texts.append(

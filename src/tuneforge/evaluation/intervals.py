@@ -350,12 +350,13 @@ def verdict(
         words = f"{names[1]} significantly worse"
     test = comparison.get("test")
     if test is not None:
-        interval += f"; McNemar p={format_p(test['p_value'])}"
+        interval += f"; McNemar {format_p(test['p_value'])}"
     return f"{words} ({interval}, n={comparison['n']})"
 
 
 def format_p(p: float) -> str:
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
+    """'p<0.001' or 'p=0.109'."""
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
 
 
 def signed(value: float, metric: str) -> str:

@@ -80,7 +80,7 @@ def interval_cells(metric: str, comparison: dict[str, Any] | None) -> tuple[str,
     word = {"candidate": "gain", "reference": "loss", None: "n.s."}[comparison["better"]]
     test = comparison.get("test")
     if test is not None:
-        word += f" (p={format_p(test['p_value'])})"
+        word += f" ({format_p(test['p_value'])})"
     return cell, word
 
 
@@ -210,7 +210,7 @@ def _split_tables(
     header = ["metric", "base", "fine-tuned", "change"]
     if comparison is not None:
         level = next(iter(comparison.values()), {}).get("confidence", 0.95)
-        header += [f"{100 * level:g}% CI of change", "significant?"]
+        header += [f"{100 * level:g}% CI of change", "verdict"]
     lines += [_table(header, [list(r) for r in summary_rows(base, tuned, comparison)]), ""]
     sentence = significance_line(split, metric, comparison) if metric else None
     if sentence:

@@ -242,7 +242,7 @@ def _main_rank(setup: _Setup, run: RunDir, job: Job, t0: float, load_seconds: fl
         **({"calibration": calibrated} if calibrated is not None else {}),
     }
     write_json(run.path / "metrics.json", metrics)
-    outcomes.save(run.path, per_example)
+    outcomes.save(run.path, {who: found for who, found in per_example.items() if found})
     write_json(run.path / "run.json", _run_record(setup, trainer, timings))
     write_report(run.path, run.final.name)
     _remove_checkpoints(run.path)
