@@ -190,6 +190,22 @@ def test_eval_json_with_base(sft):
     assert {"perplexity", "exact_match", "rouge_l", "chrf", "bleu"} <= set(result) & set(
         result["base"]
     )
+    # every row of the file answered (the recipe's generation_examples is 2), not a sample
+    rows = len(sft["files"]["test"].read_text().splitlines())
+    assert result["generated"] == result["n"] == rows
+    comparison = result["comparison"]
+    assert comparison["rouge_l"]["n"] == rows and comparison["loss"]["n"] == result["n_scored"]
+    assert comparison["exact_match"]["test"]["name"] == "McNemar (exact)"
+    low, high = result["intervals"]["chrf"]
+    assert low <= result["chrf"] <= high
+
+
+def test_eval_generate_caps_the_answers_and_says_so(sft):
+    proc = run_cli("eval", sft["run"], "--data", sft["files"]["test"], "--generate", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "rouge_l (1 answer)" in proc.stdout
+    assert "Generation metrics from the first 1 of" in proc.stdout
+    assert "95% intervals: " in proc.stdout
 
 
 def test_data_preview_marks_the_trained_tokens(sft):

@@ -67,7 +67,8 @@ def summary_rows(
 
 def _metric_name(metric: str, tuned: dict[str, Any]) -> str:
     if metric in GENERATION_METRICS and tuned.get("generated") is not None:
-        return f"{metric} ({tuned['generated']} answers)"
+        n = tuned["generated"]
+        return f"{metric} ({n} answer{'' if n == 1 else 's'})"
     return metric
 
 
