@@ -103,6 +103,7 @@ method: lora
 lora: {{r: 4, alpha: 8, dropout: 0.0}}
 training: {{epochs: 2, batch_size: 8, learning_rate: 1.0e-2, logging_steps: 1, seed: 0}}
 early_stopping: {{metric: macro_f1, patience: 2}}
+data_checks: {{small_evaluation: "off"}}  # a findings table is not noise, but draws rules
 output_dir: {tmp / "runs"}
 """
     )

@@ -34,6 +34,8 @@ def test_plan_text(sentiment_recipe, tiny_tokenizer):
         assert f" {part} " in flat
     assert "available RAM): fits" in flat
     assert "3 batches, 3 optimiser steps" in flat  # 24 examples / batch 8
+    # the tiny validation set cannot show a 0.05 difference, and plan says what size would
+    assert "validation set: " in flat and "1,570 would show 0.05" in flat
     assert not list((sentiment_recipe.parent / "runs").glob("*"))  # plan trains nothing
 
 
