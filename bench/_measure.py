@@ -443,6 +443,9 @@ def summarise(results: dict[str, dict], peak: dict[str, Any], quality_keys: list
     for k in quality_keys:
         tv, bv = t["quality"].get(k), b["quality"].get(k)
         ratios[k] = tv / bv if tv is not None and bv else None
+    if "tuneforge-fp32" in results:  # auto (bf16 here) against fp32, both tuneforge
+        f = results["tuneforge-fp32"]
+        ratios["auto_over_fp32"] = {k: t[k] / f[k] if f[k] else None for k in keys}
     return ratios
 
 
@@ -465,13 +468,29 @@ def print_table(results: dict[str, dict], ratios: dict, peak: dict, quality_keys
     print(
         f"\nfp32 matmul peak: {peak['flops_per_s'] / 1e9:.1f} GFLOP/s ({peak['threads']} threads)"
     )
-    print(f"{'':38} {'tuneforge':>12} {'baseline':>12} {'ratio':>8}")
+    fp32 = results.get("tuneforge-fp32")
+    t_arm = results["tuneforge"]
+    seeds = t_arm.get("seeds", 1)
+    print(f"(means over {seeds} seed(s); tuneforge trained in {t_arm.get('precision', '?')})")
+    head = f"{'':38} {'tuneforge':>12}"
+    head += f" {'tf fp32':>12} {'auto/fp32':>9}" if fp32 else ""
+    print(head + f" {'baseline':>12} {'ratio':>8}")
     for label, key, fmt in rows:
-        t, b, r = results["tuneforge"][key], results["baseline"][key], ratios.get(key)
-        print(f"{label:38} {fmt.format(t):>12} {fmt.format(b):>12} {_ratio(r):>8}")
+        t, b, r = t_arm[key], results["baseline"][key], ratios.get(key)
+        line = f"{label:38} {fmt.format(t):>12}"
+        if fp32:
+            line += f" {fmt.format(fp32[key]):>12} {_ratio(ratios['auto_over_fp32'].get(key)):>9}"
+        print(line + f" {fmt.format(b):>12} {_ratio(r):>8}")
     for key in quality_keys:
-        t, b = results["tuneforge"]["quality"].get(key), results["baseline"]["quality"].get(key)
-        print(f"{'validation ' + key:38} {_num(t):>12} {_num(b):>12} {_ratio(ratios.get(key)):>8}")
+        t, b = t_arm["quality"].get(key), results["baseline"]["quality"].get(key)
+        line = f"{'validation ' + key:38} {_num(t):>12}"
+        if fp32:
+            line += f" {_num(fp32['quality'].get(key)):>12} {'':>9}"
+        print(line + f" {_num(b):>12} {_ratio(ratios.get(key)):>8}")
+    for name, arm in results.items():
+        for key, (low, high) in arm.get("quality_interval", {}).items():
+            if key in quality_keys:
+                print(f"  {name} validation {key}: 95% CI of the mean {low:.4f} to {high:.4f}")
 
 
 def _ratio(r) -> str:
@@ -489,10 +508,57 @@ def write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
+def arms_for(args) -> tuple[list[str], str]:
+    """The arms to run, and the CPU's bf16 capability in words: where `precision: auto` trains
+    in bf16 here (a CPU with native bf16), tuneforge runs in auto and in fp32, side by side."""
+    from tuneforge import cpu_bf16
+
+    cpu = cpu_bf16.detect()
+    arms = ["tuneforge", "baseline"]
+    if args.precision == "compare" and cpu.usable:
+        arms.insert(1, "tuneforge-fp32")
+    return arms, cpu.describe()
+
+
+def mean_over_seeds(reports: list[dict]) -> dict:
+    """One arm's figures over its seeds: numbers averaged, quality with each seed's value and a
+    95% t-interval of the mean (scipy) where there are several."""
+    from scipy import stats
+
+    first = reports[0]
+    out = {
+        k: sum(r[k] for r in reports) / len(reports)
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+        else v
+        for k, v in first.items()
+    }
+    quality, seeds, intervals = {}, {}, {}
+    for key in first["quality"]:
+        values = [r["quality"][key] for r in reports if r["quality"].get(key) is not None]
+        if not values:
+            continue
+        mean = sum(values) / len(values)
+        quality[key], seeds[key] = mean, values
+        if len(values) > 1:
+            sem = stats.sem(values)
+            low, high = (
+                stats.t.interval(0.95, len(values) - 1, loc=mean, scale=sem)
+                if sem
+                else (mean, mean)
+            )
+            intervals[key] = [low, high]
+    out.update(quality=quality, quality_seeds=seeds, quality_interval=intervals)
+    out["seeds"] = len(reports)
+    return out
+
+
 def drive(args, script: Path, benchmark: str, recipe: Path, quality: list[str], prepare_quick):
-    """The driver: quick-mode inputs, the peak before and after the two arms, JSON, table."""
+    """The driver: quick-mode inputs, the peak before and after the arms (each seed), JSON, table."""
     import tempfile
 
+    arms, cpu = arms_for(args)
+    print(f"CPU: {cpu}; arms: {', '.join(arms)}; seeds: {args.seeds}", flush=True)
+    per_seed: dict[str, list[dict]] = {arm: [] for arm in arms}
     with tempfile.TemporaryDirectory(prefix="tuneforge-bench-") as tmp:
         workdir = Path(tmp)
         if args.quick:
@@ -502,10 +568,14 @@ def drive(args, script: Path, benchmark: str, recipe: Path, quality: list[str], 
         forwarded += ["--epochs", str(args.epochs)] if args.epochs is not None else []
         forwarded += ["--max-steps", str(args.max_steps)] if args.max_steps is not None else []
         peak = matmul_peak()
-        results = run_arms(script, ["tuneforge", "baseline"], forwarded, workdir)
+        for seed in range(args.seeds):
+            found = run_arms(script, arms, [*forwarded, "--seed", str(seed)], workdir)
+            for arm in arms:
+                per_seed[arm].append(found[arm])
         after = matmul_peak()
         if after["flops_per_s"] > peak["flops_per_s"]:
             peak = after
+    results = {arm: mean_over_seeds(reports) for arm, reports in per_seed.items()}
     ratios = summarise(results, peak, quality)
     write_json(
         args.output,
@@ -515,9 +585,11 @@ def drive(args, script: Path, benchmark: str, recipe: Path, quality: list[str], 
             "quick": args.quick,
             "epochs": args.epochs,
             "max_steps": args.max_steps,
+            "seeds": args.seeds,
+            "cpu": cpu,
             "matmul_peak": peak,
-            "tuneforge": results["tuneforge"],
-            "baseline": results["baseline"],
+            **results,
+            "per_seed": per_seed,
             "ratios": ratios,
         },
     )
@@ -535,7 +607,19 @@ def parse_args(doc: str, default_output: Path, argv: list[str] | None = None):
     p.add_argument("--epochs", type=float, help="override training.epochs (both arms)")
     p.add_argument("--max-steps", type=int, help="override training.max_steps (both arms)")
     p.add_argument("--output", type=Path, default=default_output, help="result JSON")
-    p.add_argument("--arm", choices=["tuneforge", "baseline"], help=argparse.SUPPRESS)
+    p.add_argument(
+        "--seeds", type=int, default=1, help="train each arm with seeds 0..N-1 (quality intervals)"
+    )
+    p.add_argument(
+        "--precision",
+        choices=["compare", "auto"],
+        default="compare",
+        help="compare: tuneforge in precision auto and fp32 where this CPU has native bf16",
+    )
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--arm", choices=["tuneforge", "tuneforge-fp32", "baseline"], help=argparse.SUPPRESS
+    )
     p.add_argument("--arm-output", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -543,7 +627,13 @@ def parse_args(doc: str, default_output: Path, argv: list[str] | None = None):
 
 def common_overrides(args, workdir: Path) -> list[str]:
     """Run folder and registry inside the benchmark's temporary folder; epochs / max_steps."""
-    out = [f"output_dir={workdir / 'runs'}", f"registry={workdir / 'registry.sqlite'}"]
+    out = [
+        f"output_dir={workdir / 'runs'}",
+        f"registry={workdir / 'registry.sqlite'}",
+        f"training.seed={args.seed}",
+    ]
+    if args.arm == "tuneforge-fp32":
+        out.append("training.precision=fp32")
     if args.epochs is not None:
         out.append(f"training.epochs={args.epochs}")
     if args.max_steps is not None:

@@ -87,16 +87,19 @@ def run_arm(args) -> dict:
     instrument_trainer(meter)
     recipe = load_recipe(RECIPE, overrides(args, args.workdir))
     extra: dict = {}
-    if args.arm == "tuneforge":
+    if args.arm.startswith("tuneforge"):  # tuneforge (precision auto) or tuneforge-fp32
         import tuneforge
 
-        meter_child_processes(args.workdir / "meters")  # training.processes: counted there
+        meters = args.workdir / f"meters-{args.arm}-{args.seed}"
+        meter_child_processes(meters)  # training.processes: counted there
         run = tuneforge.train(RECIPE, overrides(args, args.workdir))
-        meter = merge_rank_meters(meter, args.workdir / "meters")
+        meter = merge_rank_meters(meter, meters)
         tuned = run.metrics["tuned"]["validation"]
         quality = {k: tuned[k] for k in QUALITY}
         extra["tuneforge_timings"] = run.meta["timings"]
+        extra["precision"] = run.meta.get("precision", "fp32")
     else:
+        extra["precision"] = "fp32"
         from _baseline_classification import train_baseline
 
         tc, lora, data = recipe.training, recipe.lora, recipe.data

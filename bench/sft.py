@@ -79,14 +79,16 @@ def run_arm(args) -> dict:
     instrument_trainer(meter)
     recipe = load_recipe(RECIPE, overrides(args, args.workdir))
     extra: dict = {}
-    if args.arm == "tuneforge":
+    if args.arm.startswith("tuneforge"):  # tuneforge (precision auto) or tuneforge-fp32
         import tuneforge
 
         run = tuneforge.train(RECIPE, overrides(args, args.workdir))
         tuned = run.metrics["tuned"]["validation"]
         quality = {k: v for k, v in tuned.items() if isinstance(v, (int, float))}
         extra["tuneforge_timings"] = run.meta["timings"]
+        extra["precision"] = run.meta.get("precision", "fp32")
     else:
+        extra["precision"] = "fp32"
         from _baseline_sft import train_baseline
 
         tc, lora, data = recipe.training, recipe.lora, recipe.data

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from tuneforge import cpu_bf16
 from tuneforge.errors import TuneforgeError
 
 ENV_DEVICE = "TUNEFORGE_DEVICE"  # a default for every command, below a recipe's or --device
@@ -63,8 +64,9 @@ def local_gpu() -> torch.device:
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def require_cuda_for(recipe) -> None:
-    """bf16/fp16 and a 4-bit base need a CUDA GPU (and bitsandbytes): one clear error otherwise."""
+def require_hardware_for(recipe) -> None:
+    """fp16 and a 4-bit base need a CUDA GPU (and bitsandbytes), bf16 a GPU or a CPU with native
+    bf16: one clear error otherwise."""
     tc = recipe.training
     device = resolve(recipe.device)
     on_gpu = device.type == "cuda"
@@ -74,13 +76,22 @@ def require_cuda_for(recipe) -> None:
             hint=f"to train on GPU {device.index}, run with CUDA_VISIBLE_DEVICES={device.index} "
             "and device: auto (torchrun / accelerate launch give each process its own GPU)",
         )
-    if tc.precision in ("bf16", "fp16") and not on_gpu:
+    if tc.precision == "fp16" and not on_gpu:
         raise TuneforgeError(
-            f"training.precision: {tc.precision} needs a CUDA GPU and "
+            "training.precision: fp16 needs a CUDA GPU and "
             + ("none is available" if not torch.cuda.is_available() else "device is cpu"),
-            hint="use training.precision: fp32 on a CPU: without native bf16/fp16 arithmetic "
-            "(AVX512-BF16/AMX) mixed precision is emulated, measured about 36x slower than fp32",
+            hint="use training.precision: auto (bf16 where this CPU computes it natively, else "
+            "fp32) or fp32",
         )
+    if tc.precision == "bf16" and not on_gpu:
+        cpu = cpu_bf16.detect()
+        if not cpu.native:
+            raise TuneforgeError(
+                f"training.precision: bf16 on a CPU needs native bf16 arithmetic, and {cpu.cpu} "
+                "has none (neither AVX512-BF16 nor AMX-BF16)",
+                hint="use training.precision: fp32 (or auto): without native bf16 mixed precision "
+                "is emulated, measured about 36x slower than fp32",
+            )
     if recipe.lora.quantize_base:
         if recipe.method != "lora":
             raise TuneforgeError(
@@ -100,14 +111,27 @@ def require_cuda_for(recipe) -> None:
             )
 
 
-def precision(requested: str, device: torch.device) -> str:
-    """`auto`: bf16 mixed precision on a GPU that supports it, else fp32 (a CPU without native
+def precision(requested: str, device: torch.device, method: str = "lora") -> str:
+    """`auto`: bf16 mixed precision on a GPU that supports it; on a CPU, bf16 where the CPU
+    computes it natively and measured faster (:mod:`tuneforge.cpu_bf16`) for the methods that
+    keep a frozen base (lora, freeze), fp32 for full fine-tuning; else fp32 (a CPU without native
     bf16 runs it about 36x slower; an older GPU's fp16 needs loss scaling that fp32 avoids)."""
     if requested != "auto":
         return requested
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if method != "full" and cpu_bf16.detect().usable:
         return "bf16"
     return "fp32"
+
+
+def inference_precision(recipe, device: torch.device) -> str:
+    """The precision a run's model is used in for inference on `device`: bf16 on a CPU where the
+    run trains in bf16 (`precision` above) and this CPU computes bf16 natively and faster, the
+    same numerics as its training's evaluations; fp32 otherwise (a GPU keeps fp32 weights)."""
+    if device.type != "cpu" or not cpu_bf16.detect().usable:
+        return "fp32"
+    return precision(recipe.training.precision, device, recipe.method)
 
 
 def model_device(model) -> torch.device:

@@ -31,7 +31,7 @@ from transformers import (
     set_seed,
 )
 
-from tuneforge import devices
+from tuneforge import cpu_bf16, devices
 from tuneforge.answer_forward import model_inputs
 from tuneforge.config import Recipe, apply_override, load_recipe, validate_recipe
 from tuneforge.errors import CheckFailed
@@ -39,6 +39,7 @@ from tuneforge.evaluation.intervals import too_small
 from tuneforge.evaluation.language_model import padding_collator
 from tuneforge.methods import apply_method, count_parameters, enable_gradient_checkpointing
 from tuneforge.models import load_tokenizer, quiet_transformers
+from tuneforge.precision import for_training
 from tuneforge.progress import status
 from tuneforge.runs.parents import base_source
 from tuneforge.tasks import get_task
@@ -212,15 +213,17 @@ def estimate_memory(
     checkpointing: bool = False,
     precision: str = "fp32",
     quantized_base: bool = False,
+    bf16_base: bool = False,
     runtime: int = 0,
 ) -> Memory:
     """fp32 master weights, one fp32 gradient and two fp32 AdamW moments per trainable parameter.
 
-    Mixed precision (CUDA only) halves activations; the master weights stay fp32. A 4-bit base
-    (QLoRA) stores frozen weights at about half a byte each.
+    Mixed precision halves activations; the master weights stay fp32. A 4-bit base (QLoRA)
+    stores frozen weights at about half a byte each, a bf16 base (bf16 on a CPU) at two bytes.
     """
     frozen = total_params - trainable_params
-    weights = 4 * trainable_params + (frozen // 2 if quantized_base else 4 * frozen)
+    per_frozen = 0.5 if quantized_base else 2 if bf16_base else 4
+    weights = 4 * trainable_params + int(frozen * per_frozen)
     values = activation_values(shape, work, spec, checkpointing)
     return Memory(
         weights=int(weights),
@@ -411,7 +414,7 @@ def _load(recipe_path: str | Path, overrides: list[str] | None) -> Recipe:
     """The recipe, with `training.processes: auto` fixed to a number once (so a batch-size
     search keeps it)."""
     recipe = load_recipe(recipe_path, overrides)
-    devices.require_cuda_for(recipe)
+    devices.require_hardware_for(recipe)
     if recipe.training.processes == "auto":
         n = launch.resolve(
             "auto",
@@ -484,6 +487,7 @@ def _parallelism(recipe: Recipe) -> tuple[int, int, int]:
 def _batch_summary(ctx: _Context, recipe: Recipe) -> dict[str, Any]:
     tc = recipe.training
     world, processes, per_process = _parallelism(recipe)
+    device = devices.resolve(recipe.device)
     return {
         "batch_size": tc.batch_size,
         "gradient_accumulation_steps": tc.gradient_accumulation_steps,
@@ -492,7 +496,9 @@ def _batch_summary(ctx: _Context, recipe: Recipe) -> dict[str, Any]:
         "global_batch": tc.batch_size * tc.gradient_accumulation_steps * world,
         "seq_len": _seq_len(ctx, recipe),
         "gradient_checkpointing": tc.gradient_checkpointing,
-        "precision": devices.precision(tc.precision, devices.resolve(recipe.device)),
+        "precision": devices.precision(tc.precision, device, recipe.method),
+        # what the CPU offers for bf16, detected and measured (precision: auto decides on it)
+        **({"cpu": cpu_bf16.detect().describe()} if device.type == "cpu" else {}),
     }
 
 
@@ -622,6 +628,8 @@ def _estimate(ctx: _Context, recipe: Recipe) -> Memory:
     """Peak memory of training; with training.processes, all the processes on this machine."""
     n = _processes(recipe)
     trainable, total = _counts(ctx, recipe)
+    device = devices.resolve(recipe.device)
+    precision = devices.precision(recipe.training.precision, device, recipe.method)
     return estimate_memory(
         total,
         trainable,
@@ -629,8 +637,9 @@ def _estimate(ctx: _Context, recipe: Recipe) -> Memory:
         _workload(ctx, recipe, recipe.training.batch_size // n),
         _spec(ctx, recipe),
         checkpointing=recipe.training.gradient_checkpointing,
-        precision=devices.precision(recipe.training.precision, devices.resolve(recipe.device)),
+        precision=precision,
         quantized_base=bool(recipe.lora.quantize_base) and recipe.method == "lora",
+        bf16_base=precision == "bf16" and device.type == "cpu",
         runtime=ctx.runtime,
     ).times(n)
 
@@ -815,6 +824,7 @@ def _model_for_timing(task, source, prepared, recipe: Recipe, tokenizer, device)
         model = devices.place(model, device)
         if recipe.training.gradient_checkpointing:
             enable_gradient_checkpointing(model, recipe.method)
+        for_training(model, recipe, device)
     return model
 
 
@@ -826,8 +836,9 @@ def _training_step(
     `reference_passes`, the batch also goes through the reference model without gradients first
     (preference tuning: the adapter-off model, or a frozen copy of the same size)."""
     tc = recipe.training
-    precision = devices.precision(tc.precision, device)
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+        devices.precision(tc.precision, device, recipe.method)
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
 
@@ -901,6 +912,7 @@ def describe(p: Plan) -> list[str]:
         f"worst case {b['seq_len']} tokens per row",
         f"  options          precision {b['precision']}, gradient checkpointing "
         f"{'on' if b['gradient_checkpointing'] else 'off'}",
+        *([f"  cpu              {b['cpu']}"] if "cpu" in b else []),
         "  peak memory (estimate)",
         f"    weights        {fmt_bytes(m.weights):>10}",
         f"    gradients      {fmt_bytes(m.gradients):>10}",

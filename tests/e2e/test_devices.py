@@ -253,7 +253,7 @@ def test_cpu_speed_ups_only_where_training_runs_on_the_cpu(tiny_model):
 def test_training_on_another_processes_gpu_is_refused(monkeypatch, tiny_model):
     """The Trainer trains on this process's GPU; `device: cuda:N` elsewhere says how instead."""
     from tuneforge.config import validate_recipe
-    from tuneforge.devices import require_cuda_for
+    from tuneforge.devices import require_hardware_for
     from tuneforge.errors import TuneforgeError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -265,7 +265,7 @@ def test_training_on_another_processes_gpu_is_refused(monkeypatch, tiny_model):
         "task": "classification",
         "data": {"train": "t.csv", "validation_split": 0.2},
     }
-    require_cuda_for(validate_recipe({**raw, "device": "cuda:0"}))
+    require_hardware_for(validate_recipe({**raw, "device": "cuda:0"}))
     with pytest.raises(TuneforgeError, match="cuda:1") as e:
-        require_cuda_for(validate_recipe({**raw, "device": "cuda:1"}))
+        require_hardware_for(validate_recipe({**raw, "device": "cuda:1"}))
     assert "CUDA_VISIBLE_DEVICES=1" in e.value.hint

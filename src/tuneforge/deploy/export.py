@@ -79,8 +79,8 @@ def export_run(
     if quant is not None and fmt != "gguf":
         raise TuneforgeError(f"export: --quant applies to --format gguf only, not {fmt}")
     quant = _one_of((quant or DEFAULT_QUANT).lower(), gguf_writer.QUANTS, "--quant")
-    if not isinstance(run, Run):
-        run = Run.load(run)
+    # the saved weights as they are (fp32), not a bf16 copy made for faster inference
+    run = run.exact() if isinstance(run, Run) else Run.load(run, precision="fp32")
     output = Path(output).expanduser()
     _check_output(output, run.path, force)
     _check_compatible(run, fmt)

@@ -92,6 +92,8 @@ TOLERANCES = {
     "merged": EXACT,
     "gguf-f32": EXACT,
     "server": EXACT,  # the run's own weights
+    # a server computing in bf16 (a CPU with native bf16, as the run trained): MEASURED_BF16
+    "server-bf16": Tolerance("bf16", 0.02, 0.01, 0.99, 0.0, probability=0.02, logprob=0.02),
     "gguf-f16": Tolerance("f16", 0.05, 0.01, 0.9, 0.0, probability=0.01, logprob=0.02),
     "gguf-q8_0": Tolerance("q8_0", 0.1, 0.05, 0.8, 0.0, probability=0.05, logprob=0.1),
 }
@@ -113,8 +115,8 @@ def verify_run(
 ) -> dict[str, Any]:
     """Score the held-out rows through `run` and each target; the result (also saved as
     <run>/verify.json with `save`) has `passed` false when any target drifts beyond tolerance."""
-    if not isinstance(run, Run):
-        run = Run.load(run)
+    # the reference: the run's saved weights in fp32, as the exports hold them
+    run = run.exact() if isinstance(run, Run) else Run.load(run, precision="fp32")
     kind = KINDS.get(run.meta["task"])
     if kind is None:
         raise TuneforgeError(f"verify: runs of task '{run.meta['task']}' cannot be verified yet")
@@ -514,10 +516,12 @@ def server_target(url: str, api_key: str | None, run: Run) -> ServerTarget:
     if stats.get("state") != "ready":
         raise TuneforgeError(f"--server {url} is not ready (state: {stats.get('state')})")
     identity = {"url": url, "model": stats.get("model"), "task": stats.get("task")}
+    precision = stats.get("precision", "fp32")
+    identity["precision"] = precision
     return ServerTarget(
         "server",
         url,
-        TOLERANCES["server"],
+        TOLERANCES["server-bf16" if precision == "bf16" else "server"],
         identity,
         url=url,
         api_key=api_key,

@@ -73,12 +73,14 @@ class FusedLoraLinear(nn.Module):
         keep, keep_scale = None, 1.0
         if isinstance(dropout, CheapDropout) and dropout.training and dropout.threshold:
             keep, keep_scale = dropout.keep_mask(x.shape), dropout.scale
+        # A bf16 base (CPU bf16 training) keeps its adapters in fp32, the master weights: the
+        # product runs in the base's dtype, and the cast's backward hands fp32 gradients back.
         return _LoraLinear.apply(
             x,
             base.weight,
             base.bias,
-            self.lora_A[adapter].weight,
-            self.lora_B[adapter].weight,
+            self.lora_A[adapter].weight.to(x.dtype),
+            self.lora_B[adapter].weight.to(x.dtype),
             self.scaling[adapter],
             keep,
             keep_scale,
@@ -102,7 +104,9 @@ class FusedLoraLinear(nn.Module):
             or b.bias is not None
             or not plain_dropout
             or x.device.type != "cpu"
-            or not x.dtype == base.weight.dtype == a.weight.dtype == b.weight.dtype
+            or x.dtype != base.weight.dtype
+            or a.weight.dtype != b.weight.dtype
+            or not (a.weight.dtype == x.dtype or a.weight.dtype == torch.float32)
         ):
             return None
         return adapter

@@ -35,7 +35,7 @@ def load_quantized_base(source_path, recipe, peft_task_type: str, labels=None, p
     The same heads as the fp32 loaders (models.load_causal_lm / load_sequence_classifier), loaded
     through transformers' bitsandbytes integration, then PEFT's `prepare_model_for_kbit_training`
     (fp32 norms and head; checkpointing, with its input grads, comes after, from `build_model`).
-    Only reached on CUDA (require_cuda_for).
+    Only reached on CUDA (require_hardware_for).
     """
     kwargs = {
         "quantization_config": quantization_config(recipe.lora),

@@ -18,6 +18,7 @@ from tuneforge.evaluation.intervals import Settings, compare, estimate
 from tuneforge.files import write_json
 from tuneforge.generation import Sampling
 from tuneforge.models import ModelSource, load_tokenizer
+from tuneforge.precision import ready_for_inference
 from tuneforge.report import write_report
 from tuneforge.runs.directory import INCOMPLETE
 from tuneforge.runs.parents import base_source
@@ -26,15 +27,22 @@ from tuneforge.tasks.base import base_language_model
 
 
 class Run:
-    def __init__(self, path: Path, recipe: Recipe, meta: dict[str, Any]) -> None:
+    def __init__(
+        self, path: Path, recipe: Recipe, meta: dict[str, Any], precision: str | None = None
+    ) -> None:
         self.path = path
         self.recipe = recipe
         self.meta = meta
         self.task = get_task(meta["task"])
+        self._precision = precision  # None: as the run trained, where faster (devices)
 
     @classmethod
-    def load(cls, path: str | Path, *, device: str | None = None) -> Run:
-        """A finished run; `device` (auto, cpu, cuda, cuda:N) overrides the recipe's `device`."""
+    def load(
+        cls, path: str | Path, *, device: str | None = None, precision: str | None = None
+    ) -> Run:
+        """A finished run; `device` (auto, cpu, cuda, cuda:N) overrides the recipe's `device`;
+        `precision` "fp32" keeps the model in fp32 for inference (exports and their checks),
+        None runs it as it trained where that is faster (bf16 on a CPU with native bf16)."""
         path = Path(path)
         if not path.is_dir():
             raise TuneforgeError(f"run directory not found: {path}")
@@ -58,7 +66,20 @@ class Run:
         if device is not None:
             devices.resolve(device)  # an unknown or absent device: refused before any loading
             recipe = recipe.model_copy(update={"device": device})
-        return cls(path, recipe, meta)
+        return cls(path, recipe, meta, precision)
+
+    def exact(self) -> Run:
+        """This run with its model in fp32 (its saved weights as they are): what an export
+        merges and what its checks compare with. Itself where it already is."""
+        if self.precision == "fp32":
+            return self
+        return Run(self.path, self.recipe, self.meta, "fp32")
+
+    @property
+    def precision(self) -> str:
+        """The precision the model runs in for inference: fp32, or bf16 on a CPU where the run
+        trained in bf16 and the CPU computes it natively and faster."""
+        return self._precision or devices.inference_precision(self.recipe, self.device)
 
     @property
     def labels(self) -> list[str] | None:
@@ -93,7 +114,7 @@ class Run:
             self.recipe,
         )
         model.eval()
-        return devices.place(model, self.device)
+        return ready_for_inference(model, self.device, self.precision)
 
     def predict(self, texts: list) -> list[dict[str, Any]]:
         """One prediction per input (classification: label and probabilities; sft: completion)."""

@@ -18,6 +18,7 @@ from tuneforge.data.loading import Splits, lenient_splits
 from tuneforge.data.readers import require_column, row_where
 from tuneforge.errors import TuneforgeError
 from tuneforge.models import ModelSource, load_causal_lm
+from tuneforge.precision import ready_for_inference
 
 
 @dataclass
@@ -36,7 +37,8 @@ class Prepared:
 def base_language_model(source: ModelSource, recipe: Recipe):
     """The untouched base causal LM on the recipe's device (the base model's scoring)."""
     model = load_causal_lm(source.path, trust_remote_code=recipe.trust_remote_code)
-    return devices.place(model, devices.resolve(recipe.device))
+    device = devices.resolve(recipe.device)
+    return ready_for_inference(model, device, devices.inference_precision(recipe, device))
 
 
 @dataclass

@@ -24,7 +24,7 @@ import yaml
 from rich.markup import escape
 from transformers import set_seed
 
-from tuneforge import devices, safety
+from tuneforge import cpu_bf16, devices, precision, safety
 from tuneforge.config import Recipe, load_recipe
 from tuneforge.data import canaries
 from tuneforge.data.recipe_check import check_data
@@ -64,6 +64,7 @@ def train(
     job = Job.read(recipe, overrides, resume)
     processes = launch.processes(job.recipe)
     if processes > 1:  # training.processes: this process waits, N processes train
+        training_precision(job.recipe)  # a CPU's bf16 measured once: the processes inherit it
         return launch.run(processes, run_job, job)
     return run_job(job)
 
@@ -361,6 +362,8 @@ def _run_record(setup: _Setup, trainer, timings: dict[str, float]) -> dict[str, 
         **({"parent": continued.record()} if continued is not None else {}),
         "info": setup.prepared.info,
         "parameters": trainer.parameters,
+        "precision": training_precision(recipe),
+        **({"cpu": cpu_bf16.detect().describe()} if _on_cpu(recipe) else {}),
         "timings": {k: round(v, 1) for k, v in timings.items()},
         "environment": setup.inputs["versions"],
     }
@@ -393,7 +396,7 @@ def _set_up(job: Job) -> _Setup:
     recipe, recipe_dir = job.recipe, job.recipe_dir
     safety.allow_pickle(recipe.allow_pickle)
     tracking.check_available(recipe.training.report_to)
-    devices.require_cuda_for(recipe)  # mixed precision, QLoRA: refused before any data is read
+    devices.require_hardware_for(recipe)  # mixed precision, QLoRA: refused before any data is read
     task = get_task(recipe.task)
     metric = selection_metric(recipe, task)
     set_seed(recipe.training.seed)
@@ -461,7 +464,19 @@ def build_model(task, source, prepared, recipe: Recipe, tokenizer, parent=None):
         )
     if recipe.training.gradient_checkpointing:
         enable_gradient_checkpointing(model, recipe.method)
+    precision.for_training(model, recipe, device)  # a bf16 CPU: the frozen base in bf16
     return model
+
+
+def _on_cpu(recipe: Recipe) -> bool:
+    return devices.resolve(recipe.device).type == "cpu"
+
+
+def training_precision(recipe: Recipe) -> str:
+    """The precision this recipe trains in here (`training.precision`, `auto` resolved)."""
+    return devices.precision(
+        recipe.training.precision, devices.resolve(recipe.device), recipe.method
+    )
 
 
 def _parent(recipe: Recipe):

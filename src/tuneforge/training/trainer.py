@@ -142,7 +142,7 @@ def training_arguments(
     `arguments` may be a subclass (TRL's configs) taking the `extra` fields too."""
     tc = recipe.training
     device = devices.resolve(recipe.device)
-    precision = devices.precision(tc.precision, device)
+    precision = devices.precision(tc.precision, device, recipe.method)
     strategy = "steps" if tc.eval_steps or tc.save_steps else "epoch"
     eval_steps = tc.eval_steps or tc.save_steps
     if tc.save_steps and tc.save_steps % eval_steps:

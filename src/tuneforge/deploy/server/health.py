@@ -11,7 +11,7 @@ import time
 from typing import Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from tuneforge.deploy.server.errors import documented
 
@@ -45,6 +45,10 @@ class Stats(BaseModel):
     model: str
     task: str
     state: Literal["loading", "ready", "failed", "stopping"]
+    precision: Literal["fp32", "bf16"] = Field(
+        description="What the model computes in: bf16 on a CPU with native bf16 where the run "
+        "trained in bf16, else fp32"
+    )
     uptime_s: float
     generation: Generation | None
     classify: Batching | None
@@ -78,6 +82,7 @@ async def stats(request: Request) -> dict:
         "model": service.name,
         "task": service.task,
         "state": service.state,
+        "precision": service.run.precision,
         "uptime_s": round(time.time() - state.started, 1),
         "generation": generation if service.generative else None,
         "classify": batcher.stats.as_dict() if batcher is not None else None,
