@@ -125,13 +125,13 @@ def precision(requested: str, device: torch.device, method: str = "lora") -> str
     return "fp32"
 
 
-def inference_precision(recipe, device: torch.device) -> str:
-    """The precision a run's model is used in for inference on `device`: bf16 on a CPU where the
-    run trains in bf16 (`precision` above) and this CPU computes bf16 natively and faster, the
-    same numerics as its training's evaluations; fp32 otherwise (a GPU keeps fp32 weights)."""
-    if device.type != "cpu" or not cpu_bf16.detect().usable:
-        return "fp32"
-    return precision(recipe.training.precision, device, recipe.method)
+def inference_precision(trained: str, device: torch.device) -> str:
+    """The precision a model that trained in `trained` runs in for inference on `device`: bf16
+    on a CPU for a bf16 run where this CPU computes bf16 natively and faster (the numerics of its
+    training's evaluations), fp32 otherwise (a GPU, older runs, a CPU without native bf16)."""
+    if trained == "bf16" and device.type == "cpu" and cpu_bf16.detect().usable:
+        return "bf16"
+    return "fp32"
 
 
 def model_device(model) -> torch.device:

@@ -43,6 +43,14 @@ def store_frozen_in(
     return cast
 
 
+def precision_of(model: nn.Module) -> torch.dtype:
+    """The dtype most of `model`'s parameter values are stored in (bf16 for a bf16 base)."""
+    counts: dict[torch.dtype, int] = {}
+    for param in model.parameters():
+        counts[param.dtype] = counts.get(param.dtype, 0) + param.numel()
+    return max(counts, key=counts.__getitem__) if counts else torch.float32
+
+
 def for_inference(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
     """A model loaded for inference (predict, eval, the server, base-model scoring) run as its
     training ran on a bf16 CPU: weights stored in `dtype`, the forward under `dtype` autocast,

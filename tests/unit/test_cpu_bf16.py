@@ -105,13 +105,14 @@ def test_bf16_refused_on_a_cpu_without_native_bf16_accepted_with_it(cpu_has):
 
 
 def test_inference_follows_training_only_on_a_usable_cpu(cpu_has):
-    r = recipe()
     cpu_has(NATIVE)
-    assert devices.inference_precision(r, CPU) == "bf16"
-    assert devices.inference_precision(recipe(method="full"), CPU) == "fp32"
-    assert devices.inference_precision(recipe(training={"precision": "fp32"}), CPU) == "fp32"
+    assert devices.inference_precision("bf16", CPU) == "bf16"
+    assert devices.inference_precision("fp32", CPU) == "fp32"  # an fp32 run stays fp32
+    assert devices.inference_precision("bf16", torch.device("meta")) == "fp32"  # not a CPU
+    cpu_has(NATIVE_BUT_SLOW)
+    assert devices.inference_precision("bf16", CPU) == "fp32"
     cpu_has(EMULATED)  # a bf16 run used on a CPU without it: fp32 there
-    assert devices.inference_precision(recipe(training={"precision": "bf16"}), CPU) == "fp32"
+    assert devices.inference_precision("bf16", CPU) == "fp32"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -257,5 +258,7 @@ def test_inference_in_bf16_returns_fp32_outputs_close_to_fp32(tiny_model, tiny_t
     assert (got - want).abs().max() < 0.05 * want.abs().max()
     out = model.generate(ids[:1], max_new_tokens=4, do_sample=False, pad_token_id=0)
     assert out.shape == (1, 14)  # generate goes through the same bf16 forward
+    assert precision.precision_of(model) == torch.bfloat16
     same = precision.ready_for_inference(load_causal_lm(tiny_model).eval(), CPU, "fp32")
     assert {p.dtype for p in same.parameters()} == {torch.float32}
+    assert precision.precision_of(same) == torch.float32

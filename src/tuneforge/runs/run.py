@@ -79,7 +79,8 @@ class Run:
     def precision(self) -> str:
         """The precision the model runs in for inference: fp32, or bf16 on a CPU where the run
         trained in bf16 and the CPU computes it natively and faster."""
-        return self._precision or devices.inference_precision(self.recipe, self.device)
+        trained = self.meta.get("precision", "fp32")  # runs before precision was recorded: fp32
+        return self._precision or devices.inference_precision(trained, self.device)
 
     @property
     def labels(self) -> list[str] | None:
@@ -202,7 +203,11 @@ class Run:
             self.model,
             self.tokenizer,
             options,
-            base_model=(lambda: base_language_model(self.source, self.recipe)) if base else None,
+            base_model=(
+                (lambda: base_language_model(self.source, self.recipe, self.precision))
+                if base
+                else None
+            ),
             canaries=canaries.load(json.loads(planted.read_text())) if planted.is_file() else [],
         )
         if save:
@@ -234,9 +239,15 @@ class Run:
         }
         if info.get("temperature"):  # temperature scaling: ECE and loss after it, beside
             calibration.add_scaled(scored["tuned"], info["temperature"])
-        if base:
+        if base:  # the base model in the precision the tuned one runs in here
+            training = recipe.training.model_copy(update={"precision": self.precision})
             scored["base"] = self.task.evaluate_base(
-                self.source, self.tokenizer, rows, info, recipe, "data"
+                self.source,
+                self.tokenizer,
+                rows,
+                info,
+                recipe.model_copy(update={"training": training}),
+                "data",
             )
         result: dict[str, Any] = {"outcomes": {}, "confidence": settings.confidence}
         for who, metrics in scored.items():

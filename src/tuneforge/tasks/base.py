@@ -34,11 +34,14 @@ class Prepared:
     lengths: dict[str, list[int]] = field(default_factory=dict)
 
 
-def base_language_model(source: ModelSource, recipe: Recipe):
-    """The untouched base causal LM on the recipe's device (the base model's scoring)."""
+def base_language_model(source: ModelSource, recipe: Recipe, trained: str | None = None):
+    """The untouched base causal LM on the recipe's device (the base model's scoring), in the
+    precision of the run beside it: `trained` (a finished run's), else the recipe's here."""
     model = load_causal_lm(source.path, trust_remote_code=recipe.trust_remote_code)
     device = devices.resolve(recipe.device)
-    return ready_for_inference(model, device, devices.inference_precision(recipe, device))
+    if trained is None:
+        trained = devices.precision(recipe.training.precision, device, recipe.method)
+    return ready_for_inference(model, device, devices.inference_precision(trained, device))
 
 
 @dataclass

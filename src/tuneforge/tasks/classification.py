@@ -28,7 +28,7 @@ from tuneforge.evaluation.metrics import classification_metrics
 from tuneforge.evaluation.outcomes import EXAMPLES
 from tuneforge.evaluation.zero_shot import DEFAULT_INSTRUCTION, softmax, zero_shot_scores
 from tuneforge.models import ModelSource, load_causal_lm, load_sequence_classifier
-from tuneforge.precision import ready_for_inference
+from tuneforge.precision import precision_of, ready_for_inference
 from tuneforge.progress import track
 from tuneforge.tasks.base import Prepared, Task, base_language_model
 
@@ -287,7 +287,7 @@ class ClassificationTask(Task):
             base_lm = ready_for_inference(
                 load_causal_lm(source.path, trust_remote_code=recipe.trust_remote_code),
                 device,
-                devices.inference_precision(recipe, device),
+                "bf16" if precision_of(model) == torch.bfloat16 else "fp32",
             )
             words = [(recipe.baseline.label_words or {}).get(lab, lab) for lab in labels]
             instruction = recipe.baseline.instruction or DEFAULT_INSTRUCTION
