@@ -129,9 +129,11 @@ class TrainingConfig(_Strict):
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
-        description="auto: bf16 mixed precision on a CUDA GPU that supports it, else fp32. Or fp32, "
-        "or bf16/fp16 mixed precision (autocast, fp32 master weights); bf16/fp16 need a CUDA GPU: "
-        "CPUs without native bf16 run it about 36x slower than fp32.",
+        description="auto: bf16 mixed precision on a CUDA GPU that supports it; on a CPU with "
+        "native bf16 (AVX512-BF16, AMX) measured faster, bf16 for lora/freeze (the frozen base "
+        "stored in bf16, trainable weights fp32); else fp32. Or fp32, or bf16/fp16 mixed precision "
+        "(fp32 master weights); fp16 needs a CUDA GPU, bf16 a GPU or a CPU with native bf16 "
+        "(elsewhere emulated, about 36x slower than fp32).",
     )
     eval_batch_size: int | None = Field(None, ge=1, description="Batch size for evaluation.")
     max_length: int = Field(

@@ -158,3 +158,37 @@ def test_the_server_says_it_computes_in_bf16(classification):
         assert (stats["state"], stats["precision"]) == ("ready", "bf16")
         answer = client.post("/v1/classify", json={"input": ["a warm, moving film"]})
         assert answer.status_code == 200, answer.text
+
+
+def test_dpo_and_pretrain_train_in_bf16(tmp_path, tiny_model):
+    good, bad = ["great film, loved it", "a moving, beautiful movie"], ["dreadful", "a waste"]
+    pairs = [
+        {"prompt": f"Review film #{i}.", "chosen": good[i % 2], "rejected": f"{bad[i % 2]} #{i}"}
+        for i in range(16)
+    ]
+    train = write_jsonl(tmp_path / "train.jsonl", pairs[:12])
+    validation = write_jsonl(tmp_path / "validation.jsonl", pairs[12:])
+    docs = [{"text": f"The quick brown fox {i} jumps over the lazy dog."} for i in range(24)]
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", docs[:18])
+    held = write_jsonl(tmp_path / "held.jsonl", docs[18:])
+    recipes = {
+        "dpo": "task: preference\n"
+        f"data: {{train: {train}, validation: {validation}}}\n"
+        "preference: {generation_examples: 1, kl_examples: 2, max_new_tokens: 4}\n",
+        "pretrain": f"task: pretrain\ndata: {{train: {corpus}, validation: {held}}}\n",
+    }
+    for name, body in recipes.items():
+        recipe = tmp_path / f"{name}.yaml"
+        recipe.write_text(
+            f"name: tiny-{name}-bf16\nbase_model: {tiny_model}\n{body}"
+            "lora: {r: 4, alpha: 8, dropout: 0.0}\n"
+            "training: {epochs: 1, batch_size: 4, learning_rate: 1.0e-2, max_length: 64, "
+            "precision: bf16}\n"
+            'data_checks: {small_evaluation: "off"}\n'
+            f"output_dir: {tmp_path / 'runs' / name}\n"
+        )
+        proc = run_cli("train", recipe)
+        assert proc.returncode == 0, (name, proc.stderr[-3000:])
+        run = _only_run(tmp_path / "runs" / name)
+        meta = json.loads((run / "run.json").read_text())
+        assert meta["precision"] == "bf16", name

@@ -111,8 +111,13 @@ def test_cuda_only_options_refused(sentiment_recipe):
 
     if torch.cuda.is_available():
         pytest.skip("CPU refusal")
-    proc = run_cli("plan", sentiment_recipe, "--set", "training.precision=bf16")
-    assert_user_error(proc, "training.precision: bf16 needs a CUDA GPU", "36x slower")
+    from tuneforge import cpu_bf16
+
+    proc = run_cli("plan", sentiment_recipe, "--set", "training.precision=fp16")
+    assert_user_error(proc, "training.precision: fp16 needs a CUDA GPU")
+    if not cpu_bf16.detect().native:  # with native bf16: tests/e2e/test_cpu_bf16_runs.py
+        proc = run_cli("plan", sentiment_recipe, "--set", "training.precision=bf16")
+        assert_user_error(proc, "training.precision: bf16 on a CPU needs native", "36x slower")
     proc = run_cli("train", sentiment_recipe, "--set", "method=qlora")
     assert_user_error(proc, "lora.quantize_base: 4bit (QLoRA) needs a CUDA GPU")
     assert not list((sentiment_recipe.parent / "runs").glob("*"))
