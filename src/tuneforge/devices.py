@@ -134,6 +134,12 @@ def inference_precision(trained: str, device: torch.device) -> str:
     return "fp32"
 
 
+def recipe_inference_precision(recipe) -> str:
+    """:func:`inference_precision` of a run of `recipe` trained here (`precision` above)."""
+    device = resolve(recipe.device)
+    return inference_precision(precision(recipe.training.precision, device, recipe.method), device)
+
+
 def model_device(model) -> torch.device:
     """The device of the model's first parameter (or buffer); CPU for a model without either."""
     for tensor in (*model.parameters(), *model.buffers()):

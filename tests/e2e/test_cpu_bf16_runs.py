@@ -141,6 +141,17 @@ output_dir: {tmp_path / "runs"}
     proc = run_cli("generate", run, "alert 3: the quick brown fox", "--max-new-tokens", "6")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip()
+    # generation runs in fp32 (greedy answers as the exports give them), and the run's own final
+    # scores were measured on the saved weights in fp32: `eval` finds the same figures
+    from tuneforge.runs.run import Run
+
+    assert Run.load(run).precision == "fp32"
+    proc = run_cli("eval", run, "--data", validation, "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again = json.loads(proc.stdout)
+    saved = json.loads((run / "metrics.json").read_text())["tuned"]["validation"]
+    assert again["loss"] == pytest.approx(saved["loss"], rel=1e-5)
+    assert again["rouge_l"] == pytest.approx(saved["rouge_l"], abs=1e-9)
 
 
 def test_the_server_says_it_computes_in_bf16(classification):

@@ -92,8 +92,10 @@ TOLERANCES = {
     "merged": EXACT,
     "gguf-f32": EXACT,
     "server": EXACT,  # the run's own weights
-    # a server computing in bf16 (a CPU with native bf16, as the run trained): MEASURED_BF16
-    "server-bf16": Tolerance("bf16", 0.02, 0.01, 0.99, 0.0, probability=0.02, logprob=0.02),
+    # a classification server computing in bf16 (a CPU with native bf16, as the run trained):
+    # on the demo's 200 held-out reviews bf16 vs fp32 gave the same labels, largest |Δp| 0.055
+    # (0.076 for an fp32-trained run), mean 0.004 (issue 22); generating servers stay fp32
+    "server-bf16": Tolerance("bf16", 0.02, 0.01, 0.99, 0.0, probability=0.1, logprob=0.05),
     "gguf-f16": Tolerance("f16", 0.05, 0.01, 0.9, 0.0, probability=0.01, logprob=0.02),
     "gguf-q8_0": Tolerance("q8_0", 0.1, 0.05, 0.8, 0.0, probability=0.05, logprob=0.1),
 }

@@ -79,8 +79,12 @@ class Run:
     def precision(self) -> str:
         """The precision the model runs in for inference: fp32, or bf16 on a CPU where the run
         trained in bf16 and the CPU computes it natively and faster."""
+        if self._precision is not None:
+            return self._precision
+        if not self.task.infers_in_bf16:
+            return "fp32"
         trained = self.meta.get("precision", "fp32")  # runs before precision was recorded: fp32
-        return self._precision or devices.inference_precision(trained, self.device)
+        return devices.inference_precision(trained, self.device)
 
     @property
     def labels(self) -> list[str] | None:

@@ -68,6 +68,9 @@ def check_rows(
 class ClassificationTask(Task):
     name = "classification"
     peft_task_type = "SEQ_CLS"
+    # bf16 on a native-bf16 CPU: the demo's 200 held-out reviews got the same labels as in fp32
+    # (largest |dp| 0.055), scored 1.7-2x faster (issue 22)
+    infers_in_bf16 = True
     default_metric = "macro_f1"
     metric_names = ("loss", "accuracy", "macro_f1")
 
@@ -188,7 +191,7 @@ class ClassificationTask(Task):
     def evaluate_base(
         self, source, tokenizer, rows, info, recipe: Recipe, split: str
     ) -> dict[str, Any]:
-        model = base_language_model(source, recipe)
+        model = base_language_model(source, recipe, devices.recipe_inference_precision(recipe))
         words = [(recipe.baseline.label_words or {}).get(lab, lab) for lab in info["labels"]]
         scores = zero_shot_scores(
             model,

@@ -198,6 +198,7 @@ def _main_rank(setup: _Setup, run: RunDir, job: Job, t0: float, load_seconds: fl
     model, tokenizer = trainer.model, setup.tokenizer
     _save_model(model, recipe.method, run.path)
     tokenizer.save_pretrained(run.path / "tokenizer")
+    model = _for_final_scoring(setup, run.path, model)
 
     t = time.perf_counter()
     with launch.all_cores():  # the other processes have returned
@@ -257,6 +258,22 @@ def _main_rank(setup: _Setup, run: RunDir, job: Job, t0: float, load_seconds: fl
         metrics=_summary(metrics),
     )
     return final
+
+
+def _for_final_scoring(setup: _Setup, run_path: Path, model):
+    """The model the final scores are measured on: the trained one, except where this run
+    trained in bf16 on a CPU but its task is used in fp32 (generation, see `Task.infers_in_bf16`):
+    then the saved weights loaded back as `predict` and the exports hold them, so the run's
+    figures are those a user gets."""
+    recipe, task = setup.recipe, setup.task
+    if task.infers_in_bf16 or not _on_cpu(recipe) or training_precision(recipe) != "bf16":
+        return model
+    with status("Loading the saved weights in fp32 for the final scores"):
+        saved = task.load_tuned(
+            run_path, setup.source, setup.prepared.info, recipe.method, setup.tokenizer, recipe
+        )
+    saved.eval()
+    return devices.place(saved, devices.resolve(recipe.device))
 
 
 def _score_base(
