@@ -77,6 +77,11 @@ def test_memory_parts_by_hand():
     assert q.weights == 4 * 100 + 900 // 2  # 4-bit frozen base: half a byte per weight
     half = estimate_memory(1000, 100, TINY, work, MethodSpec("lora", lora_r=4), precision="bf16")
     assert half.activations * 2 == pytest.approx(m.activations, abs=2)
+    cpu = estimate_memory(
+        1000, 100, TINY, work, MethodSpec("lora"), precision="bf16", bf16_base=True
+    )
+    assert cpu.weights == 4 * 100 + 2 * 900  # bf16 on a CPU: the frozen base at two bytes
+    assert (cpu.gradients, cpu.optimizer) == (400, 800)  # trainable: fp32 master weights
 
 
 @pytest.fixture(scope="module")
