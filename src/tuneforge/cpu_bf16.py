@@ -7,7 +7,7 @@ an AMX Xeon reaches 6.7x. A CPU without either emulates bf16 through fp32 conver
 mixed precision there was measured about 36x slower than fp32.
 
 `precision: auto` picks bf16 on a CPU only when both hold: torch reports a native bf16
-instruction set (:func:`capability`), and a short matmul measurement (~0.1 s, once per process
+instruction set (:func:`capability`), and a short matmul measurement (about 0.05 s, once per process
 tree) finds bf16 at least :data:`MIN_SPEEDUP` times fp32's throughput. `tuneforge plan` shows
 both. The measurement is handed to training processes this one starts (an environment variable),
 so every rank of a multi-process run takes the same decision.
