@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -49,35 +49,94 @@ def build_tiny_tokenizer(vocab_size: int = 400, chat_template: bool = True):
     return fast
 
 
-def build_tiny_llama(
+# A Gemma-2-style template: no system role (it raises, as Gemma 2's and Mistral v0.1's do), turns
+# as <start_of_turn>user / model. tuneforge must fold a system prompt into the first user turn.
+NO_SYSTEM_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<|im_start|>' + role + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>model\n' }}{% endif %}"
+)
+
+# The model families users fine-tune, each as its Hugging Face config type and the fields that
+# make a tiny copy of it exercise what the family has that Llama has not.
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3", "phi3")
+
+
+def _family_config(family: str, tokenizer, hidden: int, layers: int, heads: int, kv_heads: int):
+    from transformers import (  # the configs of every family tuneforge is tested on
+        Gemma3TextConfig,
+        LlamaConfig,
+        MistralConfig,
+        Phi3Config,
+        Qwen2Config,
+        Qwen3Config,
+    )
+
+    common = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": hidden,
+        "intermediate_size": hidden * 2,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "max_position_embeddings": 1024,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    if family == "llama":
+        return LlamaConfig(**common, tie_word_embeddings=True)
+    if family == "mistral":  # untied output, sliding-window attention
+        return MistralConfig(**common, sliding_window=512, tie_word_embeddings=False)
+    if family == "qwen2":  # biases on q, k, v
+        return Qwen2Config(**common, tie_word_embeddings=True)
+    if family == "qwen3":  # RMSNorm on q and k, explicit head_dim
+        return Qwen3Config(**common, head_dim=hidden // heads, tie_word_embeddings=True)
+    if family == "gemma3":  # (1 + w) norms, scaled embeddings, local/global layers, soft caps off
+        return Gemma3TextConfig(
+            **common,
+            head_dim=hidden // heads,
+            sliding_window=64,
+            layer_types=["sliding_attention", "full_attention"] * (layers // 2)
+            + ["sliding_attention"] * (layers % 2),
+            tie_word_embeddings=True,
+        )
+    if family == "phi3":  # fused qkv_proj and gate_up_proj, untied output
+        return Phi3Config(**common, tie_word_embeddings=False)
+    raise ValueError(f"unknown family {family!r} (known: {', '.join(FAMILIES)})")
+
+
+def build_tiny_model(
     path: str | Path,
+    family: str = "llama",
     *,
     hidden_size: int = 32,
     layers: int = 2,
     heads: int = 4,
     kv_heads: int = 2,
-    chat_template: bool = True,
+    chat_template: bool | str = True,
     seed: int = 0,
 ) -> Path:
-    """Write a random tiny Llama (2 layers, hidden 32) and its tokenizer as a Hugging Face folder."""
+    """Write a random tiny model of a family (2 layers, hidden 32) and its tokenizer as a folder.
+
+    `chat_template`: True for ChatML, False for none (a base model), or a template of its own
+    (`NO_SYSTEM_TEMPLATE`: a family whose template refuses a system message).
+    """
     path = Path(path)
-    tokenizer = build_tiny_tokenizer(chat_template=chat_template)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
+    tokenizer = build_tiny_tokenizer(chat_template=chat_template is True)
+    if isinstance(chat_template, str):
+        tokenizer.chat_template = chat_template
+    config = _family_config(family, tokenizer, hidden_size, layers, heads, kv_heads)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = AutoModelForCausalLM.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return path
+
+
+def build_tiny_llama(path: str | Path, **kwargs) -> Path:
+    """Write a random tiny Llama (2 layers, hidden 32) and its tokenizer as a Hugging Face folder."""
+    return build_tiny_model(path, "llama", **kwargs)
