@@ -187,8 +187,9 @@ def test_embedding_rows_beyond_the_tokenizer_become_unused_tokens(tiny):
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"model_type": "qwen2"}, "'qwen2' architecture is not supported yet"),
-        ({"attention_bias": True}, "bias terms"),
+        ({"model_type": "falcon"}, "'falcon' architecture is not supported yet"),
+        ({"attention_bias": True}, "attention_bias=True"),
+        ({"mlp_bias": True}, "mlp_bias=True"),
         ({"hidden_act": "gelu"}, "activation 'gelu'"),
         (
             {"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}},

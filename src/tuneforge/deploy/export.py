@@ -170,8 +170,10 @@ def _check_compatible(run, fmt: str) -> None:
                 hint="use --format merged (transformers) or --format adapter",
             )
         folder = run.source.path if method == "lora" else run.path / "model"
-        gguf_writer.check_supported(
-            AutoConfig.from_pretrained(folder, trust_remote_code=run.recipe.trust_remote_code)
+        gguf_writer.check_exportable(
+            AutoConfig.from_pretrained(folder, trust_remote_code=run.recipe.trust_remote_code),
+            run.tokenizer,
+            gguf_writer.source_gguf(run.source.path),
         )
 
 
@@ -251,6 +253,7 @@ def _export_gguf(
             pre=source.get("pre"),
             eot=eot,
             license=source.get("license"),
+            source=Path(source["path"]) if "path" in source else None,
         )
     del model
     modelfile = f"FROM ./{name}\n"
@@ -263,6 +266,10 @@ def _export_gguf(
             "quant": quant,
             "tensors": summary.tensors,
             "tensor_types": summary.tensor_types,
+            "architecture": summary.architecture,
+            "tokenizer": "copied from the base model's GGUF"
+            if summary.tokenizer == "copy"
+            else "gpt2 (byte-level BPE)",
             "pre_tokenizer": source.get("pre") or "from tokenizer.json",
         }
     }
