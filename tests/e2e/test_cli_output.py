@@ -171,7 +171,18 @@ def test_models_json_and_the_promotion_gate_exit_code(registry):
     for args in (("models", "--json"), ("models", "list", "--json")):
         listed = ok_json(cli(*args))
         assert set(listed) == {"base_models", "registry", "registered"}
-        assert all(set(m) == {"name", "kind", "location", "ready"} for m in listed["base_models"])
+        fields = {"name", "kind", "location", "ready", "architecture", "chat_template"}
+        assert all(set(m) == fields | {"gguf_export"} for m in listed["base_models"])
+        embedded = {m["name"]: m for m in listed["base_models"] if m["kind"] == "embedded"}
+        assert {"smollm2-135m", "gemma3-270m"} <= set(embedded)
+        assert (
+            embedded["smollm2-135m"]["architecture"],
+            embedded["smollm2-135m"]["chat_template"],
+        ) == (
+            "llama",
+            True,
+        )
+        assert embedded["gemma3-270m"]["chat_template"] is False
         assert [
             (m["name"], m["version"], m["stage"], m["run_id"]) for m in listed["registered"]
         ] == [

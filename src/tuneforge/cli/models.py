@@ -16,9 +16,13 @@ models_app = typer.Typer(help="Base models available offline; named fine-tuned m
 
 BASE_COLUMNS = (
     Column("name", kind="id"),
-    Column("kind", keep=1),
+    Column("kind", keep=1, narrowest=8),  # "embedded": rich folds at spaces first
+    # Short words that never wrap ("id"), so the table leaves a column out rather than cut one.
+    Column("architecture", kind="id", keep=4),
+    Column("chat template", kind="id", keep=5),
+    Column("GGUF export", kind="id", keep=3),
+    Column("ready", keep=2, narrowest=8),  # "converts"
     Column("location", narrowest=16),
-    Column("ready", keep=2),
 )
 REGISTERED_COLUMNS = (
     Column("model", kind="id"),  # name@version, as the commands take it
@@ -39,28 +43,52 @@ def models(
 @models_app.command("list")
 def models_list(registry: RegistryOption = None, as_json: JsonOption = False) -> None:
     """Base models available offline, then registered fine-tuned model versions."""
-    from tuneforge.models import list_local_models  # deferred: CLI start (filelock)
+    from tuneforge.models import list_local_models as local_models  # deferred: CLI start (filelock)
     from tuneforge.runs import registry as reg  # deferred: CLI start (psutil)
 
-    local = list_local_models()
+    local = [{**asdict(m), "gguf_export": gguf_export(m.architecture)} for m in local_models()]
     registered = reg.list_models(registry)
     if as_json:
         emit_json(
             {
-                "base_models": [asdict(m) for m in local],
+                "base_models": local,
                 "registry": str(reg.registry_path(registry)),
                 "registered": [_version(m) for m in registered],
             }
         )
         return
     rows = [
-        (m.name, m.kind, m.location, "yes" if m.ready else "converts on first use") for m in local
+        (
+            m["name"],
+            m["kind"],
+            m["architecture"] or "?",
+            _yes_no(m["chat_template"]),
+            _yes_no(m["gguf_export"]),
+            "yes" if m["ready"] else "converts on first use",
+            m["location"],
+        )
+        for m in local
     ]
     out.print(fitted_table("Local base models", BASE_COLUMNS, rows))
     if registered:
         rows = [(f"{m['name']}@{m['version']}", m["stage"], m["run_id"]) for m in registered]
         title = f"Registered models ({reg.registry_path(registry)})"
         out.print(fitted_table(title, REGISTERED_COLUMNS, rows))
+
+
+def gguf_export(architecture: str | None) -> bool | None:
+    """Whether `tuneforge export --format gguf` writes this architecture (None: unknown).
+
+    Decided by the exporter's own list, read now: the families it supports grow with it."""
+    if architecture is None:
+        return None
+    from tuneforge.deploy.gguf import SUPPORTED_ARCHITECTURES  # deferred: CLI start (gguf, numpy)
+
+    return architecture in SUPPORTED_ARCHITECTURES
+
+
+def _yes_no(value: bool | None) -> str:
+    return "?" if value is None else "yes" if value else "no"
 
 
 def _version(m: dict[str, Any]) -> dict[str, Any]:
