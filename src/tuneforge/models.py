@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -225,21 +226,13 @@ def _assembled_gguf(name: str) -> Path:
     size = sum(p.stat().st_size for p in chunks)
     stem = Path(EMBEDDED[name].gguf_file).stem
     target = models_cache() / f"{stem}-{package.EXPECTED_SHA256[:12]}.gguf"
-    if _is_size(target, size):
-        return target
-    ensure_cache_dir(target.parent)
-    lock = FileLock(str(target.parent / f".{target.name}.lock"))
-    try:
-        with lock.acquire(timeout=LOCK_TIMEOUT_S):
-            if _is_size(target, size):  # another process assembled it while we waited
-                return target
-            _assemble(package, len(chunks), target)
-    except Timeout:
-        raise TuneforgeError(
-            f"base_model: waited {LOCK_TIMEOUT_S // 60} min for another process to assemble "
-            f"{target}",
-            hint=f"if no other tuneforge process is running, delete {lock.lock_file}",
-        ) from None
+    if not _is_size(target, size):
+        once(
+            target,
+            lambda: _is_size(target, size),
+            lambda: _assemble(package, len(chunks), target),
+            f"assemble {target}",
+        )
     return target
 
 
@@ -316,22 +309,30 @@ def _converted_gguf(folder: Path, filename: str, key: str) -> Path:
     last, is what makes an entry count, so an interrupted or damaged conversion is rebuilt.
     """
     target = models_cache() / key
-    if cached_conversion(target):
-        return target
+    if not cached_conversion(target):
+        once(
+            target,
+            lambda: cached_conversion(target),
+            lambda: _convert(folder, filename, target),
+            f"convert {folder / filename}",
+        )
+    return target
+
+
+def once(target: Path, done: Callable[[], bool], build: Callable[[], None], what: str) -> None:
+    """Run `build` unless `done()`, holding a file lock beside `target`: of several processes
+    that get here at once, one builds and the others wait, then find `done()` true."""
     ensure_cache_dir(target.parent)
     lock = FileLock(str(target.parent / f".{target.name}.lock"))
     try:
         with lock.acquire(timeout=LOCK_TIMEOUT_S):
-            if cached_conversion(target):  # another process converted it while we waited
-                return target
-            _convert(folder, filename, target)
+            if not done():  # else another process built it while we waited
+                build()
     except Timeout:
         raise TuneforgeError(
-            f"base_model: waited {LOCK_TIMEOUT_S // 60} min for another process to convert "
-            f"{folder / filename}",
+            f"base_model: waited {LOCK_TIMEOUT_S // 60} min for another process to {what}",
             hint=f"if no other tuneforge process is running, delete {lock.lock_file}",
         ) from None
-    return target
 
 
 def ensure_cache_dir(path: Path) -> None:
