@@ -561,7 +561,10 @@ def _embedded_listing(name: str) -> LocalModel:
         return LocalModel(name, "embedded", f"not installed ({entry.install})", False)
     if cached_conversion(cached):
         return LocalModel(name, "embedded", str(cached), True, *_folder_abilities(cached))
-    meta = read_gguf_metadata(header, ("general.architecture", "tokenizer.chat_template"))
+    try:
+        meta = read_gguf_metadata(header, ("general.architecture", "tokenizer.chat_template"))
+    except TuneforgeError:  # a damaged file: the listing says "?", resolving it says why
+        return LocalModel(name, "embedded", pending, False)
     arch = meta.get("general.architecture")
     return LocalModel(
         name,

@@ -316,3 +316,25 @@ def test_listing_reads_the_chunks_header_without_assembling(empty_home, fake_gem
     [listed] = [m for m in list_local_models() if m.name == NAME]
     assert (listed.architecture, listed.chat_template, listed.ready) == ("llama", True, False)
     assert not (empty_home / "models").exists() or not _entries(empty_home)
+
+
+def test_the_header_reader_agrees_with_gguf_across_chunk_boundaries(tmp_path, tiny_chunks):
+    """The listing reads the header from the chunks as one stream, wherever they are cut."""
+    import gguf
+
+    from tuneforge.gguf_header import read_gguf_metadata
+
+    chunks, _ = tiny_chunks
+    data = b"".join(c.read_bytes() for c in chunks)
+    whole = tmp_path / "whole.gguf"
+    whole.write_bytes(data)
+    cuts = [*range(0, 4096, 7), len(data)]  # the header cut every 7 bytes, the rest in one
+    small = []
+    for i, (start, end) in enumerate(zip(cuts, cuts[1:], strict=False)):
+        small.append(tmp_path / f"part{i:04d}")
+        small[-1].write_bytes(data[start:end])
+    fields = gguf.GGUFReader(whole).fields
+    keys = ["general.architecture", "tokenizer.chat_template", "llama.block_count", "no.such.key"]
+    expected = {k: fields[k].contents() for k in keys if k in fields}
+    assert read_gguf_metadata(small, keys) == expected == read_gguf_metadata(whole, keys)
+    assert expected["general.architecture"] == "llama" and expected["tokenizer.chat_template"]
