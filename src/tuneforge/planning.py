@@ -356,6 +356,7 @@ def plan(
     recipe = _load(recipe_path, overrides)
     task = get_task(recipe.task)
     source = base_source(recipe.base_model, trust_remote_code=recipe.trust_remote_code)
+    task.check_base_model(source, recipe)
     tokenizer = load_tokenizer(source.path, trust_remote_code=recipe.trust_remote_code)
     runtime = psutil.Process().memory_info().rss
     prepared, rows = task.planning_view(task.prepare(recipe, tokenizer, Path(recipe_path).parent))

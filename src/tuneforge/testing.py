@@ -65,7 +65,7 @@ FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3", "phi3")
 
 
 def _family_config(family: str, tokenizer, hidden: int, layers: int, heads: int, kv_heads: int):
-    from transformers import (  # the configs of every family tuneforge is tested on
+    from transformers import (  # deferred: a config per family, imported when a test builds one
         Gemma3TextConfig,
         LlamaConfig,
         MistralConfig,
@@ -84,7 +84,7 @@ def _family_config(family: str, tokenizer, hidden: int, layers: int, heads: int,
         "max_position_embeddings": 1024,
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
+        "pad_token_id": tokenizer.pad_token_id,  # None without a pad token
     }
     if family == "llama":
         return LlamaConfig(**common, tie_word_embeddings=True)
@@ -117,17 +117,21 @@ def build_tiny_model(
     heads: int = 4,
     kv_heads: int = 2,
     chat_template: bool | str = True,
+    pad_token: bool = True,
     seed: int = 0,
 ) -> Path:
     """Write a random tiny model of a family (2 layers, hidden 32) and its tokenizer as a folder.
 
     `chat_template`: True for ChatML, False for none (a base model), or a template of its own
-    (`NO_SYSTEM_TEMPLATE`: a family whose template refuses a system message).
+    (`NO_SYSTEM_TEMPLATE`: a family whose template refuses a system message). `pad_token`: False
+    for a tokenizer and config without one, as Llama 3's and Mistral's ship.
     """
     path = Path(path)
     tokenizer = build_tiny_tokenizer(chat_template=chat_template is True)
     if isinstance(chat_template, str):
         tokenizer.chat_template = chat_template
+    if not pad_token:
+        tokenizer.pad_token = None
     config = _family_config(family, tokenizer, hidden_size, layers, heads, kv_heads)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)

@@ -232,15 +232,16 @@ def test_a_template_that_refuses_a_chat_names_the_row(tmp_path, tiny_model):
     from tuneforge.tasks.sft import SftTask
 
     tok = build_tiny_tokenizer()
-    tok.chat_template = (
-        "{% for m in messages %}{% if m['role'] == 'system' %}"
-        "{{ raise_exception('System role not supported') }}{% endif %}"
+    tok.chat_template = (  # Mistral v0.1's rule: user and assistant turns alternate
+        "{% for m in messages %}{% if loop.index0 > 0 and messages[loop.index0 - 1]['role'] "
+        "== m['role'] %}{{ raise_exception('Conversation roles must alternate') }}{% endif %}"
         "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
     )
     data = tmp_path / "chats.jsonl"
+    twice = [CHAT[1], CHAT[3], CHAT[2]]  # two user turns in a row
     data.write_text(
-        json.dumps({"messages": CHAT[1:3]}) + "\n" + json.dumps({"messages": CHAT}) + "\n"
+        json.dumps({"messages": CHAT[1:3]}) + "\n" + json.dumps({"messages": twice}) + "\n"
     )
     recipe = validate_recipe(
         {
@@ -253,4 +254,4 @@ def test_a_template_that_refuses_a_chat_names_the_row(tmp_path, tiny_model):
     with pytest.raises(TuneforgeError) as e:
         SftTask().prepare(recipe, tok)
     assert f"data.train: {data} line 2: the model's chat template refused this chat" in str(e.value)
-    assert "System role not supported" in str(e.value)
+    assert "Conversation roles must alternate" in str(e.value)

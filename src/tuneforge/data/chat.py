@@ -218,16 +218,52 @@ def without_answer(messages: list[Message]) -> list[Message]:
 
 
 def render(tokenizer, messages: list[Message], *, add_generation_prompt: bool = False) -> str:
-    """The chat as the model sees it: the tokenizer's own template (or a plain fallback)."""
+    """The chat as the model sees it: the tokenizer's own template (or a plain fallback).
+
+    A template without a system role (Gemma 2's, Mistral v0.1's raise on one) gets the system
+    message folded into the first user turn, as Gemma 3's own template does itself."""
+    template = tokenizer.chat_template or FALLBACK_TEMPLATE
+    if messages and messages[0]["role"] == "system" and not accepts_system_role(tokenizer):
+        messages = fold_system_message(messages)
     try:
-        return tokenizer.apply_chat_template(
-            messages,
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-            chat_template=tokenizer.chat_template or FALLBACK_TEMPLATE,
-        )
+        return _apply(tokenizer, messages, template, add_generation_prompt)
     except Exception as e:  # jinja's raise_exception() in templates that refuse a role order
         raise TuneforgeError(f"the model's chat template refused this chat: {e}") from None
+
+
+def _apply(tokenizer, messages: list[Message], template: str, add_generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(
+        messages,
+        tokenize=False,
+        add_generation_prompt=add_generation_prompt,
+        chat_template=template,
+    )
+
+
+_SYSTEM_ROLE: dict[str, bool] = {}  # template text -> whether it renders a system message
+
+
+def accepts_system_role(tokenizer) -> bool:
+    """Whether the chat template renders a system message (raising or dropping it: no)."""
+    template = tokenizer.chat_template or FALLBACK_TEMPLATE
+    if template not in _SYSTEM_ROLE:
+        probe = [{"role": "system", "content": "SYSTEM-PROBE"}, {"role": "user", "content": "Hi"}]
+        try:
+            _SYSTEM_ROLE[template] = "SYSTEM-PROBE" in _apply(tokenizer, probe, template, True)
+        except Exception:  # raise_exception('System role not supported'), or any other refusal
+            _SYSTEM_ROLE[template] = False
+    return _SYSTEM_ROLE[template]
+
+
+def fold_system_message(messages: list[Message]) -> list[Message]:
+    """The leading system message put at the start of the first user turn, a blank line between
+    (Gemma 3's template does exactly this); without a user turn it becomes one."""
+    system, rest = messages[0]["content"], list(messages[1:])
+    for i, message in enumerate(rest):
+        if message["role"] == "user":
+            rest[i] = {**message, "content": f"{system}\n\n{message['content']}"}
+            return rest
+    return [{"role": "user", "content": system}, *rest]
 
 
 def encode_prompt(tokenizer, messages: list[Message]) -> list[int]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge import devices
+from tuneforge.architectures import check_architecture
 from tuneforge.config import Recipe
 from tuneforge.data.check import Example
 from tuneforge.data.loading import Splits, lenient_splits
@@ -69,6 +70,14 @@ class Task:
     # fp32). Not for generating tasks: greedy answers must match the fp32 exports, and in bf16
     # only 7 of 16 support answers were identical for a 1.16x faster generation (issue 22).
     infers_in_bf16: bool = False
+    # The transformers model class the task builds on (tuneforge.architectures.HEADS).
+    head: str = "causal_lm"
+
+    def check_base_model(self, source: ModelSource, recipe: Recipe) -> None:
+        """Refuse, before any data is read, a base model whose family lacks this task's head."""
+        check_architecture(
+            source.path, self.head, self.name, trust_remote_code=recipe.trust_remote_code
+        )
 
     def read(self, recipe: Recipe, recipe_dir: Path = Path(".")) -> Splits:
         """Read and validate the recipe's data files (once per run); errors name file and line."""

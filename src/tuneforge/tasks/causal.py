@@ -15,6 +15,7 @@ from tuneforge import devices
 from tuneforge.config import Recipe
 from tuneforge.data.chat import (
     FALLBACK_TEMPLATE,
+    accepts_system_role,
     encode_prompt,
     end_of_turn,
     stop_token_ids,
@@ -34,6 +35,11 @@ def settle_chat_template(tokenizer) -> None:
             "[yellow]note[/yellow]: the base model has no chat template; using a plain one"
         )
         tokenizer.chat_template = FALLBACK_TEMPLATE
+    elif not accepts_system_role(tokenizer):
+        console.print(
+            "[yellow]note[/yellow]: the model's chat template has no system role; system "
+            "messages (and sft.system_prompt) go at the start of the first user turn"
+        )
 
 
 def warn_counts(info: dict[str, Any], dropped_why: str, truncated_what: str) -> None:

@@ -425,6 +425,7 @@ def _set_up(job: Job) -> _Setup:
         if parent is not None
         else base_source(recipe.base_model, trust_remote_code=recipe.trust_remote_code)
     )
+    task.check_base_model(source, recipe)  # a family without the task's head: before the data
     with status(f"Loading tokenizer of {recipe.base_model}"):
         tokenizer = load_tokenizer(source.path, trust_remote_code=recipe.trust_remote_code)
     # The task's own strict reading first: a missing column or an empty text gets its precise
