@@ -26,7 +26,7 @@ ARCH = {
     "phi3": "phi3",
 }
 # max |Δlogit| / max |logit| after the round trip (f32: the same floats, Gemma's 1 + w norms aside)
-TOLERANCE = {"f32": 1e-6, "f16": 5e-3, "q8_0": 0.1}
+TOLERANCE = {"f32": 1e-6, "f16": 5e-3, "q8_0": 0.06}
 PROMPT = "The quick brown fox jumps over the lazy dog 0123 and then some more words"
 
 
@@ -35,15 +35,17 @@ def _gemma_pattern(n: int, every: int) -> list[str]:
 
 
 def _rebuild(path: Path, config) -> None:
-    """Re-initialise the tiny model under `config`, norms randomised (Gemma stores them as 1 + w)."""
+    """Re-initialise the tiny model under `config`, norm scales randomised around 1 (Gemma keeps
+    w in (1 + w) and llama.cpp stores 1 + w: a layout change the test must see)."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
+    center = 0.0 if config.model_type.startswith("gemma") else 1.0
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("norm.weight"):
-                param.normal_(0.0, 0.1)
+                param.normal_(center, 0.1)
     model.save_pretrained(path)
 
 
@@ -343,18 +345,6 @@ def test_variants_it_cannot_express_are_refused(family, changes, message):
     with pytest.raises(TuneforgeError, match="variant is not supported yet") as e:
         gguf_writer.check_supported(config)
     assert message in str(e.value) and "merged" in e.value.hint
-
-
-def test_the_stock_tiny_gemma3_and_qwen3_are_refused_with_the_reasons(tmp_path):
-    """testing's tiny Gemma 3 (head_dim 8, a global layer every 2nd) and Qwen3 (head_dim 8) are not
-    what the two GGUF readers assume: refused, naming each difference."""
-    from transformers import AutoConfig
-
-    gemma = AutoConfig.from_pretrained(build_tiny_model(tmp_path / "g", "gemma3"))
-    found = " | ".join(gguf_writer.problems(gemma))
-    assert "layer_types" in found and "query_pre_attn_scalar" in found
-    qwen = AutoConfig.from_pretrained(build_tiny_model(tmp_path / "q", "qwen3"))
-    assert gguf_writer.problems(qwen) == ["head_dim=8 (transformers' GGUF loader assumes 128)"]
 
 
 def test_a_sentencepiece_tokenizer_without_a_source_gguf_is_refused_up_front():
