@@ -92,15 +92,17 @@ def _family_config(family: str, tokenizer, hidden: int, layers: int, heads: int,
         return MistralConfig(**common, sliding_window=512, tie_word_embeddings=False)
     if family == "qwen2":  # biases on q, k, v
         return Qwen2Config(**common, tie_word_embeddings=True)
-    if family == "qwen3":  # RMSNorm on q and k, explicit head_dim
-        return Qwen3Config(**common, head_dim=hidden // heads, tie_word_embeddings=True)
-    if family == "gemma3":  # (1 + w) norms, scaled embeddings, local/global layers, soft caps off
+    if family == "qwen3":  # RMSNorm on q and k; head_dim 128 whatever the width, as released
+        return Qwen3Config(**common, head_dim=128, tie_word_embeddings=True)
+    if family == "gemma3":
+        # (1 + w) norms, scaled embeddings, q/k norms; head_dim = query scale = 256 as released
+        # (270M to 12B); the stock pattern of 5 local (sliding window, here 8 tokens: shorter
+        # than a prompt) to 1 global layer, so 6 layers hold both kinds
         return Gemma3TextConfig(
             **common,
-            head_dim=hidden // heads,
-            sliding_window=64,
-            layer_types=["sliding_attention", "full_attention"] * (layers // 2)
-            + ["sliding_attention"] * (layers % 2),
+            head_dim=256,
+            query_pre_attn_scalar=256,
+            sliding_window=8,
             tie_word_embeddings=True,
         )
     if family == "phi3":  # fused qkv_proj and gate_up_proj, untied output

@@ -97,6 +97,7 @@ def family_models(tmp_path_factory) -> dict[str, Path]:
             family,
             chat_template=NO_SYSTEM_TEMPLATE if family in NO_SYSTEM_ROLE else True,
             pad_token=family not in NO_PAD_TOKEN,
+            layers=6 if family == "gemma3" else 2,  # 5 local layers and 1 global
         )
         for family in FAMILIES
     }
@@ -255,3 +256,44 @@ def test_a_family_without_the_tasks_head_is_refused_before_the_data_is_read(data
     (tmp_path / "sft").mkdir()
     sft = tuneforge.train(_recipe(tmp_path / "sft", folder, "sft", "lora", data["sft"]))
     assert sft.meta["task"] == "sft"
+
+
+@pytest.fixture(scope="module")
+def sft_runs(family_models, data, tmp_path_factory) -> dict:
+    """One LoRA sft run per family, for the GGUF paths."""
+    runs = {}
+    for family in FAMILIES:
+        tmp = tmp_path_factory.mktemp(f"sft-{family}")
+        runs[family] = tuneforge.train(
+            _recipe(tmp, family_models[family], "sft", "lora", data["sft"])
+        )
+    return runs
+
+
+@pytest.mark.parametrize("quant", ["f32", "f16", "q8_0"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gguf_export_of_every_family(family, quant, sft_runs, tmp_path):
+    """`export --format gguf` writes llama.cpp's architecture for the family, and the file,
+    loaded back by transformers' GGUF reader, gives the tuned model's logits and greedy tokens."""
+    from gguf import GGUFReader
+
+    result = export_run(sft_runs[family], "gguf", tmp_path / "gguf", quant=quant)
+    check = result.verification
+    assert check is not None and check["tokenizer_match"]
+    if quant in ("f32", "f16"):  # q8_0 rounds weights to 8 bits: its logits move, measured below
+        assert check["greedy_match"] and check["top1_agreement"] == 1.0
+    assert check["max_abs_logit_diff"] <= (1e-4 if quant == "f32" else 0.05)
+    [file] = (tmp_path / "gguf").glob("*.gguf")
+    arch = GGUFReader(file).fields["general.architecture"]
+    written = bytes(arch.parts[arch.data[0]]).decode()
+    assert written == {"mistral": "llama", "gemma3": "gemma3"}.get(family, family)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_gguf_file_of_every_family_is_a_base_model(family, sft_runs, data, tmp_path):
+    """A user's GGUF file of any family: converted once, then fine-tuned like a folder."""
+    exported = export_run(sft_runs[family], "gguf", tmp_path / "gguf", quant="f32")
+    [file] = exported.path.glob("*.gguf")
+    run = tuneforge.train(_recipe(tmp_path, file, "classification", "lora", data["classification"]))
+    assert run.meta["base_model"] == str(file)
+    assert set(run.metrics["base"]) == set(run.metrics["tuned"]) == {"validation"}
