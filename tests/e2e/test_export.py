@@ -376,10 +376,11 @@ def test_gguf_of_an_unsupported_architecture_is_refused(full_run, tmp_path):
     run = tmp_path / "run-copy"
     shutil.copytree(full_run, run)
     config = json.loads((run / "model" / "config.json").read_text())
-    config.update(model_type="mistral", architectures=["MistralForCausalLM"])
+    config.update(model_type="starcoder2", architectures=["Starcoder2ForCausalLM"])
     (run / "model" / "config.json").write_text(json.dumps(config))
     with pytest.raises(
-        TuneforgeError, match=r"'mistral' architecture is not supported yet \(supported: llama\)"
+        TuneforgeError,
+        match=r"'starcoder2' architecture is not supported yet \(supported: llama, mistral",
     ):
         export_run(run, "gguf", tmp_path / "x")
     assert not (tmp_path / "x").exists()
