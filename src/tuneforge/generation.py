@@ -87,15 +87,17 @@ def generate(
                 **generate_kwargs,
             )
             for row, i in enumerate(idx):
-                results[i] = _finish(tokenizer, out[row, width:].tolist(), stop_ids, stop_strings)
+                results[i] = finish(tokenizer, out[row, width:].tolist(), stop_ids, stop_strings)
     finally:
         model.train(was_training)
     return results  # type: ignore[return-value]
 
 
-def _finish(
+def finish(
     tokenizer, new_ids: list[int], stop_ids: list[int], stop_strings: Sequence[str] = ()
 ) -> Generation:
+    """The answer in `new_ids`: up to the first stop token, decoded, cut before the first stop
+    string, stripped. Public so the server's batched decoding ends its rows exactly so."""
     stops = [k for k, t in enumerate(new_ids) if t in stop_ids]
     end = stops[0] if stops else len(new_ids)
     text = tokenizer.decode(new_ids[:end], skip_special_tokens=True)

@@ -922,7 +922,8 @@ output_dir: {tmp / "runs"}
 """
     )
     run = tuneforge.train(tmp / "pretrain.yaml", ["training.max_steps=2"])
-    app = create_app(run, name="notes-lm", limits=Limits(max_waiting=1))  # one may wait
+    # one may wait; one generates at a time (tests/e2e/test_serve_batching.py: the limit in batches)
+    app = create_app(run, name="notes-lm", limits=Limits(max_waiting=1, generation_batch=1))
     with _in_process(app) as url:
         _slow_down(app)  # 200 tokens take over 2 s: a burst of requests finds the model taken
         yield {"url": url, "run": run}

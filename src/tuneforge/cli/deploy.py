@@ -211,7 +211,15 @@ MaxWaiting = Annotated[
     int,
     typer.Option(
         min=1,
-        help="Generation requests that may wait for the model (one generates at a time); 503 past it.",
+        help="Generation requests that may wait for a batch (not yet decoding); 503 past it.",
+        rich_help_panel=LIMITS_PANEL,
+    ),
+]
+GenerationBatch = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Generation requests decoded together, each with its own settings (1: one at a time).",
         rich_help_panel=LIMITS_PANEL,
     ),
 ]
@@ -264,6 +272,7 @@ def serve(
     max_tokens: MaxTokens = SERVE_LIMITS.max_tokens,
     default_max_tokens: DefaultMaxTokens = SERVE_LIMITS.default_max_tokens,
     max_waiting: MaxWaiting = SERVE_LIMITS.max_waiting,
+    generation_batch: GenerationBatch = SERVE_LIMITS.generation_batch,
     device: DeviceOption = None,
 ) -> None:
     """Serve a run over an OpenAI-compatible HTTP API (chat, completions; /v1/classify)."""
@@ -280,6 +289,7 @@ def serve(
         max_tokens=max_tokens,
         default_max_tokens=default_max_tokens,
         max_waiting=max_waiting,
+        generation_batch=generation_batch,
     )
     serve_run(
         load_run(run, device),

@@ -2,8 +2,10 @@
 
 Prompts are built with the run's own rendering (data/chat.py: the chat template the run was
 trained with, its system prompt and end-of-turn token) and answered by the one decoding loop in
-generation.py, so the server answers exactly as `tuneforge chat`/`generate` do. Generation holds
-the model one request at a time, in a worker thread, so the event loop keeps answering.
+generation.py, so the server answers exactly as `tuneforge chat`/`generate` do. Concurrent
+requests are decoded together (scheduler.py queues and groups them, rows.py decodes a group with
+each request's own settings) in one worker thread, so the event loop keeps answering; a batch of
+one goes through generation.py exactly as before.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -28,6 +29,8 @@ from tuneforge.data.chat import (
 )
 from tuneforge.deploy.feedback import FeedbackLog
 from tuneforge.deploy.limits import Limits
+from tuneforge.deploy.server.rows import Row, generate_rows
+from tuneforge.deploy.server.scheduler import GenerationJob, GenerationQueue
 from tuneforge.generation import Generation, Sampling, generate
 from tuneforge.runs.run import Run
 
@@ -101,7 +104,7 @@ class _Cancelled(StoppingCriteria):
 
 class ModelService:
     """One run, loaded once (in the background: the server answers probes meanwhile);
-    generation serialised behind a lock, classification batched."""
+    concurrent generation requests decoded in batches, classification batched."""
 
     def __init__(self, run: Run, name: str, limits: Limits) -> None:
         self.run = run
@@ -111,9 +114,14 @@ class ModelService:
         self.generative = self.task != "classification"
         self.state: Literal["loading", "ready", "failed", "stopping"] = "loading"
         self.failure: str | None = None
-        self._lock = asyncio.Lock()
-        self._waiting = 0
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="tuneforge-generate")
+        self.queue = GenerationQueue(
+            self._decode,
+            max_batch=limits.generation_batch,
+            wait=limits.batch_wait,
+            on_closed=lambda: RequestError(
+                503, "the server is shutting down", code="model_stopping", type="server_error"
+            ),
+        )
         self.generations = 0
         self.feedback: FeedbackLog | None = None  # set by the app for generative runs
 
@@ -193,14 +201,15 @@ class ModelService:
     @property
     def busy(self) -> bool:
         """A generation holds the model."""
-        return self._lock.locked()
+        return self.queue.running > 0
 
     @property
     def waiting(self) -> int:
-        return self._waiting
+        """Generation requests waiting for a batch."""
+        return self.queue.waiting
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self.queue.close()
 
     # ---------------------------------------------------------------- prompts
 
@@ -297,11 +306,64 @@ class ModelService:
             if streamer is not None:  # also after an error, so the consumer's loop always ends
                 streamer.on_finalized_text("", stream_end=True)
 
+    def _decode(self, jobs: list[GenerationJob]) -> None:
+        """Runs in the generation thread: one request through generation.py as `tuneforge chat`
+        does, several together through rows.py. Each job's future gets its answer or the error."""
+        if len(jobs) == 1:
+            job = jobs[0]
+            try:
+                job.resolve(self._generate(job.prompt, job.params, job.streamer, job.cancel))
+            except Exception as e:  # noqa: BLE001 - answered to the request, not raised here
+                job.fail(e)
+            return
+        rows = [self._row(job) for job in jobs]
+        try:
+            generate_rows(self.model, self.tokenizer, rows, jobs[0].prompt.stop_ids)
+        except Exception as e:  # noqa: BLE001 - the batch's requests are answered with it
+            log.exception("batched generation failed")
+            for job in jobs:
+                job.fail(e)
+        finally:
+            self.generations += len(jobs)
+            for job in jobs:  # also after an error, so every consumer's loop ends
+                if job.streamer is not None:
+                    job.streamer.on_finalized_text("", stream_end=True)
+
+    def _row(self, job: GenerationJob) -> Row:
+        """A request as a row of a batch: its settings, its streamer fed token by token, its
+        answer handed back when the row ends (the others decode on)."""
+        params, streamer = job.params, job.streamer
+        on_token = None
+        if streamer is not None:
+            streamer.put(torch.tensor([job.prompt.ids]))  # skipped (skip_prompt), as in generate
+
+            def on_token(token: int) -> None:
+                streamer.put(torch.tensor([token]))
+
+        def on_done(generation: Generation) -> None:
+            if streamer is not None:
+                streamer.end()  # the text still held, then the end of the stream
+            job.resolve(generation)
+
+        sampling = params.sampling
+        return Row(
+            prompt=job.prompt.ids,
+            max_tokens=sampling.max_new_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            on_done=on_done,
+            stop_strings=params.stop,
+            logit_bias=params.logit_bias,
+            on_token=on_token,
+            cancel=job.cancel,
+        )
+
     def _reserve(self) -> None:
-        if self._waiting >= self.limits.max_waiting:
+        if self.queue.waiting >= self.limits.max_waiting:
             raise RequestError(
                 503,
-                f"the server is busy: {self._waiting} generation requests are waiting; retry later",
+                f"the server is busy: {self.queue.waiting} generation requests are waiting; "
+                "retry later",
                 code="server_busy",
                 type="server_error",
             )
@@ -310,32 +372,30 @@ class ModelService:
         """Refuse (503) before a response starts when too many requests wait for the model."""
         self._reserve()
 
-    async def _start(self, *args) -> asyncio.Future:
-        """Waits for the model, then starts `_generate(*args)` in the generation thread. The lock
-        is released when that thread finishes, not when the caller stops waiting for it."""
-        self._waiting += 1
-        try:
-            await self._lock.acquire()
-        finally:
-            self._waiting -= 1
-        job = asyncio.get_running_loop().run_in_executor(self._executor, self._generate, *args)
-        job.add_done_callback(lambda _: self._lock.release())
+    def _submit(self, prompt: Prompt, params: GenerationParams, streamer=None) -> GenerationJob:
+        """Queues the generation; the job's future completes when its answer has ended."""
+        job = GenerationJob(prompt, params, asyncio.get_running_loop().create_future(), streamer)
+        self.queue.submit(job)
         return job
 
     async def complete(self, prompt: Prompt, params: GenerationParams) -> Generation:
         """One whole answer; waits its turn for the model without blocking the event loop."""
         self._reserve()
-        return await asyncio.shield(await self._start(prompt, params))
+        job = self._submit(prompt, params)
+        try:
+            return await asyncio.shield(job.future)
+        except asyncio.CancelledError:
+            job.cancel.set()  # the caller stopped waiting: free its row
+            raise
 
     async def stream(
         self, prompt: Prompt, params: GenerationParams, done: Callable[[Generation], None]
     ) -> AsyncIterator[str]:
         """The answer's text as it is generated; `done` receives the finished Generation."""
-        cancel = threading.Event()
         streamer = AsyncTextIteratorStreamer(
             self.tokenizer, skip_prompt=True, skip_special_tokens=True
         )
-        job = await self._start(prompt, params, streamer, cancel)
+        job = self._submit(prompt, params, streamer)
         text = TextFilter(params.stop)
         try:
             async for piece in streamer:
@@ -343,15 +403,15 @@ class ModelService:
                 if out:
                     yield out
                 if text.stopped:
-                    cancel.set()
+                    job.cancel.set()
                     break
-            result = await job
+            result = await job.future
             tail = text.finish()
             if tail:
                 yield tail
             done(result)
         finally:
-            cancel.set()  # the client left (or a stop string was met): free the model early
+            job.cancel.set()  # the client left (or a stop string was met): free the model early
 
 
 class TextFilter:
