@@ -132,7 +132,7 @@ def _pre_tokenizer_name(spec: dict[str, Any] | None) -> str | None:
     if spec is None:
         return None
     if spec.get("type") == "ByteLevel" and spec.get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"  # llama.cpp's name (llama-vocab.cpp); it refuses to load "gpt2"
     if spec.get("type") != "Sequence":
         return None
     parts = spec.get("pretokenizers", [])
