@@ -1,4 +1,5 @@
-"""llama.cpp itself reads tuneforge's GGUF files: greedy text equal to transformers' (f32, f16).
+"""llama.cpp itself reads tuneforge's GGUF files: greedy text equal to transformers' (f32, f16),
+and the q8_0 files load and generate.
 
 Runs where a llama.cpp `llama-simple` binary is named by TUNEFORGE_LLAMA_SIMPLE (built from
 llama.cpp's sources: `cmake -B build && cmake --build build --target llama-simple`); skipped
@@ -65,3 +66,16 @@ def test_llama_cpp_continues_like_transformers(family, quant, tmp_path):
             )
         ours = tokenizer.decode(out[0, ids["input_ids"].shape[1] :])
         assert _llama_cpp(path, prompt) == prompt + ours
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_llama_cpp_runs_the_q8_0_file(family, tmp_path):
+    """q8_0 rounds weights (and llama.cpp its activations) to 8 bits: the text may part from
+    fp32's after a few tokens (as in transformers' reading of the same file), so this checks that
+    llama.cpp loads the file and continues the prompt."""
+    folder = build_tiny_model(tmp_path / family, family, layers=6 if family == "gemma3" else 2)
+    path = tmp_path / "tiny-q8_0.gguf"
+    model, tokenizer = load_causal_lm(folder), load_tokenizer(folder)
+    write_gguf(model, tokenizer, path, quant="q8_0", name=f"tiny {family[:3]}")
+    text = _llama_cpp(path, PROMPTS[0])
+    assert text.startswith(PROMPTS[0]) and len(text) > len(PROMPTS[0])
