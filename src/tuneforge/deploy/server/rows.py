@@ -153,7 +153,7 @@ class RowTracker(StoppingCriteria):
 def generate_rows(model, tokenizer, rows: list[Row], stop_ids: list[int]) -> None:
     """Decode `rows` together; each row's `on_done` is called once, when that row ends. An
     exception leaves the unfinished rows' `on_done` uncalled (the caller fails them)."""
-    from transformers import GenerationConfig  # deferred as in tuneforge.generation
+    from transformers import GenerationConfig  # deferred: CLI start (transformers)
 
     top_k = getattr(model.generation_config, "top_k", None)
     sampling = RowSampling(rows, 50 if top_k is None else top_k)  # transformers' default: 50
