@@ -43,7 +43,7 @@ def run(tmp_path_factory, tiny_model):
 @pytest.fixture(scope="module")
 def server(run) -> Iterator[dict]:
     """Requests arriving within 0.5 s share a batch (the default window is 5 ms)."""
-    limits = Limits(max_tokens=64, generation_batch=8, batch_wait=0.5)
+    limits = Limits(max_tokens=64, generation_batch=8, generation_wait=0.5)
     app = create_app(run.path, name=NAME, api_key=KEY, limits=limits, feedback_log=False)
     with _in_process(app) as url:
         yield {"url": url, "app": app}
@@ -183,7 +183,7 @@ def test_streams_in_a_batch_give_the_answers_sent_one_at_a_time(server, visible)
 def test_a_short_answer_is_not_held_back_by_a_long_one(run):
     """Every decoding step made 20 ms longer: the 2-token answer arrives while the 150-token
     one in its batch still decodes."""
-    limits = Limits(max_tokens=256, batch_wait=0.5)
+    limits = Limits(max_tokens=256, generation_wait=0.5)
     app = create_app(run.path, name=NAME, api_key=KEY, limits=limits, feedback_log=False)
     with _in_process(app) as url:
         embed = app.state.service.model.get_input_embeddings()
@@ -242,7 +242,7 @@ def test_seeded_requests_sample_as_the_run_does_beside_a_batch(server, run):
 
 def test_past_a_batch_and_the_waiting_limit_requests_get_503(run):
     """Batches of 2, one request may wait for the next: of 6 sent at once, 3 are answered."""
-    limits = Limits(max_waiting=1, generation_batch=2, batch_wait=0.5)
+    limits = Limits(max_waiting=1, generation_batch=2, generation_wait=0.5)
     app = create_app(run.path, name=NAME, api_key=KEY, limits=limits, feedback_log=False)
     with _in_process(app) as url:
         replies = _send(url, [_chat(i, max_tokens=4) for i in range(6)], together=True)

@@ -35,8 +35,12 @@ class Limits:
     """Classify texts the micro-batcher gathers into one call (a single request's texts are never
     split); None: the run's evaluation batch size, so one call is one forward pass."""
     batch_wait: float = 0.005
-    """Seconds the classify micro-batcher and the generation queue wait for more requests to
-    share a forward pass or a batch."""
+    """Seconds the classify micro-batcher waits for more requests to share a forward pass."""
+    generation_wait: float = 0.05
+    """Seconds a free model waits for more generation requests to join a batch. Longer than
+    classify's: the client of the last answer of a batch sends its next request some
+    milliseconds after the batch ends, and missing it costs a whole extra batch, while 50 ms is
+    little beside a generation's seconds."""
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,7 @@ class ModelService:
         self.queue = GenerationQueue(
             self._decode,
             max_batch=limits.generation_batch,
-            wait=limits.batch_wait,
+            wait=limits.generation_wait,
             on_closed=lambda: RequestError(
                 503, "the server is shutting down", code="model_stopping", type="server_error"
             ),
