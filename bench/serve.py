@@ -54,6 +54,8 @@ CHAT_PROMPTS = ROOT / "examples" / "data" / "alert_triage" / "test.jsonl"
 
 FULL = {"concurrency": [1, 8, 32], "classify_requests": 200, "chat_requests": 32, "max_tokens": 32}
 QUICK = {"concurrency": [1, 4], "classify_requests": 8, "chat_requests": 4, "max_tokens": 8}
+# chat: the server one request at a time, then batching 8 (--quick: only the default, 8)
+GENERATION_BATCHES = {"full": [1, 8], "quick": [8]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,6 +69,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-tokens", type=int, help="chat: max_tokens of every request")
     p.add_argument("--threads", type=int, help="torch threads, here and in the server")
     p.add_argument(
+        "--generation-batches",
+        type=_ints,
+        help="chat: one server arm per `tuneforge serve --generation-batch` value, in order "
+        "(1: no batching); default 1,8 (--quick: 8)",
+    )
+    p.add_argument("--skip-classify", action="store_true", help="only the chat benchmark")
+    p.add_argument(
         "--output",
         type=Path,
         help=f"default {RESULTS.relative_to(ROOT)} (--quick: {QUICK_RESULTS.relative_to(ROOT)})",
@@ -76,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     for key in ("concurrency", "classify_requests", "chat_requests", "max_tokens"):
         if getattr(args, key) is not None:
             plan[key] = getattr(args, key)
+    plan["generation_batches"] = (
+        args.generation_batches or GENERATION_BATCHES["quick" if args.quick else "full"]
+    )
     if args.threads:
         import torch
 
@@ -86,15 +98,16 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="tuneforge-bench-serve-") as tmp:
         workdir = Path(tmp)
         base = str(build_tiny(workdir)) if args.quick else None
-        cls_run = args.classify_run or train(CLASSIFY_RECIPE, workdir, base)
         chat_run = args.chat_run or train(CHAT_RECIPE, workdir, base)
+        cls_run = None
+        if not args.skip_classify:
+            cls_run = args.classify_run or train(CLASSIFY_RECIPE, workdir, base)
         texts = classify_texts(plan["classify_requests"])
         chats = chat_prompts(plan["chat_requests"])
-        results = {
-            "meta": meta(plan, threads, args.quick, cls_run, chat_run),
-            "classify": bench_classify(cls_run, texts, plan, threads, workdir),
-            "chat": bench_chat(chat_run, chats, plan, threads, workdir),
-        }
+        results: dict[str, Any] = {"meta": meta(plan, threads, args.quick, cls_run, chat_run)}
+        if cls_run is not None:
+            results["classify"] = bench_classify(cls_run, texts, plan, threads, workdir)
+        results["chat"] = bench_chat(chat_run, chats, plan, threads, workdir)
     print_tables(results)
     write_json(output, results)
     print(f"\nwrote {output}")
@@ -246,13 +259,16 @@ def plain_chat(model, tokenizer, chats, stop_ids: list[int], max_tokens: int) ->
 class Server:
     """`tuneforge serve RUN --port 0` in a subprocess; its URL read from its first line."""
 
-    def __init__(self, run: Path, workdir: Path, threads: int | None) -> None:
-        self.log_path = workdir / f"serve-{run.name}.log"
+    def __init__(
+        self, run: Path, workdir: Path, threads: int | None, args: list[str] | None = None
+    ) -> None:
+        self.log_path = workdir / f"serve-{run.name}{'-'.join(['', *(args or [])])}.log"
         self.log = self.log_path.open("w")
         env = {**os.environ, "COLUMNS": "300"}
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)
         command = [sys.executable, "-m", "tuneforge.cli", "serve", str(run), "--port", "0"]
+        command += args or []
         self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.url = ""
         self.peak_rss_mb = 0.0
@@ -308,8 +324,8 @@ class Server:
 
 
 @contextmanager
-def served(run: Path, workdir: Path, threads: int | None):
-    server = Server(run, workdir, threads)
+def served(run: Path, workdir: Path, threads: int | None, args: list[str] | None = None):
+    server = Server(run, workdir, threads, args)
     try:
         yield server
     finally:
@@ -396,54 +412,66 @@ def bench_classify(run_dir: Path, texts: list[str], plan: dict, threads, workdir
 
 
 def bench_chat(run_dir: Path, chats: list[list[dict]], plan: dict, threads, workdir: Path) -> dict:
+    """The plain loop, then the server once per `plan["generation_batches"]` setting (1: one
+    request at a time, the server before dynamic batching), one after the other."""
     from tuneforge.data.chat import stop_token_ids, with_system_prompt
     from tuneforge.runs.run import Run
 
     max_tokens = plan["max_tokens"]
     print(f"== chat: {run_dir.name}, {len(chats)} requests, max_tokens={max_tokens}", flush=True)
-    with served(run_dir, workdir, threads) as server:
-        run = Run.load(run_dir)
-        model, tokenizer = run.model, run.tokenizer
-        stop_ids = stop_token_ids(tokenizer, run.meta["info"].get("end_of_turn"))
-        system = run.recipe.sft.system_prompt  # the server adds it; so must the plain loop
-        server.wait_ready()
-
-        plain_chat(model, tokenizer, [with_system_prompt(chats[0], system)], stop_ids, 2)
-        t = time.perf_counter()
-        expected = plain_chat(
-            model, tokenizer, [with_system_prompt(c, system) for c in chats], stop_ids, max_tokens
-        )
-        sequential = _summary(
-            "transformers, generate per request",
-            1,
-            time.perf_counter() - t,
-            len(chats),
-            [r["latency"] for r in expected],
-            tokens=sum(r["tokens"] for r in expected),
-        )
-
-        name = server.health()["model"]
-        bodies = [
-            {"model": name, "messages": c, "max_tokens": max_tokens, "temperature": 0}
-            for c in chats
-        ]
-        drive(server.url, "/v1/chat/completions", [{**bodies[0], "max_tokens": 2}], 1)  # warm-up
-        levels = []
-        for clients in plan["concurrency"]:
-            wall, results = drive(server.url, "/v1/chat/completions", bodies, clients)
-            ok = [r for r in results if r["status"] == 200]
-            tokens = sum(r["body"]["usage"]["completion_tokens"] for r in ok)
-            latencies = [r["latency"] for r in ok]
-            level = _summary("tuneforge serve", clients, wall, len(chats), latencies, tokens)
-            level |= _failures(results)
-            got = [
-                r["body"]["choices"][0]["message"]["content"] if r["status"] == 200 else None
-                for r in results
+    run = Run.load(run_dir)
+    model, tokenizer = run.model, run.tokenizer
+    stop_ids = stop_token_ids(tokenizer, run.meta["info"].get("end_of_turn"))
+    system = run.recipe.sft.system_prompt  # the server adds it; so must the plain loop
+    plain_chat(model, tokenizer, [with_system_prompt(chats[0], system)], stop_ids, 2)
+    t = time.perf_counter()
+    expected = plain_chat(
+        model, tokenizer, [with_system_prompt(c, system) for c in chats], stop_ids, max_tokens
+    )
+    sequential = _summary(
+        "transformers, generate per request",
+        1,
+        time.perf_counter() - t,
+        len(chats),
+        [r["latency"] for r in expected],
+        tokens=sum(r["tokens"] for r in expected),
+    )
+    levels, peak = [], 0.0
+    for batch in plan["generation_batches"]:
+        arm = "tuneforge serve, one at a time" if batch == 1 else f"tuneforge serve, batch {batch}"
+        args = ["--generation-batch", str(batch)]
+        with served(run_dir, workdir, threads, args) as server:
+            server.wait_ready()
+            name = server.health()["model"]
+            bodies = [
+                {"model": name, "messages": c, "max_tokens": max_tokens, "temperature": 0}
+                for c in chats
             ]
-            level |= _compare_texts(expected, got)
-            levels.append(level)
-            print(f"   {clients:>3} clients: {level['tokens_per_s']:.1f} tokens/s", flush=True)
-    return _result(run_dir, len(chats), [sequential], levels, server, max_tokens=max_tokens)
+            warm_up = [{**bodies[0], "max_tokens": 2}]
+            drive(server.url, "/v1/chat/completions", warm_up, 1)
+            for clients in plan["concurrency"]:
+                wall, results = drive(server.url, "/v1/chat/completions", bodies, clients)
+                ok = [r for r in results if r["status"] == 200]
+                tokens = sum(r["body"]["usage"]["completion_tokens"] for r in ok)
+                latencies = [r["latency"] for r in ok]
+                level = _summary(arm, clients, wall, len(chats), latencies, tokens)
+                level |= _failures(results)
+                got = [
+                    r["body"]["choices"][0]["message"]["content"] if r["status"] == 200 else None
+                    for r in results
+                ]
+                level |= _compare_texts(expected, got)
+                level["generation_batch"] = batch
+                levels.append(level)
+                print(
+                    f"   {arm}, {clients:>3} clients: {level['requests_per_s']:.2f} req/s, "
+                    f"p95 {level['p95_ms'] / 1000:.1f} s",
+                    flush=True,
+                )
+        peak = max(peak, server.peak_rss_mb)
+    result = _result(run_dir, len(chats), [sequential], levels, server, max_tokens=max_tokens)
+    result["server_peak_rss_mb"] = round(peak, 1)
+    return result
 
 
 def _result(run_dir: Path, requests: int, plain: list, levels: list, server: Server, **extra):
@@ -519,7 +547,7 @@ def _compare_texts(expected: list[dict], got: list[str | None]) -> dict:
     return {"mismatches": mismatches}
 
 
-def meta(plan: dict, threads, quick: bool, cls_run: Path, chat_run: Path) -> dict[str, Any]:
+def meta(plan: dict, threads, quick: bool, cls_run: Path | None, chat_run: Path) -> dict[str, Any]:
     import torch
     import transformers
 
@@ -529,7 +557,7 @@ def meta(plan: dict, threads, quick: bool, cls_run: Path, chat_run: Path) -> dic
     return {
         "quick": quick,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "base_model": Run.load(cls_run).recipe.base_model,
+        "base_model": Run.load(cls_run).recipe.base_model if cls_run else None,
         "chat_base_model": Run.load(chat_run).recipe.base_model,
         "plan": plan,
         "torch_threads": threads or torch.get_num_threads(),
@@ -553,6 +581,8 @@ def print_tables(results: dict) -> None:
         return "-" if value is None else spec.format(value)
 
     for task, title in (("classify", "POST /v1/classify"), ("chat", "POST /v1/chat/completions")):
+        if task not in results:
+            continue
         r = results[task]
         extra = f", max_tokens={r['max_tokens']}, greedy" if task == "chat" else ", one text each"
         table = Table(title=f"{title}: {r['requests']} requests{extra}")
