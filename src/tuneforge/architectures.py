@@ -23,12 +23,13 @@ HEADS = {
 }
 
 
-def model_type(path: Path) -> str | None:
-    """config.json's `model_type` (None where the file has none or cannot be read)."""
+def _config(path: Path) -> dict:
+    """config.json as a dict ({} where the file is missing or unreadable)."""
     try:
-        return json.loads((Path(path) / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return None
+        config = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 def check_architecture(
@@ -38,10 +39,10 @@ def check_architecture(
     from transformers.models.auto import modeling_auto  # deferred: CLI start (transformers)
 
     mapping, needs = HEADS[head]
-    found = model_type(path)
+    config = _config(path)
+    found = config.get("model_type")
     if found is None:
         return  # from_pretrained's own message names what is wrong with the folder
-    config = json.loads((Path(path) / "config.json").read_text())
     if trust_remote_code and config.get("auto_map"):
         return  # the model's own code decides
     names: dict[str, str] = getattr(modeling_auto, mapping)
