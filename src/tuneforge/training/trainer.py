@@ -25,6 +25,7 @@ from tuneforge.progress import console
 from tuneforge.runs.directory import INCOMPLETE
 from tuneforge.training import launch, tracking
 from tuneforge.training.checkpointing import AtomicCheckpoints
+from tuneforge.training.live_progress import LiveProgress
 from tuneforge.training.samplers import SortedBatchesSampler, eval_order
 
 
@@ -200,6 +201,7 @@ def build_trainer(
         *task.trainer_callbacks(prepared, tokenizer, recipe, run_path),
         record,
         guard,
+        LiveProgress(run_path),  # progress.jsonl: what the dashboard's live curves read
     ]
     if recipe.early_stopping.patience:
         callbacks.append(
