@@ -164,6 +164,22 @@ class TrainingConfig(_Strict):
     group_by_length: bool = Field(
         True, description="Batch examples of similar length together: less padding, same data."
     )
+    padding_free: bool | Literal["auto"] = Field(
+        "auto",
+        description="sft and pretrain: the sequences of a batch laid end to end in one row, "
+        "position ids restarting at each sequence, no padding and no attention between "
+        "sequences (pretrain: between documents packed into one block); sft batches then do not "
+        "share their prefix. auto: on where training runs on a CUDA GPU, off on a CPU.",
+    )
+    kernels: Literal["auto", "liger", "none"] = Field(
+        "auto",
+        description="Fused GPU kernels: liger = Liger's RMSNorm, SwiGLU, RoPE and (with "
+        "padding-free batches) fused linear cross-entropy, on CUDA only (`pip install "
+        "tuneforge[liger]`); auto: liger where training runs on CUDA and it is installed; none.",
+    )
+    compile: bool = Field(
+        False, description="torch.compile the model for training (the Trainer's torch_compile)."
+    )
     report_to: list[Literal["tensorboard", "mlflow"]] = Field(
         default_factory=list,
         description="Experiment trackers fed by the Trainer's own integrations: tensorboard (event "
