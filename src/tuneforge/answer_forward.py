@@ -24,7 +24,8 @@ and `shift_labels` lists their targets in the same order: the same cross-entropy
 computed once.
 
 Everything that runs the model on such a batch (the Trainer's `compute_loss`, `lm_loss`,
-`tuneforge plan`'s timed steps) goes through :func:`model_inputs`.
+`tuneforge plan`'s timed steps) goes through :func:`model_inputs`; so do padding-free batches
+(padding_free.py), which it runs without a key/value cache.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from transformers import DynamicCache
+
+from tuneforge import padding_free
 
 if TYPE_CHECKING:
     import torch
@@ -65,7 +68,7 @@ def model_inputs(model, inputs: dict[str, Any]) -> Iterator[dict[str, Any]]:
     `model` is the (PEFT-wrapped, possibly DDP-wrapped) causal LM the caller runs inside the
     block. Batches without the two keys come back unchanged.
     """
-    inputs = continue_after_prefix(model, inputs)
+    inputs = padding_free.without_cache(continue_after_prefix(model, inputs))
     rows = inputs.pop(ROWS, None)
     if rows is None:
         yield inputs

@@ -16,6 +16,7 @@ from datasets import Dataset
 
 from tuneforge.data.readers import Row, read_records, read_utf8, require_column, row_where
 from tuneforge.errors import TuneforgeError
+from tuneforge.padding_free import IGNORE, document_positions
 
 TEXT_SUFFIXES = (".txt", ".md")
 _SAVED_DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
@@ -97,9 +98,18 @@ class Packed:
 
 
 def pack_documents(
-    tokenizer, texts: list[str], block_size: int, *, description: str = "Packing"
+    tokenizer,
+    texts: list[str],
+    block_size: int,
+    *,
+    description: str = "Packing",
+    separate: bool = False,
 ) -> Packed:
-    """Tokenise, add EOS after each document, concatenate and cut into `block_size` blocks."""
+    """Tokenise, add EOS after each document, concatenate and cut into `block_size` blocks.
+
+    With `separate`, documents sharing a block do not attend to each other: the blocks carry
+    `position_ids` restarting at each document start and no `attention_mask` (padding_free.py),
+    and a document's first token is not a target of the one before it."""
     eos = tokenizer.eos_token_id
     ds = Dataset.from_dict({"text": texts}).map(
         lambda batch: {
@@ -123,6 +133,8 @@ def pack_documents(
         stream = [t for ids in batch["input_ids"] for t in ids]
         usable = len(stream) // block_size * block_size
         blocks = [stream[i : i + block_size] for i in range(0, usable, block_size)]
+        if separate:
+            return _separated(blocks, batch["input_ids"], block_size)
         return {
             "input_ids": blocks,
             "attention_mask": [[1] * block_size for _ in blocks],
@@ -132,3 +144,18 @@ def pack_documents(
     packed = ds.map(group, batched=True, batch_size=None, desc=f"Packing {description}")
     dropped = tokens - len(packed) * block_size
     return Packed(packed, len(texts), tokens, len(packed), dropped, lengths)
+
+
+def _separated(blocks: list[list[int]], documents: list[list[int]], block_size: int) -> dict:
+    """Blocks whose documents stay apart: position ids from each token's place in its document,
+    restarting in every block, and no label on a document's first token inside a block."""
+    places = [p for ids in documents for p in range(len(ids))]
+    positions = [
+        document_positions(places[i : i + block_size])
+        for i in range(0, len(blocks) * block_size, block_size)
+    ]
+    labels = [
+        [IGNORE if p == 0 and j else t for j, (t, p) in enumerate(zip(b, pos, strict=True))]
+        for b, pos in zip(blocks, positions, strict=True)
+    ]
+    return {"input_ids": blocks, "position_ids": positions, "labels": labels}

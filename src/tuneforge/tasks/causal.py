@@ -11,7 +11,7 @@ from typing import Any
 
 from peft import PeftModel
 
-from tuneforge import devices
+from tuneforge import devices, padding_free
 from tuneforge.config import Recipe
 from tuneforge.data.chat import (
     FALLBACK_TEMPLATE,
@@ -21,6 +21,7 @@ from tuneforge.data.chat import (
     stop_token_ids,
     with_system_prompt,
 )
+from tuneforge.errors import TuneforgeError
 from tuneforge.evaluation.language_model import PerplexityCallback
 from tuneforge.generation import Generation, Sampling, generate
 from tuneforge.models import ModelSource, load_causal_lm
@@ -54,6 +55,25 @@ def warn_counts(info: dict[str, Any], dropped_why: str, truncated_what: str) -> 
                     f"[yellow]warning[/yellow]: {n} of {info['examples'][split]} {split} "
                     f"examples {what}"
                 )
+
+
+def flat_batches(model, recipe: Recipe) -> bool:
+    """Whether `model` trains on padding-free batches for `recipe` (padding_free.py): wanted
+    there, and the model's attention reads sequence boundaries from position ids (on CUDA, flash
+    attention's variable-length kernel where `flash_attn` is installed)."""
+    device = devices.resolve(recipe.device)
+    if not padding_free.wanted(recipe, device):
+        return False
+    padding_free.choose_attention(model, device)
+    if not padding_free.supported(model):
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        raise TuneforgeError(
+            f"training.padding_free: {type(base).__name__} with attention "
+            f"'{getattr(base.config, '_attn_implementation', None)}' does not keep packed "
+            "sequences apart",
+            hint="set training.padding_free: false",
+        )
+    return True
 
 
 class CausalLMTask(Task):

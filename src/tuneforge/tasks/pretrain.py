@@ -2,7 +2,9 @@
 
 Documents are packed into fixed-length blocks (data/corpus.py), every token is trained, and the
 model is measured by loss and perplexity on held-out documents: the validation set is a separate
-file/folder or a seeded share of the documents, never of the blocks.
+file/folder or a seeded share of the documents, never of the blocks. With padding-free batches
+(on a CUDA GPU by default, padding_free.py) documents that share a block do not attend to each
+other.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from transformers import default_data_collator
 
+from tuneforge import devices, padding_free
 from tuneforge.config import Recipe
 from tuneforge.data.canaries import document_row
 from tuneforge.data.check import Example
@@ -25,7 +28,7 @@ from tuneforge.evaluation.memorization import TextView
 from tuneforge.generation import Sampling, generate
 from tuneforge.progress import console
 from tuneforge.tasks.base import Prepared, Preview
-from tuneforge.tasks.causal import CausalLMTask
+from tuneforge.tasks.causal import CausalLMTask, flat_batches
 
 
 @dataclass
@@ -121,7 +124,11 @@ class PretrainTask(CausalLMTask):
         self, tokenizer, rows: list[dict], split: str, origin: str, skipped: int, recipe, info
     ) -> Packed:
         block = recipe.training.max_length
-        packed = pack_documents(tokenizer, [r["text"] for r in rows], block, description=split)
+        separate = padding_free.wanted(recipe, devices.resolve(recipe.device))
+        info["separate_documents"] = separate  # documents in one block attend to each other?
+        packed = pack_documents(
+            tokenizer, [r["text"] for r in rows], block, description=split, separate=separate
+        )
         if packed.blocks == 0:
             raise TuneforgeError(
                 f"data.{split}: {origin}: {packed.tokens} tokens in "
@@ -138,6 +145,11 @@ class PretrainTask(CausalLMTask):
         ):
             info.setdefault(key, {})[split] = value
         return packed
+
+    def build_model(self, source, prepared: Prepared, recipe: Recipe, tokenizer=None):
+        model = super().build_model(source, prepared, recipe, tokenizer)
+        flat_batches(model, recipe)  # blocks with position ids: the attention must read them
+        return model
 
     def collator(self, tokenizer):
         # Blocks are all block_size long: nothing to pad. (DataCollatorForLanguageModeling would

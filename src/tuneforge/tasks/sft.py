@@ -48,8 +48,9 @@ from tuneforge.evaluation.memorization import ChatView
 from tuneforge.evaluation.outcomes import EXAMPLES
 from tuneforge.evaluation.text_metrics import GENERATION_METRICS, generation_metrics
 from tuneforge.generation import Sampling, generate
+from tuneforge.padding_free import FlatteningCollator
 from tuneforge.tasks.base import Prepared, Preview
-from tuneforge.tasks.causal import CausalLMTask, settle_chat_template, warn_counts
+from tuneforge.tasks.causal import CausalLMTask, flat_batches, settle_chat_template, warn_counts
 
 
 def chat_fields(recipe: Recipe, rows: list[Row], where: str) -> ChatFields:
@@ -210,8 +211,11 @@ class SftTask(CausalLMTask):
         self._answer_logits = accepts_logits_to_keep(model) and not recipe.training.label_smoothing
         # Training shares a prefix only where the cache works (gradient checkpointing turns it
         # off) and where the recipe accepts shared dropout masks on it.
+        # Padding-free batches (CUDA by default) or the shared prefix: one or the other.
+        self._padding_free = flat_batches(model, recipe)
         self._share_prefix = (
             self._answer_logits
+            and not self._padding_free
             and recipe.sft.share_prefix
             and not recipe.training.gradient_checkpointing
             and can_share_prefix(model)
@@ -219,6 +223,8 @@ class SftTask(CausalLMTask):
         return model
 
     def collator(self, tokenizer):
+        if getattr(self, "_padding_free", False):
+            return FlatteningCollator(answer_logits=self._answer_logits)
         if getattr(self, "_answer_logits", False):
             return AnswerLogitsCollator(tokenizer, share_prefix=self._share_prefix)
         return padding_collator(tokenizer)
