@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from tuneforge import cpu_bf16
+from tuneforge import cpu_bf16, kernels, padding_free
 from tuneforge.errors import TuneforgeError
 
 ENV_DEVICE = "TUNEFORGE_DEVICE"  # a default for every command, below a recipe's or --device
@@ -66,7 +66,7 @@ def local_gpu() -> torch.device:
 
 def require_hardware_for(recipe) -> None:
     """fp16 and a 4-bit base need a CUDA GPU (and bitsandbytes), bf16 a GPU or a CPU with native
-    bf16: one clear error otherwise."""
+    bf16, Liger kernels a GPU and the package: one clear error otherwise."""
     tc = recipe.training
     device = resolve(recipe.device)
     on_gpu = device.type == "cuda"
@@ -92,6 +92,8 @@ def require_hardware_for(recipe) -> None:
                 hint="use training.precision: fp32 (or auto): without native bf16 mixed precision "
                 "is emulated, measured about 36x slower than fp32",
             )
+    kernels.choose(tc.kernels, device)  # liger asked for where it cannot run: refused now
+    padding_free.wanted(recipe, device)  # asked for where it does not apply: refused now
     if recipe.lora.quantize_base:
         if recipe.method != "lora":
             raise TuneforgeError(

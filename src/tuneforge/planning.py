@@ -31,7 +31,7 @@ from transformers import (
     set_seed,
 )
 
-from tuneforge import cpu_bf16, devices
+from tuneforge import cpu_bf16, devices, kernels
 from tuneforge.answer_forward import model_inputs
 from tuneforge.config import Recipe, apply_override, load_recipe, validate_recipe
 from tuneforge.errors import CheckFailed
@@ -826,6 +826,7 @@ def _model_for_timing(task, source, prepared, recipe: Recipe, tokenizer, device)
         if recipe.training.gradient_checkpointing:
             enable_gradient_checkpointing(model, recipe.method)
         for_training(model, recipe, device)
+        kernels.for_training(model, recipe, device)
     return model
 
 

@@ -76,12 +76,29 @@ def cpu_attention(model: nn.Module, max_length: int) -> str | None:
 
 def for_training(model: nn.Module, recipe, device: torch.device) -> str:
     """Training in bf16 on a CPU: the frozen base stored in bf16 and short sequences on eager
-    attention (the Trainer adds the bf16 autocast). Returns the training precision."""
+    attention (the Trainer adds the bf16 autocast). On a GPU, LoRA on a causal LM (sft,
+    pretrain) stores its frozen base in bf16 too: half the weights' memory, and the frozen
+    matmuls are those autocast computed (it cast the fp32 weights to bf16 every step); the
+    adapters stay fp32. Returns the training precision."""
     precision = devices.precision(recipe.training.precision, device, recipe.method)
     if device.type == "cpu" and precision == "bf16":
         store_frozen_in(model, torch.bfloat16)
         cpu_attention(model, recipe.training.max_length)
+    elif device.type == "cuda" and precision == "bf16" and gpu_bf16_base(recipe):
+        store_frozen_in(model, torch.bfloat16)
     return precision
+
+
+def gpu_bf16_base(recipe) -> bool:
+    """Whether a GPU run stores its frozen base in bf16: LoRA (not QLoRA: its base is 4-bit) on
+    the causal-LM tasks, whose PEFT layers cast between the bf16 base and fp32 adapters outside
+    autocast too (generation during evaluation, final scoring); classification's fp32 head and
+    freeze's fp32 top layers would meet bf16 activations there."""
+    return (
+        recipe.method == "lora"
+        and not recipe.lora.quantize_base
+        and recipe.task in ("sft", "pretrain")
+    )
 
 
 def ready_for_inference(model: nn.Module, device: torch.device, precision: str) -> nn.Module:

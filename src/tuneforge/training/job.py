@@ -24,7 +24,7 @@ import yaml
 from rich.markup import escape
 from transformers import set_seed
 
-from tuneforge import cpu_bf16, devices, precision, safety
+from tuneforge import cpu_bf16, devices, kernels, precision, safety
 from tuneforge.config import Recipe, load_recipe
 from tuneforge.data import canaries
 from tuneforge.data.recipe_check import check_data
@@ -482,7 +482,8 @@ def build_model(task, source, prepared, recipe: Recipe, tokenizer, parent=None):
         )
     if recipe.training.gradient_checkpointing:
         enable_gradient_checkpointing(model, recipe.method)
-    precision.for_training(model, recipe, device)  # a bf16 CPU: the frozen base in bf16
+    precision.for_training(model, recipe, device)  # bf16: the frozen base stored in bf16
+    kernels.for_training(model, recipe, device)  # Liger on CUDA where installed
     return model
 
 

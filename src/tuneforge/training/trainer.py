@@ -177,6 +177,7 @@ def training_arguments(
         use_cpu=device.type == "cpu",
         activation_checkpointing=False,  # enabled on the model by build_model (LoRA needs more)
         bf16=precision == "bf16",
+        torch_compile=tc.compile,
         fp16=precision == "fp16",
         ddp_find_unused_parameters=False,  # every trainable parameter gets a gradient each step
         dataloader_num_workers=0,
