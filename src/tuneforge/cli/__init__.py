@@ -22,7 +22,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from tuneforge.cli import deploy, evaluate, train, verify
+from tuneforge.cli import deploy, evaluate, train, ui, verify
 from tuneforge.cli.data import data_app
 from tuneforge.cli.feedback import feedback_app
 from tuneforge.cli.models import models_app
@@ -73,6 +73,7 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(feedback_app, name="feedback")
 app.command()(train.demo)
 app.command()(evaluate.report)
+app.command()(ui.ui)
 
 
 def main() -> None:
