@@ -114,7 +114,7 @@ def evaluation_rows(evaluations: list[dict[str, Any]]) -> dict[str, Any]:
                 and not k.endswith(("runtime", "per_second"))
             ):
                 keys.append(k)
-    return {"keys": keys, "rows": [[e.get(k) for k in keys] for e in evaluations]}
+    return {"columns": keys, "rows": [[e.get(k) for k in keys] for e in evaluations]}
 
 
 def confusion_matrices(metrics: dict[str, Any]) -> list[dict[str, Any]]:

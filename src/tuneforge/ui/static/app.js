@@ -153,8 +153,13 @@ function runPage(root) {
   on("#resume-run", async () => {
     try {
       const r = await call("POST", url + "/resume");
-      say(result, "queued as job " + r.job.id + " (see New run → Queue)", "ok");
-      waitForJob(r.job.id, job => { if (job.state === "running") location.reload(); }, result);
+      say(result, "resume queued as job " + r.job.id + " (see New run → Queue); this page follows it when it starts", "ok");
+      const timer = setInterval(async () => {  // the run says running again once its process has it
+        const run = await call("GET", url);
+        const job = await call("GET", "/api/jobs/" + r.job.id);
+        if (run.status === "running") { clearInterval(timer); location.reload(); }
+        else if (["failed", "cancelled", "finished"].includes(job.state)) { clearInterval(timer); location.reload(); }
+      }, 1000);
     } catch (e) { say(result, errorText(e), "bad"); }
   });
   on("#export-run", async () => {
