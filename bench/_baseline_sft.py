@@ -122,6 +122,7 @@ def train_baseline(
     with torch.no_grad():
         for i in range(0, len(rows), batch_size):
             batch = collator([rows[j] for j in range(i, min(i + batch_size, len(rows)))])
+            batch = {k: v.to(model.device) for k, v in batch.items()}  # the GPU, where there is one
             n = int((batch["labels"][:, 1:] != -100).sum())
             total += float(model(**batch).loss) * n
             count += n
