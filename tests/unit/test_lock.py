@@ -105,6 +105,11 @@ def test_consistent_pair_passes(tmp_path):
     assert check_lock.check(*_write(tmp_path, PYPROJECT, _lock())) == []
 
 
+def test_the_cuda_only_extra_stays_out_of_the_lock(tmp_path):
+    pyproject = PYPROJECT + 'liger = ["liger-kernel>=0.8,<0.9"]\n'
+    assert check_lock.check(*_write(tmp_path, pyproject, _lock())) == []
+
+
 @pytest.mark.parametrize(
     ("pyproject", "lock", "expected"),
     [
@@ -131,6 +136,12 @@ def test_consistent_pair_passes(tmp_path):
             PYPROJECT.replace('"pyyaml>=6,<7"', '"pyyaml>=6"'),
             _lock(),
             "'pyyaml>=6' has no upper bound",
+        ),
+        # The CUDA-only extra is not locked, but needs an upper bound too.
+        (
+            PYPROJECT + 'liger = ["liger-kernel>=0.8"]\n',
+            _lock(),
+            "extra 'liger': 'liger-kernel>=0.8' has no upper bound",
         ),
         # A CUDA torch or CUDA packages in the lock.
         (PYPROJECT, _lock(torch="2.13.0"), "torch==2.13.0 is not the CPU build"),
