@@ -33,7 +33,7 @@ from the repository root:
         python3 bench/gpu.py --model-files gpu_model_files --out $OUT --budget 540
 
 Here (CPU), a smoke run on a tiny random Llama with padding-free batches asked for (what
-tests/e2e/test_bench_gpu_quick.py runs; figures meaningless):
+tests/e2e/test_bench_quick.py runs; figures meaningless):
 
     .venv/bin/python bench/gpu.py --quick
 

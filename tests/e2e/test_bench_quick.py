@@ -1,9 +1,11 @@
 """The benchmarks' --quick modes (tiny random model, a few requests) run end to end and write
-their JSON. Only the shape and the correctness figures are checked, never timings."""
+their JSON. Only the shape and the correctness figures are checked, never timings. (bench/gpu.py's
+quick mode runs on the CPU, so the GPU benchmark cannot rot where no GPU is at hand.)"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -12,12 +14,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_serve_bench_quick(tmp_path):
-    """bench/serve.py --quick: every request to the live server answered (200), every answer
-    equal to the plain transformers loop's, for classify and chat at each concurrency level."""
-    out = tmp_path / "serve.json"
+def _run_quick(script: str, *args: str) -> subprocess.CompletedProcess:
+    """`python SCRIPT --quick ARGS` from the repository root, one thread, offline; it must exit 0."""
     proc = subprocess.run(
-        [sys.executable, "bench/serve.py", "--quick", "--threads", "1", "--output", str(out)],
+        [sys.executable, script, "--quick", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -25,6 +25,14 @@ def test_serve_bench_quick(tmp_path):
         timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_serve_bench_quick(tmp_path):
+    """bench/serve.py --quick: every request to the live server answered (200), every answer
+    equal to the plain transformers loop's, for classify and chat at each concurrency level."""
+    out = tmp_path / "serve.json"
+    proc = _run_quick("bench/serve.py", "--threads", "1", "--output", str(out))
     assert "POST /v1/classify" in proc.stdout and "POST /v1/chat/completions" in proc.stdout
     data = json.loads(out.read_text())
     plan = data["meta"]["plan"]
@@ -59,15 +67,7 @@ def test_serve_bench_quick(tmp_path):
 
 def _training_bench(tmp_path, script: str) -> dict:
     out = tmp_path / "result.json"
-    proc = subprocess.run(
-        [sys.executable, script, "--quick", "--output", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = _run_quick(script, "--output", str(out))
     assert "real tokens / s" in proc.stdout and "MFU" in proc.stdout
     data = json.loads(out.read_text())
     assert data["quick"] is True
@@ -125,18 +125,8 @@ def test_preference_bench_quick(tmp_path):
     """bench/preference.py --quick: tuneforge's DPO and a plain TRL DPOTrainer script train the
     tiny model on the same pairs in the same steps and report throughput, MFU, memory and the
     validation preference accuracy of both, scored the same way."""
-    import math
-
     out = tmp_path / "result.json"
-    proc = subprocess.run(
-        [sys.executable, "bench/preference.py", "--quick", "--output", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = _run_quick("bench/preference.py", "--output", str(out))
     assert "real tokens / s" in proc.stdout and "validation preference_accuracy" in proc.stdout
     data = json.loads(out.read_text())
     assert data["quick"] is True and data["matmul_peak"]["threads"] == 1
@@ -168,3 +158,23 @@ def test_preference_bench_quick(tmp_path):
     assert extra == b["loss_positions"] - t["loss_positions"]
     assert 0 <= extra <= 2 * b["examples"]
     assert "tuneforge_preference_accuracy" in t["quality"]
+
+
+def test_gpu_bench_quick_trains_the_baselines_loss_curve(tmp_path):
+    """bench/gpu.py --quick: a tiny random Llama on the CPU with padding-free sft batches asked
+    for; both arms train the same examples, and the loss curves agree to float tolerance."""
+    _run_quick("bench/gpu.py", "--jobs", "sft", "--out", str(tmp_path))
+    data = json.loads((tmp_path / "gpu.json").read_text())
+    rows = {r["arm"]: r for r in data["summary"]}
+    assert set(rows) == {"baseline", "tuneforge"}
+    assert all(r["status"] == "PASS" for r in rows.values())
+    tuned = rows["tuneforge"]
+    assert tuned["same_examples"] is True  # the same examples, tokens and loss positions
+    assert tuned["equal_loss_curve"] is True
+    assert tuned["loss_curve"]["steps_compared"] == 3
+    assert tuned["loss_curve"]["max_rel_diff_per_step"] < 1e-4  # fp32 on a CPU
+    for arm in data["arms"].values():
+        assert math.isfinite(arm["real_tokens_per_s"]) and arm["real_tokens_per_s"] > 0
+        assert len(arm["loss_curve"]) == 3
+    assert "| tiny | sft | tuneforge | PASS |" in (tmp_path / "gpu.md").read_text()
+    assert (tmp_path / "logs" / "tiny-sft-tuneforge.log").is_file()
