@@ -228,3 +228,24 @@ def test_separated_blocks_keep_documents_apart(tiny_model, tiny_tokenizer):
         packed = model(**inputs).logits[0, cut:]
         alone = model(input_ids=row["input_ids"][:, cut:]).logits[0]
     torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_flash_attention_only_on_cuda_where_installed(monkeypatch, tiny_model):
+    import importlib.util
+
+    from tuneforge.padding_free import choose_attention
+
+    model = load_causal_lm(tiny_model)
+    assert choose_attention(model, CPU) is None  # never on a CPU
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: object() if name == "flash_attn" else real_find_spec(name, *a),
+    )
+    # "installed", but transformers cannot load it here: the model keeps its attention
+    assert choose_attention(model, CUDA) is None
+    assert model.config._attn_implementation == "sdpa" and supported(model)
+    chosen = []
+    monkeypatch.setattr(type(model), "set_attn_implementation", lambda self, a: chosen.append(a))
+    assert choose_attention(model, CUDA) == "flash_attention_2" == chosen[0]

@@ -11,7 +11,7 @@ from typing import Any
 
 from peft import PeftModel
 
-from tuneforge import devices, padding_free
+from tuneforge import devices, padding_free, precision
 from tuneforge.config import Recipe
 from tuneforge.data.chat import (
     FALLBACK_TEMPLATE,
@@ -60,11 +60,15 @@ def warn_counts(info: dict[str, Any], dropped_why: str, truncated_what: str) -> 
 def flat_batches(model, recipe: Recipe) -> bool:
     """Whether `model` trains on padding-free batches for `recipe` (padding_free.py): wanted
     there, and the model's attention reads sequence boundaries from position ids (on CUDA, flash
-    attention's variable-length kernel where `flash_attn` is installed)."""
+    attention's variable-length kernel where `flash_attn` is installed and the base is bf16)."""
     device = devices.resolve(recipe.device)
     if not padding_free.wanted(recipe, device):
         return False
-    padding_free.choose_attention(model, device)
+    if (
+        precision.gpu_bf16_base(recipe)
+        and devices.precision(recipe.training.precision, device, recipe.method) == "bf16"
+    ):  # flash attention takes bf16 only, in training and in the scoring after it
+        padding_free.choose_attention(model, device)
     if not padding_free.supported(model):
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         raise TuneforgeError(
