@@ -10,8 +10,11 @@ sentiment data (classification: examples/data/movie_reviews), each arm in a fres
 - `tuneforge`: `tuneforge.train` of recipes/alert_triage.yaml / sentiment.yaml with its CUDA
   defaults (sft: padding-free batches, output layer on labelled positions, Liger where
   installed, the frozen base in bf16);
-- `tuneforge-padded` (ask for it with --arms): the same with `training.padding_free=false` and
-  `training.kernels=none`, to tell what padding-free batches and the kernels add.
+- `tuneforge-padded` (by default for the 1B sft job only, --padded-arm-for): the same with
+  `training.padding_free=false` and `training.kernels=none`, to tell what padding-free batches
+  and the kernels add. Without the `flash_attn` package, sdpa keeps packed sequences apart with a
+  (T x T) mask over the whole row, so its attention costs T^2 for T tokens a step: this arm
+  shows whether that still beats length-sorted padded rows on the GPU at hand.
 
 Same hyper-parameters in every arm: LoRA r/alpha/targets, batch size, learning rate, steps, seed,
 max_length; LoRA dropout 0 and random batches (tuneforge's `training.group_by_length=false`),
@@ -426,6 +429,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="1b,135m", help="of 1b, 135m (in this order)")
     p.add_argument("--jobs", default="sft,classification", help="of sft, classification")
     p.add_argument("--arms", default="baseline,tuneforge", help=f"of {', '.join(ARMS)}")
+    p.add_argument(
+        "--padded-arm-for",
+        default="1b/sft",
+        help="size/job pairs that also run tuneforge-padded (what padding-free batches and the "
+        "kernels add on their own); '' for none",
+    )
     p.add_argument("--max-steps", type=int, default=40)
     p.add_argument("--warmup", type=int, default=5, help="first steps not timed")
     p.add_argument("--batch-size", type=int, default=16)
@@ -464,7 +473,10 @@ def main(argv: list[str] | None = None) -> int:
     for size, model in models.items():
         for job in args.jobs.split(","):
             files = data_files(job, args, work)
-            for arm in args.arms.split(","):
+            arms = args.arms.split(",")
+            if f"{size}/{job}" in args.padded_arm_for.split(",") and ARMS[2] not in arms:
+                arms.append(ARMS[2])
+            for arm in arms:
                 key = f"{size}/{job}/{arm}"
                 if args.budget and time.monotonic() - started > args.budget:
                     results[key] = {"status": "SKIP (budget)"}
