@@ -78,7 +78,9 @@ def supported(model) -> bool:
 def choose_attention(model, device: torch.device) -> str | None:
     """On CUDA, flash attention's variable-length kernel where the `flash_attn` package is
     installed (no mask, no work between sequences); otherwise the model's own implementation
-    (sdpa builds the block-diagonal mask). Returns the implementation set, or None."""
+    (sdpa builds the block-diagonal mask). Returns the implementation set, or None. Callers ask
+    only where the run's base is stored in bf16: flash attention refuses fp32 inputs, and the
+    scoring after training runs without autocast."""
     if device.type != "cuda" or importlib.util.find_spec("flash_attn") is None:
         return None
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
