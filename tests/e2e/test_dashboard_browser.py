@@ -66,7 +66,9 @@ def dashboard(tmp_path_factory, tiny_model):
     """`tuneforge ui` on a free loopback port, with its own home, registry and data files."""
     tmp = tmp_path_factory.mktemp("dashboard")
     data = {
-        "train": write_csv(tmp / "train.csv", sentiment_rows(24)),
+        # rows 0-1999 (the sentiment rows repeat): validation and test leak into train, which
+        # the data check refuses until the recipe downgrades it
+        "train": write_csv(tmp / "train.csv", sentiment_rows(2000)),
         "validation": write_csv(tmp / "validation.csv", sentiment_rows(8, offset=100)),
         "test": write_csv(tmp / "test.csv", sentiment_rows(8, offset=200)),
     }
@@ -97,7 +99,7 @@ data:
   test: {data["test"]}
 method: lora
 lora: {{r: 4, alpha: 8, dropout: 0.0}}
-training: {{epochs: 3, batch_size: 2, learning_rate: 1.0e-2, logging_steps: 1, processes: 1}}
+training: {{epochs: 1, max_steps: 600, batch_size: 2, learning_rate: 1.0e-2, logging_steps: 1, eval_steps: 100, processes: 1}}
 early_stopping: {{metric: macro_f1, patience: 5}}
 output_dir: {tmp / "runs"}
 """
@@ -137,10 +139,16 @@ def set_yaml(page, text: str) -> None:
     page.dispatch_event("#recipe-yaml", "input")
 
 
-def launch(page, url: str) -> str:
+def launch(page) -> str:
     """Clicks Launch; the page follows the job to its run's page. Returns the run id."""
     page.click("#launch")
-    page.wait_for_url(re.compile(r".*/runs/[^/]+$"), timeout=240_000)
+    page.wait_for_function(
+        "location.pathname.startsWith('/runs/') || /failed/.test("
+        "(document.querySelector('#launch-result') || {}).textContent || '')",
+        timeout=240_000,
+    )
+    assert "/runs/" in page.url, page.inner_text("#launch-result")
+    page.wait_for_selector("#run-status")
     return page.url.rsplit("/", 1)[1]
 
 
@@ -149,8 +157,19 @@ def chart_points(page, chart: str) -> int:
 
 
 def test_a_users_session(page, dashboard):
-    url, recipe = dashboard["url"], dashboard["recipe"]
     started = time.monotonic()
+    try:
+        session(page, dashboard)
+    except Exception:
+        page.screenshot(path=str(dashboard["tmp"] / "failure.png"), full_page=True)
+        print(f"page {page.url}:\n{page.inner_text('body')[-3000:]}")
+        print("ui log:\n" + (dashboard["tmp"] / "ui.log").read_text()[-5000:])
+        raise
+    print(f"browser session: {time.monotonic() - started:.0f} s")
+
+
+def session(page, dashboard) -> None:
+    url, recipe = dashboard["url"], dashboard["recipe"]
 
     # The runs page, empty.
     page.goto(url + "/")
@@ -163,7 +182,7 @@ def test_a_users_session(page, dashboard):
         "document.querySelector('#validation').textContent.includes('did you mean')"
     )
     message = page.inner_text("#validation")
-    assert "unknown key 'trainng'" in message and "line 11" in message, message
+    assert "unknown key 'trainng'" in message and "line 10" in message, message
     set_yaml(page, recipe)
     page.wait_for_function(
         "document.querySelector('#validation').textContent.includes('valid recipe')"
@@ -179,8 +198,20 @@ def test_a_users_session(page, dashboard):
         "document.querySelector('#inspect-result').textContent.includes('estimated peak memory')",
         timeout=180_000,
     )
+    # A launch that fails shows the CLI's message: the data check refuses the leaking splits.
+    page.click("#launch")
+    page.wait_for_function(
+        "/failed/.test(document.querySelector('#launch-result').textContent)", timeout=120_000
+    )
+    failure = page.inner_text("#launch-result")
+    assert "also appear in train" in failure and "data_checks.leakage=warning" in failure, failure
+    page.click("details:has([name='data_checks.leakage']) > summary")
+    page.select_option("[name='data_checks.leakage']", "warning")
+    page.wait_for_function(
+        "document.querySelector('#recipe-yaml').value.includes('leakage: warning')"
+    )
     shot(page, "new-run")
-    first = launch(page, url)
+    first = launch(page)
 
     # Its curve grows while it trains (server-sent events, no reload).
     page.wait_for_function(
@@ -200,6 +231,7 @@ def test_a_users_session(page, dashboard):
     page.click("#resume-run")
     page.wait_for_selector("#run-status.running", timeout=120_000)
     page.wait_for_selector("#run-status.finished", timeout=300_000)
+    page.goto(url + f"/runs/{first}")  # as the page shows it after its own reload
     assert page.inner_text("#run-status") == "finished"
     assert "Base model vs fine-tuned" in page.content()
     assert chart_points(page, "loss") >= 3
@@ -212,10 +244,10 @@ def test_a_users_session(page, dashboard):
     page.wait_for_function(
         "document.querySelector('#recipe-yaml').value.includes('learning_rate: 0.02')"
     )
-    page.fill("[name='training.epochs']", "1")
-    page.dispatch_event("[name='training.epochs']", "change")
-    page.wait_for_function("document.querySelector('#recipe-yaml').value.includes('epochs: 1')")
-    second = launch(page, url)
+    page.fill("[name='training.batch_size']", "8")
+    page.dispatch_event("[name='training.batch_size']", "change")
+    page.wait_for_function("document.querySelector('#recipe-yaml').value.includes('batch_size: 8')")
+    second = launch(page)
     assert second != first
     page.wait_for_selector("#run-status.finished", timeout=300_000)
 
@@ -271,4 +303,3 @@ def test_a_users_session(page, dashboard):
     verdict = page.inner_text("#promote-result")
     assert "tiny-dash@1" in verdict, verdict  # compared with the holder, on one evaluation set
     shot(page, "models")
-    print(f"browser session: {time.monotonic() - started:.0f} s")
