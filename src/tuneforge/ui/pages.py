@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from tuneforge.errors import TuneforgeError
@@ -150,6 +150,11 @@ def new_page(request: Request, start: str = "shipped:sentiment.yaml"):
 @router.get("/partials/jobs", response_class=HTMLResponse)
 def jobs_rows(request: Request):
     return page(request, "jobs_table.html", jobs=api.jobs(request)["jobs"])
+
+
+@router.get("/favicon.ico")
+def favicon() -> Response:
+    return Response(status_code=204)
 
 
 @router.get("/models", response_class=HTMLResponse)

@@ -396,9 +396,14 @@ function modelsPage() {
     const out = $("#promote-result");
     say(out, "asking the promotion gate…", "busy");
     try {
-      const r = await call("POST", "/api/models/" + encodeURIComponent(row.dataset.model) + "/" + row.dataset.version + "/promote", { stage: $(".promote-stage", row).value });
+      const r = await call("POST", "/api/models/" + encodeURIComponent(row.dataset.model) + "/" + row.dataset.version + "/promote", {
+        stage: $(".promote-stage", row).value,
+        tolerance: parseFloat($("#promote-tolerance").value) || 0,
+        force: $("#promote-force").checked,
+      });
       const against = r.compared_with ? " over " + r.compared_with + ": " + r.metric + " " + fmt(r.candidate) + " vs " + fmt(r.current) + " on " + r.evaluation_set + " (" + r.verdict + ")" : " (no current holder of the stage to compare with)";
-      say(out, "✓ promoted " + row.dataset.model + "@" + row.dataset.version + " to " + r.stage + against, "ok");
+      const forced = r.forced ? " (FORCED over the gate's refusal: recorded)" : "";
+      say(out, "✓ promoted" + forced + " " + row.dataset.model + "@" + row.dataset.version + " to " + r.stage + against, "ok");
       setTimeout(() => location.reload(), 1500);
     } catch (e) { say(out, "✗ " + errorText(e), "bad"); }
   }));
