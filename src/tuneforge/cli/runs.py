@@ -10,6 +10,7 @@ import typer
 from tuneforge.cli.common import RegistryOption
 from tuneforge.cli.output import Column, JsonOption, emit_json, fitted_table
 from tuneforge.progress import out
+from tuneforge.runs.summary import headline, metric_pairs, recipe_differences
 
 if TYPE_CHECKING:
     from tuneforge.runs.registry import RunRecord
@@ -70,20 +71,6 @@ def run_summary(r: RunRecord) -> dict[str, Any]:
         "created": r.row.get("created"),
         "finished": r.row.get("finished"),
         "headline": headline(r.json("metrics")),
-    }
-
-
-def headline(metrics: dict | None) -> dict[str, Any] | None:
-    """The run's selection metric on its test split (else validation), base and tuned."""
-    if not metrics:
-        return None
-    metric = metrics["selection_metric"]
-    split = "test" if "test" in metrics["tuned"] else "validation"
-    return {
-        "split": split,
-        "metric": metric,
-        "base": metrics.get("base", {}).get(split, {}).get(metric),
-        "tuned": metrics["tuned"].get(split, {}).get(metric),
     }
 
 
@@ -165,27 +152,6 @@ def runs_compare(
     out.print(fitted_table("Metrics (tuned)", columns, rows))
 
 
-def recipe_differences(a: dict, b: dict) -> list[dict[str, Any]]:
-    """The recipe fields (dotted names) whose values differ: [{field, a, b}]; absent is None."""
-    flat_a, flat_b = _flatten(a), _flatten(b)
-    return [
-        {"field": key, "a": flat_a.get(key), "b": flat_b.get(key)}
-        for key in sorted(set(flat_a) | set(flat_b))
-        if flat_a.get(key) != flat_b.get(key)
-    ]
-
-
-def metric_pairs(a: dict, b: dict) -> list[dict[str, Any]]:
-    """Every tuned split/metric of either run: [{split, metric, a, b}]; missing is None."""
-    tuned_a, tuned_b = a.get("tuned", {}), b.get("tuned", {})
-    pairs = []
-    for split in sorted(set(tuned_a) | set(tuned_b)):
-        in_a, in_b = tuned_a.get(split, {}), tuned_b.get(split, {})
-        for name in sorted(set(in_a) | set(in_b)):
-            pairs.append({"split": split, "metric": name, "a": in_a.get(name), "b": in_b.get(name)})
-    return pairs
-
-
 def _number(value: object) -> str:
     if value is None:
         return ""
@@ -205,13 +171,3 @@ def runs_rm(
 
     record = reg.remove_run(run, registry, delete_files=not keep_files)
     out.print(f"Removed {record.id}" + ("" if keep_files else f" and {record.path}"))
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
-    flat: dict[str, object] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            flat.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            flat[f"{prefix}{k}"] = v
-    return flat

@@ -10,10 +10,10 @@ from typing import Any
 
 import yaml
 
-from tuneforge.cli.runs import headline, metric_pairs, recipe_differences
 from tuneforge.report.markdown import summary_rows
 from tuneforge.runs import registry
 from tuneforge.runs.registry import RunRecord
+from tuneforge.runs.summary import headline, metric_pairs, recipe_differences
 from tuneforge.ui import live
 
 STATUSES = ("running", "finished", "failed", "interrupted")
