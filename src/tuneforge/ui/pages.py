@@ -61,6 +61,7 @@ def error_page(request: Request, error: TuneforgeError) -> HTMLResponse:
 
 
 @router.get("/", response_class=HTMLResponse)
+@router.get("/partials/runs", response_class=HTMLResponse)
 def runs_page(
     request: Request,
     task: str = "",
@@ -68,29 +69,13 @@ def runs_page(
     q: str = "",
     page_: int = Query(1, alias="page"),
 ):
+    """The runs page, or (htmx's refresh) only its table."""
+    partial = request.url.path.startswith("/partials/")
     return page(
         request,
-        "runs.html",
+        "runs_table.html" if partial else "runs.html",
         tasks=views.TASKS,
         statuses=views.STATUSES,
-        task=task,
-        status=status,
-        q=q,
-        listing=api.runs(request, task, status, q, page_),
-    )
-
-
-@router.get("/partials/runs", response_class=HTMLResponse)
-def runs_rows(
-    request: Request,
-    task: str = "",
-    status: str = "",
-    q: str = "",
-    page_: int = Query(1, alias="page"),
-):
-    return page(
-        request,
-        "runs_table.html",
         task=task,
         status=status,
         q=q,
