@@ -244,6 +244,14 @@ def session(page, dashboard) -> None:
     page.wait_for_function(
         "document.querySelector('#recipe-yaml').value.includes('learning_rate: 0.02')"
     )
+    # its test data uploaded through the page into the managed folder
+    upload = write_csv(dashboard["tmp"] / "held-out.csv", sentiment_rows(8, offset=300))
+    page.set_input_files("#upload-file", str(upload))
+    page.click("#upload-button")
+    page.click("#uploads li:last-child button:has-text('use as test')")
+    page.wait_for_function(
+        "document.querySelector('#recipe-yaml').value.includes('uploads/held-out.csv')"
+    )
     page.fill("[name='training.batch_size']", "8")
     page.dispatch_event("[name='training.batch_size']", "change")
     page.wait_for_function("document.querySelector('#recipe-yaml').value.includes('batch_size: 8')")

@@ -84,7 +84,8 @@ def test_chat_side_by_side_streamed(sft_run):
             )
             assert answer.status_code == 400 and "does not classify" in answer.json()["error"]
             # the run page shows its generation samples and its curves' data
-            assert client.get(f"/runs/{record.id}").status_code == 200
+            page = client.get(f"/runs/{record.id}")
+            assert page.status_code == 200 and "Generation samples" in page.text
             series = client.get(f"/api/runs/{record.id}/curves").json()["series"]
             assert series["train_loss"] and series["loss"]
     finally:

@@ -50,6 +50,7 @@ class Playground:
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits or Limits(generation_batch=1, generation_wait=0.0)
         self._lock = threading.Lock()
+        self._scoring = threading.Lock()  # one classification at a time on the shared models
         self._path: Path | None = None
         self._services: dict[str, ModelService] = {}
         self._run: Run | None = None
@@ -82,22 +83,10 @@ class Playground:
         run = self._load(path)
         if run.meta["task"] != "classification":
             raise TuneforgeError(f"a {run.meta['task']} run does not classify: chat with it")
-        tuned = run.predict(texts)
-        with self._lock:
-            if self._base_model is None:
-                self._base_model = base_language_model(run.source, run.recipe, run.precision)
-            base_model = self._base_model
+        with self._scoring:
+            tuned = run.predict(texts)
+            scores = self._zero_shot(run, texts)
         labels = run.labels or []
-        words = [(run.recipe.baseline.label_words or {}).get(lab, lab) for lab in labels]
-        scores = zero_shot_scores(
-            base_model,
-            run.tokenizer,
-            texts,
-            words,
-            run.recipe.baseline.instruction or DEFAULT_INSTRUCTION,
-            max_length=run.recipe.training.max_length + 64,
-            description="Base model zero-shot",
-        )
         probs = softmax(scores)
         base = [
             {
@@ -115,6 +104,23 @@ class Playground:
                 for t, tu, b in zip(texts, tuned, base, strict=True)
             ],
         }
+
+    def _zero_shot(self, run: Run, texts: list[str]) -> np.ndarray:
+        """The base model's label-word scores, as the run's baseline measured them."""
+        with self._lock:
+            if self._base_model is None:
+                self._base_model = base_language_model(run.source, run.recipe, run.precision)
+            base_model = self._base_model
+        words = [(run.recipe.baseline.label_words or {}).get(lab, lab) for lab in run.labels or []]
+        return zero_shot_scores(
+            base_model,
+            run.tokenizer,
+            texts,
+            words,
+            run.recipe.baseline.instruction or DEFAULT_INSTRUCTION,
+            max_length=run.recipe.training.max_length + 64,
+            description="Base model zero-shot",
+        )
 
     async def chat(
         self, path: Path, who: str, messages: list[dict[str, str]], max_tokens: int

@@ -127,18 +127,21 @@ def confusion_matrices(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def samples(metrics: dict[str, Any], n: int = 5) -> list[dict[str, Any]]:
-    """Generation samples (sft, preference): prompt, reference and the answers of both models."""
+def samples(metrics: dict[str, Any], n: int = 5) -> list[dict[str, str]]:
+    """Generation samples (sft, preference): the prompt, the data's answer, the base model's and
+    the fine-tuned model's (greedy), as the report shows them."""
     found = []
     for split, tuned in (metrics.get("tuned") or {}).items():
-        for sample in (tuned.get("samples") or [])[:n] if isinstance(tuned, dict) else []:
-            if isinstance(sample, dict):
-                found.append(
-                    {
-                        "split": split,
-                        **{k: str(v) for k, v in sample.items() if not isinstance(v, (dict, list))},
-                    }
-                )
+        base = ((metrics.get("base") or {}).get(split) or {}).get("samples") or []
+        for i, sample in enumerate((tuned.get("samples") or [])[:n]):
+            shown = {"split": split}
+            for key in ("prompt", "reference", "chosen", "rejected", "completion"):
+                if key in sample:
+                    shown[key] = str(sample[key])
+            if i < len(base):
+                shown["base model"] = str(base[i].get("prediction") or "(empty)")
+            shown["fine-tuned"] = str(sample.get("prediction") or "(empty)")
+            found.append(shown)
     return found
 
 

@@ -237,13 +237,24 @@ function newRunPage() {
       if (value !== undefined) f.value = value;
     }
   }
-  fields.forEach(f => f.addEventListener("change", async () => {
+  async function setField(name, value) {
     try {
-      const r = await call("POST", "/api/recipes/set", { yaml: yaml.value, field: f.name, value: f.value });
+      const r = await call("POST", "/api/recipes/set", { yaml: yaml.value, field: name, value });
       yaml.value = r.yaml;
       show(r);
     } catch (e) { say(validation, errorText(e), "bad"); }
-  }));
+  }
+  fields.forEach(f => f.addEventListener("change", () => setField(f.name, f.value)));
+  function useButtons(item) {  // an uploaded file as the recipe's train, validation or test data
+    for (const split of ["train", "validation", "test"]) {
+      const b = el("button", "use as " + split, "secondary small");
+      b.type = "button";
+      b.addEventListener("click", () => setField("data." + split, item.dataset.path));
+      item.appendChild(document.createTextNode(" "));
+      item.appendChild(b);
+    }
+  }
+  $all("#uploads li[data-path]").forEach(useButtons);
   let pending = null;
   yaml.addEventListener("input", () => {
     clearTimeout(pending);
@@ -263,6 +274,8 @@ function newRunPage() {
       const data = await response.json();
       if (!response.ok) throw Object.assign(new Error(data.error), { hint: data.hint });
       const item = el("li"); item.appendChild(el("code", data.path)); item.appendChild(document.createTextNode(" (" + data.bytes + " bytes)"));
+      item.dataset.path = data.path;
+      useButtons(item);
       list.appendChild(item);
     } catch (e) { list.appendChild(el("li", errorText(e), "bad")); }
   });
