@@ -210,6 +210,7 @@ def session(page, dashboard) -> None:
     page.wait_for_function(
         "document.querySelector('#recipe-yaml').value.includes('leakage: warning')"
     )
+    page.evaluate("window.scrollTo(0, 0)")
     shot(page, "new-run")
     first = launch(page)
 

@@ -235,6 +235,7 @@ def test_schema_form_covers_the_recipe():
     assert fields["training.gradient_checkpointing"].kind == "bool"
     assert fields["training.epochs"].kind == "number"
     assert fields["training.processes"].kind == "text"  # int or 'auto'
+    assert fields["training.report_to"].kind == "text"  # a list of choices
     assert fields["name"].required and fields["training.epochs"].help
 
 

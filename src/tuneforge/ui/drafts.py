@@ -52,7 +52,10 @@ def schema_fields(model: type[BaseModel] = Recipe, prefix: str = "") -> list[Fie
         if annotation is bool:
             kind = "bool"
         elif (
-            choices and all(isinstance(c, str) for c in choices) and not _has_free_type(annotation)
+            choices
+            and all(isinstance(c, str) for c in choices)
+            and not _has_free_type(annotation)
+            and typing.get_origin(annotation) is not list  # several of them: written as YAML
         ):
             kind = "choice"
         elif annotation in (int, float) or set(args) - {type(None)} <= {int, float} and args:
