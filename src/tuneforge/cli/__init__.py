@@ -2,9 +2,8 @@
 
 One module per group of commands, registered here in the order `tuneforge --help` lists them:
 train.py (train, plan, demo), deploy.py (predict, generate, chat, export, serve), verify.py
-(verify), evaluate.py
-(eval, report), and the sub-command groups data.py, models.py, runs.py; common.py holds the
-options and helpers they share. A command imports the library modules that load torch (or
+(verify), evaluate.py (eval, report), ui.py (ui: the web dashboard), and the sub-command groups
+data.py, models.py, runs.py; common.py holds the options and helpers they share. A command imports the library modules that load torch (or
 pydantic, matplotlib, filelock) inside itself, so `tuneforge --help` starts fast.
 
 Exit codes (README, "Exit codes"): 0 ok; 1 a check that ran and said no (CheckFailed: a data

@@ -109,7 +109,7 @@ def compare_page(request: Request, ids: Annotated[list[str] | None, Query()] = N
 
 @router.get("/new", response_class=HTMLResponse)
 def new_page(request: Request, start: str = "shipped:sentiment.yaml"):
-    records = registry.list_runs(api.state(request).registry)[:50]
+    records, _ = registry.page_runs(api.state(request).registry, limit=50)
     points = drafts.starting_points(records)
     try:
         text = api.start(request, start)["yaml"]
