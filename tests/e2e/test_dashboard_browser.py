@@ -281,7 +281,9 @@ def session(page, dashboard) -> None:
 
     # Playground: the tuned model's label beside the base model's zero-shot answer.
     page.goto(url + f"/runs/{second}/playground")
-    page.fill("#classify-texts", "great film, loved it\n<b>dreadful</b>, slow and ugly")
+    page.fill(
+        "#classify-texts", "a moving, beautiful movie #301\n<b>dreadful</b>, slow and ugly #300"
+    )
     page.click("#classify")
     page.wait_for_selector("#classify-result table", timeout=180_000)
     result = page.inner_text("#classify-result")
