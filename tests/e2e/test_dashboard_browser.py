@@ -99,7 +99,7 @@ data:
   test: {data["test"]}
 method: lora
 lora: {{r: 4, alpha: 8, dropout: 0.0}}
-training: {{epochs: 1, max_steps: 600, batch_size: 2, learning_rate: 1.0e-2, logging_steps: 1, eval_steps: 100, processes: 1}}
+training: {{epochs: 1, max_steps: 1000, batch_size: 2, learning_rate: 1.0e-2, logging_steps: 1, eval_steps: 100, processes: 1}}
 early_stopping: {{metric: macro_f1, patience: 5}}
 output_dir: {tmp / "runs"}
 """
@@ -252,6 +252,11 @@ def session(page, dashboard) -> None:
     page.click("#uploads li:last-child button:has-text('use as test')")
     page.wait_for_function(
         "document.querySelector('#recipe-yaml').value.includes('uploads/held-out.csv')"
+    )
+    page.fill("[name='training.max_steps']", "100")
+    page.dispatch_event("[name='training.max_steps']", "change")
+    page.wait_for_function(
+        "document.querySelector('#recipe-yaml').value.includes('max_steps: 100')"
     )
     page.fill("[name='training.batch_size']", "8")
     page.dispatch_event("[name='training.batch_size']", "change")

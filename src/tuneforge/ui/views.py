@@ -84,6 +84,7 @@ def run_detail(record: RunRecord, db: Path | None) -> dict[str, Any]:
             {"id": r.id, "status": r.status, "base_model": r.row.get("base_model")} for r in chain
         ],
         "root_model": chain[-1].row.get("base_model") if chain else None,
+        "replay": (record.json("recipe") or {}).get("replay"),
         "recipe": recipe_text,
         "report": (folder / "report.html").is_file(),
     }
