@@ -5,6 +5,8 @@ the server's generation code (chat template, stop tokens), and the same answer `
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import pytest
 from conftest import run_cli, write_jsonl
@@ -88,6 +90,31 @@ def test_chat_side_by_side_streamed(sft_run):
             assert page.status_code == 200 and "Generation samples" in page.text
             series = client.get(f"/api/runs/{record.id}/curves").json()["series"]
             assert series["train_loss"] and series["loss"]
+            inspections(client, tmp)
+            exported(client, app, record.id)
     finally:
         app.state.ui.jobs.close()
         app.state.ui.playground.close()
+
+
+def inspections(client, tmp) -> None:
+    """`data preview` and `data check` of a recipe, through the CLI, as the new-run page asks."""
+    text = (tmp / "sft.yaml").read_text()
+    preview = client.post("/api/recipes/preview", json={"yaml": text}, headers=WRITE)
+    assert preview.status_code == 200, preview.text
+    pieces = preview.json()["result"]["examples"][0]["pieces"]
+    assert {p["kind"] for p in pieces} >= {"trained", "context"}
+    check = client.post("/api/recipes/check", json={"yaml": text}, headers=WRITE).json()
+    assert check["ok"] and check["result"]["passed"] is True
+
+
+def exported(client, app, run_id: str) -> None:
+    """Export is a queued `tuneforge export`; its folder lands under the dashboard's home."""
+    answer = client.post(f"/api/runs/{run_id}/export", json={"format": "adapter"}, headers=WRITE)
+    assert answer.status_code == 200, answer.text
+    job = app.state.ui.jobs.get(answer.json()["job"]["id"])
+    deadline = time.monotonic() + 300
+    while job.state not in ("finished", "failed") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert job.state == "finished", Path(job.log).read_text()[-2000:]
+    assert (Path(answer.json()["output"]) / "README.md").is_file()
