@@ -420,3 +420,84 @@ def test_promotion_refuses_bad_input(client):
     body = {"stage": "../prod"}
     assert client.post("/api/models/m/1/promote", json=body, headers=WRITE).status_code == 400
     assert "No model versions yet" in client.get("/models").text
+
+
+# ------------------------------------------------------------------------------------ run page
+
+
+def fake_run(folder: Path, db: Path, run_id: str = "fake-1", parent: str | None = None) -> None:
+    """A finished run's folder as the job writes it, every section the run page shows, with
+    user-written text that must come out escaped."""
+    folder.mkdir(parents=True)
+    evil = "<script>alert(1)</script>"
+    split = {
+        "n": 4,
+        "accuracy": 0.75,
+        "macro_f1": 0.7,
+        "labels": [evil, "b"],
+        "confusion_matrix": [[2, 0], [1, 1]],
+        "samples": [{"prompt": evil, "reference": "r", "prediction": "p"}],
+    }
+    metrics = {
+        "selection_metric": "macro_f1",
+        "tuned": {"validation": split},
+        "base": {
+            "validation": {
+                **split,
+                "accuracy": 0.5,
+                "macro_f1": 0.4,
+                "samples": [{"prediction": "bp"}],
+            }
+        },
+        "evaluations": [{"step": 2, "epoch": 1.0, "loss": 0.5, "macro_f1": 0.7}],
+        "log_history": [{"step": 1, "loss": 0.9}, {"step": 2, "eval_loss": 0.5}],
+        "overfitting": {"began_step": 2, "message": f"validation loss rose {evil}"},
+        "best": {"metric": "macro_f1", "value": 0.7, "step": 2},
+    }
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "run.json").write_text("{}")
+    (folder / "recipe.yaml").write_text(f"name: fake\n# {evil}\n")
+    findings = [{"severity": "warning", "check": "duplicates", "split": "train", "message": evil}]
+    (folder / "data_check.json").write_text(json.dumps({"findings": findings}))
+    (folder / "report.html").write_text("<html><body>report</body></html>")
+    registry.record_run(
+        run_id, registry=db, path=str(folder), name="fake", task="classification",
+        method="lora", base_model="tiny", status="finished", created=1.0, finished=5.0,
+        metrics=metrics, recipe={"name": "fake", "replay": 0.2}, parent=parent,
+    )  # fmt: skip
+
+
+def test_run_page_shows_every_section_escaped(client, app, tmp_path):
+    db = app.state.ui.registry
+    fake_run(tmp_path / "runs" / "fake-1", db)
+    fake_run(tmp_path / "runs" / "fake-2", db, "fake-2", parent="fake-1")
+    page = client.get("/runs/fake-2")
+    assert page.status_code == 200
+    text = page.text
+    assert "<script>alert" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    for section in (
+        "Base model vs fine-tuned",
+        "error −",  # the change with its error reduction
+        "Every evaluation",
+        "overfitting began after step 2",
+        "Confusion matrix (validation)",
+        "Generation samples",
+        "Data check",
+        "Lineage",
+        "Continued from",
+        "replaying 0.2",
+        "Recipe (resolved)",
+        'src="/runs/fake-2/report"',
+    ):
+        assert section in text, section
+    detail = client.get("/api/runs/fake-2").json()
+    assert [r["id"] for r in detail["lineage"]] == ["fake-2", "fake-1"]
+    assert detail["samples"][0]["base model"] == "bp"
+    series = client.get("/api/runs/fake-2/curves").json()["series"]  # from metrics.json
+    assert series == {"train_loss": [[1, 0.9]], "loss": [[2, 0.5]]}
+    report = client.get("/runs/fake-2/report")
+    assert report.status_code == 200 and "sandbox" in report.headers["content-security-policy"]
+    events = client.get("/api/runs/fake-2/events").text  # finished: one progress, then end
+    assert "event: progress" in events and 'event: end\ndata: {"status": "finished"}' in events
+    compare = client.get("/compare?ids=fake-1&ids=fake-2")
+    assert compare.status_code == 200 and "The recipes are the same." in compare.text
