@@ -17,10 +17,11 @@ from tuneforge.deploy.serve import bind
 from tuneforge.errors import TuneforgeError
 from tuneforge.paths import tuneforge_home
 from tuneforge.runs.registry import registry_path
-from tuneforge.ui import api, pages
+from tuneforge.ui import models_api, pages, recipes_api, runs_api
 from tuneforge.ui.drafts import Drafts
 from tuneforge.ui.jobs import JobQueue
 from tuneforge.ui.playground import Playground
+from tuneforge.ui.requests import error_response
 from tuneforge.ui.security import Guard, GuardMiddleware, check_binding
 
 STATIC = Path(__file__).parent / "static"
@@ -72,14 +73,15 @@ def create_app(
     app = FastAPI(title="tuneforge dashboard", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.ui = ui
     app.add_middleware(GuardMiddleware, guard=ui.guard)
-    app.include_router(api.router)
+    for endpoints in (runs_api, recipes_api, models_api):
+        app.include_router(endpoints.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.exception_handler(TuneforgeError)
     async def user_error(request: Request, error: TuneforgeError):
         if request.url.path.startswith("/api/"):
-            return api.error_response(error)
+            return error_response(error)
         return pages.error_page(request, error)
 
     return app

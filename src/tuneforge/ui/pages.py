@@ -1,6 +1,6 @@
 """The dashboard's HTML pages, rendered by Jinja2 with autoescaping on: every text a user wrote
 (run and recipe names, labels, data, generations) reaches the page escaped. The pages' scripts
-(static/app.js) fill in live parts through the JSON endpoints (api.py), with textContent only."""
+(static/app.js) fill in live parts through the JSON endpoints (*_api.py), with textContent only."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from fastapi.templating import Jinja2Templates
 
 from tuneforge.errors import TuneforgeError
 from tuneforge.runs import registry
-from tuneforge.ui import api, drafts, views
+from tuneforge.ui import drafts, recipes_api, runs_api, views
+from tuneforge.ui.requests import record_of, state
 
 router = APIRouter()
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -79,18 +80,18 @@ def runs_page(
         task=task,
         status=status,
         q=q,
-        listing=api.runs(request, task, status, q, page_),
+        listing=runs_api.runs(request, task, status, q, page_),
     )
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 def run_page(request: Request, run_id: str):
-    return page(request, "run.html", run=api.run(request, run_id))
+    return page(request, "run.html", run=runs_api.run(request, run_id))
 
 
 @router.get("/runs/{run_id}/playground", response_class=HTMLResponse)
 def playground_page(request: Request, run_id: str):
-    record = api.record_of(request, run_id)
+    record = record_of(request, run_id)
     if record.status != "finished":
         raise TuneforgeError(
             f"run {record.id} is {record.status}; the playground needs a finished run"
@@ -103,16 +104,16 @@ def compare_page(request: Request, ids: Annotated[list[str] | None, Query()] = N
     ids = ids or []
     if not 2 <= len(ids) <= 8:
         raise TuneforgeError("compare needs 2 to 8 runs", hint="tick them on the runs page")
-    records = [api.record_of(request, run_id) for run_id in ids]
+    records = [record_of(request, run_id) for run_id in ids]
     return page(request, "compare.html", comparison=views.compare_runs(records))
 
 
 @router.get("/new", response_class=HTMLResponse)
 def new_page(request: Request, start: str = "shipped:sentiment.yaml"):
-    records, _ = registry.page_runs(api.state(request).registry, limit=50)
+    records, _ = registry.page_runs(state(request).registry, limit=50)
     points = drafts.starting_points(records)
     try:
-        text = api.start(request, start)["yaml"]
+        text = recipes_api.start(request, start)["yaml"]
     except TuneforgeError:
         text = ""
     fields = drafts.schema_fields()
@@ -128,13 +129,13 @@ def new_page(request: Request, start: str = "shipped:sentiment.yaml"):
         sections=sections,
         open_sections=drafts.OPEN_SECTIONS,
         values=drafts.form_values(text),
-        uploads=api.state(request).drafts.list_uploads(),
+        uploads=state(request).drafts.list_uploads(),
     )
 
 
 @router.get("/partials/jobs", response_class=HTMLResponse)
 def jobs_rows(request: Request):
-    return page(request, "jobs_table.html", jobs=api.jobs(request)["jobs"])
+    return page(request, "jobs_table.html", jobs=recipes_api.jobs(request)["jobs"])
 
 
 @router.get("/favicon.ico")
@@ -144,7 +145,7 @@ def favicon() -> Response:
 
 @router.get("/models", response_class=HTMLResponse)
 def models_page(request: Request):
-    ui = api.state(request)
+    ui = state(request)
     found = registry.list_models(ui.registry)
     events = [e for e in registry.events(ui.registry) if e["kind"].startswith("promoted")][-20:]
     return page(request, "models.html", models=found, events=list(reversed(events)))
