@@ -133,7 +133,10 @@ class Playground:
             raise TuneforgeError(f"max_tokens must be 1 to {MAX_NEW_TOKENS}")
         service = (await asyncio.to_thread(self.services, path))[who]
         try:
-            prompt = await asyncio.to_thread(service.chat_prompt, messages)
+            if service.task == "pretrain":  # a raw-text model continues the text, as trained
+                prompt = await asyncio.to_thread(service.completion_prompt, messages[-1]["content"])
+            else:
+                prompt = await asyncio.to_thread(service.chat_prompt, messages)
             params = service.params(prompt, max_tokens, 0.0, 1.0, [], None, None)
         except RequestError as e:
             raise TuneforgeError(e.message) from None
