@@ -12,6 +12,7 @@ the session fixture installs Debian's `chromium` with apt-get when it is missing
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import pytest
 from conftest import sentiment_rows, write_csv
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "docs" / "ui"
@@ -114,8 +117,6 @@ output_dir: {tmp / "runs"}
 
 @pytest.fixture(scope="module")
 def page(chromium, dashboard):
-    from playwright.sync_api import sync_playwright
-
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -224,6 +225,13 @@ def session(page, dashboard) -> None:
         f"Number(document.querySelector('#chart-loss').dataset.points || 0) > {seen}"
     )
     shot(page, "run-live")
+    runs = page.context.browser.new_page(viewport={"width": 1280, "height": 900})  # meanwhile
+    runs.goto(url + "/")
+    runs.wait_for_selector(f"tr[data-run='{first}'] .status.running")
+    with contextlib.suppress(PlaywrightTimeout):  # the run may have got past its last step
+        runs.wait_for_selector(f"tr[data-run='{first}'] progress", timeout=10_000)
+    shot(runs, "runs")
+    runs.close()
 
     # Cancel: it ends interrupted and can be resumed; resume runs it to the end.
     page.click("#cancel-run")
@@ -269,7 +277,6 @@ def session(page, dashboard) -> None:
     page.goto(url + "/")
     page.wait_for_selector(f"tr[data-run='{second}']")
     assert page.locator("tr[data-run]").count() == 2
-    shot(page, "runs")
     page.select_option("select[name=status]", "failed")
     page.wait_for_function("!document.querySelector('tr[data-run]')")
     page.select_option("select[name=status]", "finished")
