@@ -371,6 +371,8 @@ def test_live_progress_lines_and_reading(tmp_path):
     found = live.progress(lines, now=lines[0]["time"] + 30)
     assert found.step == 3 and found.max_steps == 10 and found.fraction == 0.3
     assert found.eta_seconds == pytest.approx(70, rel=0.05)
+    kept = live.compact(lines)
+    assert len(kept) == 3 and live.progress(kept, now=lines[0]["time"] + 30) == found
 
 
 def test_working_folder_is_the_incomplete_one_until_finished(tmp_path):

@@ -72,6 +72,15 @@ def progress(lines: list[dict], now: float | None = None) -> Progress | None:
     return Progress(step, max_steps, min(1.0, fraction), eta, losses[-1] if losses else None)
 
 
+def compact(lines: list[dict]) -> list[dict]:
+    """What `progress` needs of the lines seen so far (the last begin, the last loss, the last
+    line), so a stream that follows a long run keeps three lines, not all of them."""
+    begins = [line for line in lines if line.get("event") == "begin"]
+    losses = [line for line in lines if isinstance(line.get("loss"), (int, float))]
+    kept = [*begins[-1:], *losses[-1:], *lines[-1:]]
+    return [line for i, line in enumerate(kept) if all(line is not k for k in kept[:i])]
+
+
 def curves(lines: list[dict]) -> dict[str, list[list[float]]]:
     """[step, value] series: training loss and every evaluation metric (eval_ prefix dropped)."""
     series: dict[str, list[list[float]]] = {}

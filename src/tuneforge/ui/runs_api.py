@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 
@@ -94,7 +95,7 @@ async def events(request: Request, run_id: str) -> StreamingResponse:
             current = await asyncio.to_thread(registry.get_run, record.id, db)
             folder = live.working_folder(current.path)
             lines, offset = await asyncio.to_thread(live.read_lines, folder, offset)
-            seen += lines
+            seen = live.compact(seen + lines)
             found = live.progress(seen)
             payload = {
                 "status": current.status,
@@ -149,10 +150,18 @@ def cancel_run(request: Request, run_id: str) -> dict[str, Any]:
             return {"cancelled": queue.cancel(job.id).to_dict()}
     status = json.loads((live.working_folder(record.path) / "status.json").read_text())
     pid = status.get("pid")
-    if not process_alive(pid):
-        raise TuneforgeError(f"run {record.id} has no live process to interrupt")
+    if not process_alive(pid) or not _is_tuneforge(pid):
+        raise TuneforgeError(f"run {record.id} has no live tuneforge process to interrupt")
     os.kill(pid, signal.SIGTERM)
     return {"signalled": pid}
+
+
+def _is_tuneforge(pid: int) -> bool:
+    """The process is a tuneforge one (not another that got a dead run's pid)."""
+    try:
+        return "tuneforge" in " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return False
 
 
 @router.post("/api/runs/{run_id}/resume")
