@@ -243,7 +243,9 @@ def session(page, dashboard) -> None:
     page.goto(url + f"/runs/{first}")  # as the page shows it after its own reload
     assert page.inner_text("#run-status") == "finished"
     assert "Base model vs fine-tuned" in page.content()
-    assert chart_points(page, "loss") >= 3
+    page.wait_for_function(  # the whole run's curves, fetched once for a finished run
+        "Number(document.querySelector('#chart-loss').dataset.points || 0) >= 3"
+    )
     shot(page, "run")
 
     # A second run, from the first one's recipe, through the queue.
@@ -287,6 +289,9 @@ def session(page, dashboard) -> None:
     page.wait_for_url(re.compile(r".*/compare\?.*"))
     page.wait_for_function(
         "Number(document.querySelector('#chart-train_loss').dataset.points || 0) > 0"
+    )
+    page.wait_for_function(  # the selection metric overlaid too
+        "Number(document.querySelector('#chart-macro_f1').dataset.points || 0) > 0"
     )
     assert "learning_rate" in page.inner_text("main")
     shot(page, "compare")

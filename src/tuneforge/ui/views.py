@@ -164,4 +164,10 @@ def compare_runs(records: list[RunRecord]) -> dict[str, Any]:
                     "a"
                 ]
     metric_rows = [[f"{s}/{m}", *values] for (s, m), values in sorted(names.items())]
-    return {"ids": [r.id for r in records], "recipe_rows": diff_rows, "metric_rows": metric_rows}
+    selection = next((m["selection_metric"] for m in metrics if m.get("selection_metric")), None)
+    return {
+        "ids": [r.id for r in records],
+        "recipe_rows": diff_rows,
+        "metric_rows": metric_rows,
+        "curves": ["train_loss", "loss", *([selection] if selection not in (None, "loss") else [])],
+    }

@@ -205,13 +205,12 @@ function runsPage() {
 
 async function comparePage(root) {
   const ids = JSON.parse(root.dataset.runs);
-  for (const name of ["train_loss", "loss"]) {
+  const curves = {};
+  for (const id of ids) curves[id] = (await call("GET", "/api/runs/" + encodeURIComponent(id) + "/curves")).series;
+  for (const name of JSON.parse(root.dataset.curves)) {
     const series = {};
-    for (const id of ids) {
-      const d = await call("GET", "/api/runs/" + encodeURIComponent(id) + "/curves");
-      if (d.series[name]) series[id] = d.series[name];
-    }
-    new Chart($("#chart-" + name), () => true).add(series);
+    for (const id of ids) if (curves[id][name]) series[id] = curves[id][name];
+    new Chart(document.getElementById("chart-" + name), () => true).add(series);
   }
 }
 
