@@ -236,13 +236,18 @@ function newRunPage() {
       if (value !== undefined) f.value = value;
     }
   }
-  async function setField(name, value) {
-    try {
-      const r = await call("POST", "/api/recipes/set", { yaml: yaml.value, field: name, value });
-      yaml.value = r.yaml;
-      show(r);
-    } catch (e) { say(validation, errorText(e), "bad"); }
+  let writes = Promise.resolve();  // one field at a time: each applies to the YAML the last left
+  function setField(name, value) {
+    writes = writes.then(async () => {
+      try {
+        const r = await call("POST", "/api/recipes/set", { yaml: yaml.value, field: name, value });
+        yaml.value = r.yaml;
+        show(r);
+      } catch (e) { say(validation, errorText(e), "bad"); }
+    });
+    return writes;
   }
+  writes = call("POST", "/api/recipes/validate", { yaml: yaml.value }).then(show).catch(e => say(validation, errorText(e), "bad"));
   fields.forEach(f => f.addEventListener("change", () => setField(f.name, f.value)));
   function useButtons(item) {  // an uploaded file as the recipe's train, validation or test data
     for (const split of ["train", "validation", "test"]) {
@@ -262,7 +267,7 @@ function newRunPage() {
       catch (e) { say(validation, errorText(e), "bad"); }
     }, 400);
   });
-  call("POST", "/api/recipes/validate", { yaml: yaml.value }).then(show).catch(e => say(validation, errorText(e), "bad"));
+
 
   $("#upload-button").addEventListener("click", async () => {
     const file = $("#upload-file").files[0];
