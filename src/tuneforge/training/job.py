@@ -137,7 +137,7 @@ def _open_run(setup: _Setup, reopened: RunDir | None) -> RunDir:
         recipe,
         run,
         status="running",
-        created=time.time(),
+        created=run.started,  # a resumed run keeps its first start (RunDir.reopen)
         **{
             **setup.inputs,
             **({"base_model": parent.spec, "parent": parent.run_id} if parent is not None else {}),
