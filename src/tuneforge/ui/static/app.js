@@ -336,7 +336,7 @@ function renderInspection(what, result) {
     ];
     const t = result.timing || {};
     for (const [k, v] of Object.entries(t)) if (typeof v !== "object") rows.push([k.replace(/_/g, " "), fmt(v)]);
-    box.appendChild(table(["", ""], rows));
+    box.appendChild(table(["plan (`tuneforge plan`)", ""], rows));
   }
   return box;
 }
