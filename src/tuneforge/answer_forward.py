@@ -73,7 +73,7 @@ def model_inputs(model, inputs: dict[str, Any]) -> Iterator[dict[str, Any]]:
     if rows is None:
         yield inputs
         return
-    head = _unwrapped(model).get_output_embeddings()
+    head = unwrapped(model).get_output_embeddings()
 
     def labelled_rows(module, args):
         return (args[0][rows].unsqueeze(0), *args[1:])  # (B, K, H) -> (1, labelled, H)
@@ -94,7 +94,7 @@ def continue_after_prefix(model, inputs: dict[str, Any]) -> dict[str, Any]:
     prefix = int(inputs.pop(KEY, 0))
     if prefix == 0:
         return inputs
-    base = _unwrapped(model)
+    base = unwrapped(model)
     name = cache_argument(base)
     ids = inputs["input_ids"]
     cache = DynamicCache(config=base.config)
@@ -111,7 +111,7 @@ def continue_after_prefix(model, inputs: dict[str, Any]) -> dict[str, Any]:
 
 def can_share_prefix(model) -> bool:
     """Whether the (PEFT-unwrapped) model runs as a decoder with a key/value cache input."""
-    base = _unwrapped(model)
+    base = unwrapped(model)
     get_decoder = getattr(base, "get_decoder", None)
     if get_decoder is None or get_decoder() is None:
         return False
@@ -121,14 +121,14 @@ def can_share_prefix(model) -> bool:
 def cache_argument(model) -> str | None:
     """The name the model's forward takes its key/value cache under: `cache` from transformers
     5.24 (where `past_key_values` is a deprecated alias), `past_key_values` before."""
-    parameters = inspect.signature(type(_unwrapped(model)).forward).parameters
+    parameters = inspect.signature(type(unwrapped(model)).forward).parameters
     for name in ("cache", "past_key_values"):
         if name in parameters:
             return name
     return None
 
 
-def _unwrapped(model):
+def unwrapped(model):
     """The transformers model under DistributedDataParallel and PEFT wrappers."""
     model = getattr(model, "module", model)
     return model.get_base_model() if hasattr(model, "get_base_model") else model
