@@ -3,6 +3,8 @@
     .venv/bin/python bench/classification.py            # recipes/sentiment.yaml on smollm2-135m
     .venv/bin/python bench/classification.py --quick    # tiny random model, a few steps (CI smoke)
     .venv/bin/python bench/classification.py --epochs 1 --max-steps 5
+    .venv/bin/python bench/classification.py --train-rows 1600 --epochs 1 --max-length 128
+                                                        # issue 20's whole job: 1,600 rows, 1 epoch
 
 Both arms get the same weights (the safetensors folder tuneforge resolves for the recipe's
 base_model), the same files, LoRA settings, epochs, batch size, learning rate, warm-up, weight
@@ -55,7 +57,32 @@ def overrides(args, workdir: Path) -> list[str]:
             f"data.test={workdir / 'test.csv'}",
             "training.epochs=1",
         ]
+    if args.train_rows is not None:
+        out.append(f"data.train={repeated_train_rows(workdir, args.train_rows)}")
     return out
+
+
+def repeated_train_rows(workdir: Path, n: int) -> Path:
+    """A training file of `n` rows: the recipe's reviews repeated (in whole copies, then the first
+    rows of one more) and shuffled with a fixed seed, the same file for every arm."""
+    import random
+
+    path = workdir / f"train-{n}.csv"
+    if path.is_file():
+        return path
+    with (ROOT / "examples" / "data" / "movie_reviews" / "train.csv").open(
+        newline="", encoding="utf-8"
+    ) as f:
+        rows = list(csv.DictReader(f))
+    out = (rows * (n // len(rows) + 1))[:n]
+    random.Random(0).shuffle(out)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["text", "label"])
+        writer.writeheader()
+        writer.writerows({"text": r["text"], "label": r["label"]} for r in out)
+    tmp.replace(path)
+    return path
 
 
 def prepare_quick(workdir: Path) -> None:
