@@ -20,12 +20,14 @@ if TYPE_CHECKING:
 # what they call (the job, which only the entry points import; the run; the recipe) themselves.
 
 
-def train(recipe=None, overrides: list[str] | None = None, *, resume=None) -> Run:
+def train(recipe=None, overrides: list[str] | None = None, *, resume=None) -> Run | None:
     """Run a recipe (a path or a :class:`tuneforge.config.Recipe`); returns the finished run.
     With `resume` (an interrupted run's folder) it continues that run instead."""
-    from tuneforge.training.job import train as _train  # deferred: CLI start (torch)
+    from tuneforge.runs.run import Run  # deferred: CLI start (torch)
+    from tuneforge.training.entry import train as _train  # deferred: CLI start (torch)
 
-    return _train(recipe, overrides, resume=resume)
+    finished = _train(recipe, overrides, resume=resume)
+    return Run.load(finished) if finished is not None else None  # None: ranks other than 0
 
 
 def load_run(path, *, device: str | None = None) -> Run:

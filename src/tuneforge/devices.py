@@ -136,10 +136,15 @@ def inference_precision(trained: str, device: torch.device) -> str:
     return "fp32"
 
 
+def recipe_training_precision(recipe) -> str:
+    """The precision `recipe` trains in here (`training.precision`, `auto` resolved: `precision`
+    above)."""
+    return precision(recipe.training.precision, resolve(recipe.device), recipe.method)
+
+
 def recipe_inference_precision(recipe) -> str:
     """:func:`inference_precision` of a run of `recipe` trained here (`precision` above)."""
-    device = resolve(recipe.device)
-    return inference_precision(precision(recipe.training.precision, device, recipe.method), device)
+    return inference_precision(recipe_training_precision(recipe), resolve(recipe.device))
 
 
 def model_device(model) -> torch.device:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ast
 import graphlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,9 +19,10 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src"
 PACKAGE = SRC / "tuneforge"
 JOB = "tuneforge.training.job"
-# The entry points: the public API and the command line's `train` (imported inside the functions
-# that run a job, so `import tuneforge` and `tuneforge --help` stay fast).
-MAY_IMPORT_JOB = {"tuneforge", "tuneforge.cli.train"}
+# Where a job starts (`train` of the API and the command line go through it): it imports the job
+# inside the function that runs it in this process, so a parent that launches training processes
+# never loads the model code (`training/entry.py`), and `tuneforge --help` stays fast.
+MAY_IMPORT_JOB = {"tuneforge.training.entry"}
 
 
 def _module_name(path: Path) -> str:
@@ -97,3 +100,18 @@ def test_the_checker_sees_a_cycle(tmp_path, monkeypatch):
     assert all_imports("tuneforge.b") == {"tuneforge.a"}
     with pytest.raises(pytest.fail.Exception, match="import cycle"):
         test_the_module_graph_has_no_cycles()
+
+
+def test_a_launching_train_does_not_load_the_model_code():
+    """`tuneforge train` with `training.processes: N` waits while N processes train: what it
+    imports to read the recipe and launch them must not include transformers or the job (the
+    processes would start seconds later, `training/entry.py`)."""
+    heavy = ("transformers", "peft", "trl", "sklearn", JOB, "tuneforge.runs.run")
+    code = (
+        "import sys, tuneforge.cli.train, tuneforge.training.entry; "
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "", f"imported before any process starts: {loaded}"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
@@ -13,9 +14,6 @@ from tuneforge.demo import run_demo
 from tuneforge.errors import TuneforgeError
 from tuneforge.evaluation import forgetting
 from tuneforge.progress import console, out
-
-if TYPE_CHECKING:
-    from tuneforge.runs.run import Run
 
 
 def train(
@@ -28,14 +26,14 @@ def train(
     allow_pickle: AllowPickle = False,
 ) -> None:
     """Fine-tune a base model as the recipe describes; prints base vs fine-tuned at the end."""
-    from tuneforge.training.job import train as run_training  # deferred: CLI start (torch)
+    from tuneforge.training.entry import train as run_training  # deferred: CLI start (torch)
 
     if (recipe is None) == (resume is None):
         raise TuneforgeError("train: give a recipe file, or --resume RUN (one of them)")
     overrides = [*(set_ or []), *(["allow_pickle=true"] if allow_pickle else [])]
-    run: Run | None = run_training(recipe, overrides, resume=resume)
-    if run is not None:  # None on ranks other than 0 of a distributed run: rank 0 reports
-        print_summary(run)
+    finished = run_training(recipe, overrides, resume=resume)
+    if finished is not None:  # None on ranks other than 0 of a distributed run: rank 0 reports
+        print_summary(finished)
 
 
 def plan(
@@ -83,16 +81,18 @@ def demo(
     set_: SetOption = None,
 ) -> None:
     """Fine-tune the embedded model on movie-review sentiment and show base vs fine-tuned."""
-    run = run_demo(set_ or [])
-    print_summary(run)
+    print_summary(run_demo(set_ or []).path)
 
 
-def print_summary(run: Run) -> None:
-    """Base vs fine-tuned for every split, the forgetting check of a continued run, the report."""
-    metrics = run.metrics
+def print_summary(run_dir: Path) -> None:
+    """Base vs fine-tuned for every split, the forgetting check of a continued run, the report.
+
+    Read from the run's files, not through :class:`tuneforge.runs.run.Run`: a `train` that
+    launched its training processes never imports the model code (`training/entry.py`)."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     for split, tuned in metrics["tuned"].items():
         print_comparison(
-            f"{run.path.name}: {split}",
+            f"{run_dir.name}: {split}",
             metrics.get("base", {}).get(split, {}),
             tuned,
             metrics.get("comparison", {}).get(split),
@@ -102,5 +102,5 @@ def print_summary(run: Run) -> None:
     if metrics.get("forgetting"):  # continued runs: the parent's validation set before and after
         out.print(forgetting.describe(metrics["forgetting"]), highlight=False)
     console.print(
-        f"Report: {run.path / 'report.html'} (and report.md)", soft_wrap=True
+        f"Report: {run_dir / 'report.html'} (and report.md)", soft_wrap=True
     )  # one line: paths

@@ -1,7 +1,7 @@
 """The training job: a recipe in, a finished run directory out.
 
-Nothing imports this module but the entry points (`tuneforge.train`, the CLI); it wires the
-library together: the recipe read once, the data read, checked and tokenised once (`_set_up`),
+Nothing imports this module but `entry.py`, in the process that trains (each of them when there
+are several); it wires the library together: the recipe read once, the data read, checked and tokenised once (`_set_up`),
 the base model scored, the Trainer built and run (`trainer.py`), the tuned model scored, the run
 written (`runs/`). The same code runs in one process and on every rank of a distributed run:
 rank guards, rank 0 alone writes.
@@ -25,7 +25,7 @@ from rich.markup import escape
 from transformers import set_seed
 
 from tuneforge import cpu_bf16, devices, kernels, precision, safety
-from tuneforge.config import Recipe, load_recipe
+from tuneforge.config import Recipe
 from tuneforge.data import canaries
 from tuneforge.data.recipe_check import check_data
 from tuneforge.errors import TuneforgeError, did_you_mean
@@ -39,68 +39,22 @@ from tuneforge.models import load_tokenizer
 from tuneforge.progress import console, say, status
 from tuneforge.report import write_report
 from tuneforge.runs import registry
-from tuneforge.runs.directory import RunDir, unfinished_folder
+from tuneforge.runs.directory import RunDir
 from tuneforge.runs.parents import base_source, is_reference, resolve
 from tuneforge.runs.parents import pin as pin_parent
 from tuneforge.runs.provenance import provenance
-from tuneforge.runs.run import Run
 from tuneforge.tasks import get_task
 from tuneforge.training import checkpointing, distributed, launch, tracking
+from tuneforge.training.request import Job
 from tuneforge.training.continuation import check_task, continue_from, start_model
 from tuneforge.training.trainer import TrainingDiverged, build_trainer
 
 
-def train(
-    recipe: Recipe | str | Path | None = None,
-    overrides: list[str] | None = None,
-    *,
-    resume: Path | None = None,
-):
-    """Fine-tune as the recipe says; returns the finished :class:`tuneforge.runs.run.Run`.
-
-    With `resume` (an interrupted run's folder), the run continues from its last checkpoint with
-    the recipe it was started with: same data order, optimiser, scheduler and RNG state.
-    """
-    job = Job.read(recipe, overrides, resume)
-    processes = launch.processes(job.recipe)
-    if processes > 1:  # training.processes: this process waits, N processes train
-        training_precision(job.recipe)  # a CPU's bf16 measured once: the processes inherit it
-        return launch.run(processes, run_job, job)
-    return run_job(job)
-
-
-@dataclass(frozen=True)
-class Job:
-    """What a `train` call asks for, read once: the recipe (or a resumed run's), the folder its
-    relative paths start from, and the unfinished run to continue."""
-
-    recipe: Recipe
-    recipe_dir: Path
-    resume: Path | None = None  # the run's .<name>.incomplete folder
-
-    @classmethod
-    def read(cls, recipe, overrides: list[str] | None, resume: Path | None) -> Job:
-        if resume is not None:
-            folder = unfinished_folder(resume)
-            status_file = folder / "status.json"
-            status = json.loads(status_file.read_text()) if status_file.is_file() else {}
-            return cls(
-                load_recipe(folder / "recipe.yaml", overrides),
-                Path(status.get("recipe_dir", ".")),
-                folder,
-            )
-        if isinstance(recipe, Recipe):
-            return cls(recipe, Path("."))
-        if recipe is None:
-            raise TuneforgeError("train: give a recipe file (or --resume RUN)")
-        return cls(load_recipe(recipe, overrides), Path(recipe).parent)
-
-
-def run_job(job: Job):
+def run_job(job: Job) -> Path | None:
     """The run, in this process: alone, or as one rank of several (torchrun, accelerate launch,
     training.processes). Every rank reads the data, builds the model and trains; rank 0 alone
     writes the run directory, scores the base model, evaluates, saves and reports. Returns the
-    finished run on rank 0, None on the others."""
+    finished run's folder on rank 0, None on the others."""
     with safety.pickle_scope():  # a recipe's allow_pickle holds for this run only
         distributed.init()  # no-op in a single process; silences the ranks other than 0
         tame()  # after init: a silenced rank shows no library bars either
@@ -117,7 +71,7 @@ def run_job(job: Job):
         with _outcome(run, setup.recipe, resumed=job.resume is not None):
             final = _main_rank(setup, run, job, t0, load_seconds)
         say(f"[green]Finished[/green]: {escape(str(final))}")
-        return Run.load(final)
+        return final
 
 
 def _open_run(setup: _Setup, reopened: RunDir | None) -> RunDir:
@@ -266,7 +220,7 @@ def _for_final_scoring(setup: _Setup, run_path: Path, model):
     then the saved weights loaded back as `predict` and the exports hold them, so the run's
     figures are those a user gets."""
     recipe, task = setup.recipe, setup.task
-    if task.infers_in_bf16 or not _on_cpu(recipe) or training_precision(recipe) != "bf16":
+    if task.infers_in_bf16 or not _on_cpu(recipe) or devices.recipe_training_precision(recipe) != "bf16":
         return model
     with status("Loading the saved weights in fp32 for the final scores"):
         saved = task.load_tuned(
@@ -379,7 +333,7 @@ def _run_record(setup: _Setup, trainer, timings: dict[str, float]) -> dict[str, 
         **({"parent": continued.record()} if continued is not None else {}),
         "info": setup.prepared.info,
         "parameters": trainer.parameters,
-        "precision": training_precision(recipe),
+        "precision": devices.recipe_training_precision(recipe),
         **({"cpu": cpu_bf16.detect().describe()} if _on_cpu(recipe) else {}),
         "timings": {k: round(v, 1) for k, v in timings.items()},
         "environment": setup.inputs["versions"],
@@ -489,13 +443,6 @@ def build_model(task, source, prepared, recipe: Recipe, tokenizer, parent=None):
 
 def _on_cpu(recipe: Recipe) -> bool:
     return devices.resolve(recipe.device).type == "cpu"
-
-
-def training_precision(recipe: Recipe) -> str:
-    """The precision this recipe trains in here (`training.precision`, `auto` resolved)."""
-    return devices.precision(
-        recipe.training.precision, devices.resolve(recipe.device), recipe.method
-    )
 
 
 def _parent(recipe: Recipe):
