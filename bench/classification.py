@@ -32,6 +32,7 @@ from _measure import (  # noqa: E402
     merge_rank_meters,
     meter_child_processes,
     parse_args,
+    train_command,
     write_json,
 )
 
@@ -116,10 +117,17 @@ def run_arm(args) -> dict:
     extra: dict = {}
     if args.arm.startswith("tuneforge"):  # tuneforge (precision auto) or tuneforge-fp32
         import tuneforge
+        from tuneforge.training import launch
 
         meters = args.workdir / f"meters-{args.arm}-{args.seed}"
-        meter_child_processes(meters)  # training.processes: counted there
-        run = tuneforge.train(RECIPE, overrides(args, args.workdir))
+        meter_child_processes(meters)  # counted where the training runs
+        folder, extra["job_wall_s"] = train_command(
+            RECIPE,
+            overrides(args, args.workdir),
+            args.workdir / "runs",
+            in_process=launch.processes(recipe) == 1,
+        )
+        run = tuneforge.load_run(folder)
         meter = merge_rank_meters(meter, meters)
         tuned = run.metrics["tuned"]["validation"]
         quality = {k: tuned[k] for k in QUALITY}
