@@ -18,6 +18,7 @@ def train_baseline(
     validation_file: str | Path,
     output_dir: str | Path,
     *,
+    test_file: Path | None = None,
     text_field: str = "text",
     label_field: str = "label",
     epochs: float = 2,
@@ -45,9 +46,10 @@ def train_baseline(
         TrainingArguments,
     )
 
-    data = load_dataset(
-        "csv", data_files={"train": str(train_file), "validation": str(validation_file)}
-    )
+    files = {"train": str(train_file), "validation": str(validation_file)}
+    if test_file is not None:
+        files["test"] = str(test_file)
+    data = load_dataset("csv", data_files=files)
     data = data.class_encode_column(label_field)  # label names -> ids, in sorted order
     labels = data["train"].features[label_field].names
     label2id = {label: i for i, label in enumerate(labels)}
@@ -113,8 +115,12 @@ def train_baseline(
     )
     trainer.train()
     final = trainer.evaluate()
-    return {
+    quality = {
         "accuracy": final["eval_accuracy"],
         "macro_f1": final["eval_macro_f1"],
         "loss": final["eval_loss"],
     }
+    if test_file is not None:  # held out: not seen when the best epoch was chosen
+        test = trainer.evaluate(tokenized["test"], metric_key_prefix="test")
+        quality |= {k: test[k] for k in ("test_accuracy", "test_macro_f1", "test_loss")}
+    return quality

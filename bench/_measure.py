@@ -511,14 +511,17 @@ def print_table(results: dict[str, dict], ratios: dict, peak: dict, quality_keys
         print(line + f" {fmt.format(b):>12} {_ratio(r):>8}")
     for key in quality_keys:
         t, b = t_arm["quality"].get(key), results["baseline"]["quality"].get(key)
-        line = f"{'validation ' + key:38} {_num(t):>12}"
+        label = key.replace("test_", "test ", 1) if key.startswith("test_") else "validation " + key
+        line = f"{label:38} {_num(t):>12}"
         if fp32:
             line += f" {_num(fp32['quality'].get(key)):>12} {'':>9}"
         print(line + f" {_num(b):>12} {_ratio(ratios.get(key)):>8}")
     for name, arm in results.items():
-        for key, (low, high) in arm.get("quality_interval", {}).items():
-            if key in quality_keys:
-                print(f"  {name} validation {key}: 95% CI of the mean {low:.4f} to {high:.4f}")
+        if name not in ("tuneforge", "tuneforge-fp32", "baseline"):
+            print(
+                f"  {name}: "
+                + ", ".join(f"{k} {_num(arm['quality'].get(k))}" for k in quality_keys)
+            )
 
 
 def _ratio(r) -> str:
@@ -536,16 +539,73 @@ def write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
+# tuneforge arms that change one default, each against the same baseline (the recipe overrides)
+ARM_OVERRIDES = {
+    "tuneforge": [],
+    "tuneforge-fp32": ["training.precision=fp32"],
+    "tuneforge-random-order": ["training.group_by_length=false"],  # random batches, as the baseline
+}
+
+
 def arms_for(args) -> tuple[list[str], str]:
     """The arms to run, and the CPU's bf16 capability in words: where `precision: auto` trains
-    in bf16 here (a CPU with native bf16), tuneforge runs in auto and in fp32, side by side."""
+    in bf16 here (a CPU with native bf16), tuneforge runs in auto and in fp32, side by side;
+    `--ablations` adds tuneforge with random batches instead of length-sorted ones."""
     from tuneforge import cpu_bf16
 
     cpu = cpu_bf16.detect()
     arms = ["tuneforge", "baseline"]
     if args.precision == "compare" and cpu.usable:
         arms.insert(1, "tuneforge-fp32")
+    if getattr(args, "ablations", False):
+        arms.insert(-1, "tuneforge-random-order")
     return arms, cpu.describe()
+
+
+def differences(results: dict[str, dict], quality_keys: list[str]) -> dict[str, dict]:
+    """Each arm's quality minus the baseline's over the seeds: mean and Welch's 95% interval of
+    the difference (scipy; the arms' seeds are not paired: their batch orders differ)."""
+    from scipy import stats
+
+    base = results["baseline"].get("quality_seeds", {})
+    out: dict[str, dict] = {}
+    for name, arm in results.items():
+        if name == "baseline":
+            continue
+        for key in quality_keys:
+            a, b = arm.get("quality_seeds", {}).get(key), base.get(key)
+            if not a or not b or len(a) < 2 or len(b) < 2:
+                continue
+            diff = sum(a) / len(a) - sum(b) / len(b)
+            test = stats.ttest_ind(a, b, equal_var=False)
+            low, high = (diff, diff) if math.isnan(test.pvalue) else test.confidence_interval(0.95)
+            out.setdefault(name, {})[key] = {
+                "difference": diff,
+                "interval": [float(low), float(high)],
+                "p_value": None if math.isnan(test.pvalue) else float(test.pvalue),
+            }
+    return out
+
+
+def print_quality_study(results: dict[str, dict], diffs: dict, quality_keys: list[str]) -> None:
+    """Per arm and quality figure: each seed's value, the mean with its interval, and the
+    difference from the baseline with its interval."""
+    print("\nquality over seeds (95% t-intervals; difference = arm - baseline, Welch)")
+    for key in quality_keys:
+        print(f"  {key}")
+        for name, arm in results.items():
+            values = arm.get("quality_seeds", {}).get(key)
+            if not values:
+                continue
+            low, high = arm.get("quality_interval", {}).get(key, (math.nan, math.nan))
+            line = (
+                f"    {name:24} {' '.join(f'{v:.3f}' for v in values):40} "
+                f"mean {sum(values) / len(values):.4f} [{low:.4f}, {high:.4f}]"
+            )
+            d = diffs.get(name, {}).get(key)
+            if d:
+                line += f"  diff {d['difference']:+.4f} [{d['interval'][0]:+.4f}, {d['interval'][1]:+.4f}]"
+            print(line)
 
 
 def mean_over_seeds(reports: list[dict]) -> dict:
@@ -607,6 +667,7 @@ def drive(args, script: Path, benchmark: str, recipe: Path, quality: list[str], 
             peak = after
     results = {arm: mean_over_seeds(reports) for arm, reports in per_seed.items()}
     ratios = summarise(results, peak, quality)
+    diffs = differences(results, quality)
     write_json(
         args.output,
         {
@@ -621,9 +682,12 @@ def drive(args, script: Path, benchmark: str, recipe: Path, quality: list[str], 
             **results,
             "per_seed": per_seed,
             "ratios": ratios,
+            "differences_from_baseline": diffs,
         },
     )
     print_table(results, ratios, peak, quality)
+    if args.seeds > 1:
+        print_quality_study(results, diffs, quality)
     print(f"\nwritten: {args.output}")
 
 
@@ -652,10 +716,13 @@ def parse_args(doc: str, default_output: Path, argv: list[str] | None = None):
         default="compare",
         help="compare: tuneforge in precision auto and fp32 where this CPU has native bf16",
     )
-    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument(
-        "--arm", choices=["tuneforge", "tuneforge-fp32", "baseline"], help=argparse.SUPPRESS
+        "--ablations",
+        action="store_true",
+        help="also tuneforge with random batches instead of length-sorted ones (accuracy study)",
     )
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--arm", choices=[*ARM_OVERRIDES, "baseline"], help=argparse.SUPPRESS)
     p.add_argument("--arm-output", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -668,8 +735,7 @@ def common_overrides(args, workdir: Path) -> list[str]:
         f"registry={workdir / 'registry.sqlite'}",
         f"training.seed={args.seed}",
     ]
-    if args.arm == "tuneforge-fp32":
-        out.append("training.precision=fp32")
+    out += ARM_OVERRIDES.get(args.arm, [])
     if args.epochs is not None:
         out.append(f"training.epochs={args.epochs}")
     if args.max_steps is not None:

@@ -37,7 +37,8 @@ from _measure import (  # noqa: E402
 )
 
 RECIPE = ROOT / "recipes" / "sentiment.yaml"
-QUALITY = ["accuracy", "macro_f1", "loss"]
+# validation (the checkpoint is chosen on it: each arm's best epoch) and test (held out from both)
+QUALITY = ["accuracy", "macro_f1", "loss", "test_accuracy", "test_macro_f1", "test_loss"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -129,8 +130,9 @@ def run_arm(args) -> dict:
         )
         run = tuneforge.load_run(folder)
         meter = merge_rank_meters(meter, meters)
-        tuned = run.metrics["tuned"]["validation"]
-        quality = {k: tuned[k] for k in QUALITY}
+        tuned = run.metrics["tuned"]
+        quality = {k: tuned["validation"][k] for k in QUALITY if not k.startswith("test_")}
+        quality |= {f"test_{k}": tuned["test"][k] for k in ("accuracy", "macro_f1", "loss")}
         extra["tuneforge_timings"] = run.meta["timings"]
         extra["precision"] = run.meta.get("precision", "fp32")
     else:
@@ -143,6 +145,7 @@ def run_arm(args) -> dict:
             data_path(data.train, RECIPE),
             data_path(data.validation, RECIPE),
             args.workdir / "baseline-out",
+            test_file=data_path(data.test, RECIPE),
             text_field=data.text_field,
             label_field=data.label_field,
             epochs=tc.epochs,
