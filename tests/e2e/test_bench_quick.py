@@ -106,6 +106,9 @@ def test_classification_bench_quick(tmp_path):
     for arm in ("tuneforge", "baseline"):
         q = data[arm]["quality"]
         assert 0 <= q["accuracy"] <= 1 and 0 <= q["macro_f1"] <= 1
+        # the held-out test split, which neither arm chose its checkpoint on
+        assert 0 <= q["test_accuracy"] <= 1 and 0 <= q["test_macro_f1"] <= 1
+        assert math.isfinite(q["test_loss"]) and q["test_loss"] > 0
         assert data[arm]["vocab_rows"] == 0  # the classifier never projects onto the vocabulary
         assert data[arm]["model"]["vocab_params"] == 0
 
