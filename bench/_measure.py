@@ -557,7 +557,7 @@ def arms_for(args) -> tuple[list[str], str]:
     arms = ["tuneforge", "baseline"]
     if args.precision == "compare" and cpu.usable:
         arms.insert(1, "tuneforge-fp32")
-    if getattr(args, "ablations", False):
+    if args.ablations:
         arms.insert(-1, "tuneforge-random-order")
     return arms, cpu.describe()
 
@@ -600,7 +600,7 @@ def print_quality_study(results: dict[str, dict], diffs: dict, quality_keys: lis
             low, high = arm.get("quality_interval", {}).get(key, (math.nan, math.nan))
             line = (
                 f"    {name:24} {' '.join(f'{v:.3f}' for v in values):40} "
-                f"mean {sum(values) / len(values):.4f} [{low:.4f}, {high:.4f}]"
+                f"mean {arm['quality'][key]:.4f} [{low:.4f}, {high:.4f}]"
             )
             d = diffs.get(name, {}).get(key)
             if d:

@@ -37,8 +37,9 @@ from _measure import (  # noqa: E402
 )
 
 RECIPE = ROOT / "recipes" / "sentiment.yaml"
+METRICS = ("accuracy", "macro_f1", "loss")
 # validation (the checkpoint is chosen on it: each arm's best epoch) and test (held out from both)
-QUALITY = ["accuracy", "macro_f1", "loss", "test_accuracy", "test_macro_f1", "test_loss"]
+QUALITY = [*METRICS, *(f"test_{k}" for k in METRICS)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,8 +132,8 @@ def run_arm(args) -> dict:
         run = tuneforge.load_run(folder)
         meter = merge_rank_meters(meter, meters)
         tuned = run.metrics["tuned"]
-        quality = {k: tuned["validation"][k] for k in QUALITY if not k.startswith("test_")}
-        quality |= {f"test_{k}": tuned["test"][k] for k in ("accuracy", "macro_f1", "loss")}
+        quality = {k: tuned["validation"][k] for k in METRICS}
+        quality |= {f"test_{k}": tuned["test"][k] for k in METRICS}
         extra["tuneforge_timings"] = run.meta["timings"]
         extra["precision"] = run.meta.get("precision", "fp32")
     else:
