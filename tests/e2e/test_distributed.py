@@ -8,9 +8,11 @@ of the (seeded, identical) sampler to rank k mod 2, so step s of the 2-rank run 
 2s+1 of size 4, which are exactly the 8 examples of step s of the single run. That holds for
 `training.group_by_length: false` (seeded random order): length grouping forms its mega-batches
 from the per-device batch size, so its order differs between the two set-ups, hence the override.
-24 training and 8 validation examples divide evenly, so no rank pads its last batch with repeats.
-DDP averages the ranks' gradients, and each rank's loss is a mean over the same number of
-examples, so the update is the single run's update up to floating-point summation order.
+24 training examples divide evenly, so no rank pads its last batch with repeats: DDP averages the
+ranks' gradients, and each rank's loss is a mean over the same number of examples, so the update
+is the single run's update up to floating-point summation order. 11 validation examples do not
+(2 ranks x 4): accelerate completes the last batch with repeated rows, which the evaluation's
+figures must not count (the Trainer's own eval loss did, as a batch mean).
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def runs(tmp_path_factory, tiny_model):
 
     tmp = tmp_path_factory.mktemp("ddp")
     train = write_csv(tmp / "train.csv", sentiment_rows(24))
-    validation = write_csv(tmp / "validation.csv", sentiment_rows(8, offset=100))
+    validation = write_csv(tmp / "validation.csv", sentiment_rows(11, offset=100))
     out = {}
     cli = [sys.executable, "-m", "tuneforge.cli"]
     for name, launcher, batch, extra in (
@@ -120,7 +122,13 @@ def test_same_losses_and_metrics(runs, how):
         assert ddp["tuned"]["validation"][name] == pytest.approx(
             single["tuned"]["validation"][name], abs=1e-5
         )
-    assert ddp["base"]["validation"] == single["base"]["validation"]  # scored on rank 0 only
+    base, single_base = ddp["base"]["validation"], single["base"]["validation"]
+    assert base["confusion_matrix"] == single_base["confusion_matrix"]  # scored on rank 0 only
+    # (in one thread there, in two in the single run: the same up to summation order)
+    assert base["loss"] == pytest.approx(single_base["loss"], abs=1e-6)
+    # the final scoring scores the best checkpoint again: the same loss as its evaluation
+    (best,) = [e for e in ddp["evaluations"] if e["step"] == ddp["best"]["step"]]
+    assert best["loss"] == pytest.approx(ddp["tuned"]["validation"]["loss"], abs=1e-5)
 
 
 @pytest.mark.parametrize("how", LAUNCHED)

@@ -39,6 +39,6 @@ def train(
 
 def run_job(job: Job) -> Path | None:
     """The job in this process (one of the launched ones, or the only one)."""
-    from tuneforge.training.job import run_job as run  # deferred: transformers, only where it trains
+    from tuneforge.training.job import run_job as run  # deferred: transformers, where it trains
 
     return run(job)

@@ -45,8 +45,8 @@ from tuneforge.runs.parents import pin as pin_parent
 from tuneforge.runs.provenance import provenance
 from tuneforge.tasks import get_task
 from tuneforge.training import checkpointing, distributed, launch, tracking
-from tuneforge.training.request import Job
 from tuneforge.training.continuation import check_task, continue_from, start_model
+from tuneforge.training.request import Job
 from tuneforge.training.trainer import TrainingDiverged, build_trainer
 
 
@@ -220,7 +220,11 @@ def _for_final_scoring(setup: _Setup, run_path: Path, model):
     then the saved weights loaded back as `predict` and the exports hold them, so the run's
     figures are those a user gets."""
     recipe, task = setup.recipe, setup.task
-    if task.infers_in_bf16 or not _on_cpu(recipe) or devices.recipe_training_precision(recipe) != "bf16":
+    if (
+        task.infers_in_bf16
+        or not _on_cpu(recipe)
+        or devices.recipe_training_precision(recipe) != "bf16"
+    ):
         return model
     with status("Loading the saved weights in fp32 for the final scores"):
         saved = task.load_tuned(
