@@ -658,7 +658,7 @@ def drive(args, script: Path, benchmark: str, recipe: Path, quality: list[str], 
         forwarded += ["--max-length", str(args.max_length)] if args.max_length is not None else []
         forwarded += ["--train-rows", str(args.train_rows)] if args.train_rows is not None else []
         peak = matmul_peak()
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             found = run_arms(script, arms, [*forwarded, "--seed", str(seed)], workdir)
             for arm in arms:
                 per_seed[arm].append(found[arm])
@@ -677,6 +677,7 @@ def drive(args, script: Path, benchmark: str, recipe: Path, quality: list[str], 
             "epochs": args.epochs,
             "max_steps": args.max_steps,
             "seeds": args.seeds,
+            "first_seed": args.first_seed,
             "cpu": cpu,
             "matmul_peak": peak,
             **results,
@@ -709,6 +710,12 @@ def parse_args(doc: str, default_output: Path, argv: list[str] | None = None):
     p.add_argument("--output", type=Path, default=default_output, help="result JSON")
     p.add_argument(
         "--seeds", type=int, default=1, help="train each arm with seeds 0..N-1 (quality intervals)"
+    )
+    p.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="with --seeds N: seeds FIRST..FIRST+N-1 (more seeds for a study run earlier)",
     )
     p.add_argument(
         "--precision",
