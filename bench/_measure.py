@@ -644,6 +644,9 @@ def drive(args, script: Path, benchmark: str, recipe: Path, quality: list[str], 
     """The driver: quick-mode inputs, the peak before and after the arms (each seed), JSON, table."""
     import tempfile
 
+    if args.merge:
+        return merge(args, benchmark, quality)
+
     arms, cpu = arms_for(args)
     print(f"CPU: {cpu}; arms: {', '.join(arms)}; seeds: {args.seeds}", flush=True)
     per_seed: dict[str, list[dict]] = {arm: [] for arm in arms}
@@ -692,6 +695,34 @@ def drive(args, script: Path, benchmark: str, recipe: Path, quality: list[str], 
     print(f"\nwritten: {args.output}")
 
 
+def merge(args, benchmark: str, quality: list[str]) -> None:
+    """`--merge A.json B.json ...`: one study from the seeds of several runs (arms kept where they
+    ran in every file; timings are not compared across runs, only quality)."""
+    studies = [json.loads(Path(f).read_text()) for f in args.merge]
+    for path, study in zip(args.merge, studies, strict=True):
+        if study.get("benchmark") != benchmark or "per_seed" not in study:
+            sys.exit(f"--merge: {path} is not a {benchmark} benchmark result")
+    arms = [a for a in studies[0]["per_seed"] if all(a in s["per_seed"] for s in studies)]
+    per_seed = {arm: [r for s in studies for r in s["per_seed"][arm]] for arm in arms}
+    seeds = [[*range(s.get("first_seed", 0), s.get("first_seed", 0) + s["seeds"])] for s in studies]
+    results = {arm: mean_over_seeds(reports) for arm, reports in per_seed.items()}
+    diffs = differences(results, quality)
+    write_json(
+        args.output,
+        {
+            "benchmark": benchmark,
+            "merged_from": [str(f) for f in args.merge],
+            "seeds": [seed for group in seeds for seed in group],
+            "cpus": [s.get("cpu") for s in studies],
+            **results,
+            "per_seed": per_seed,
+            "differences_from_baseline": diffs,
+        },
+    )
+    print_quality_study(results, diffs, quality)
+    print(f"\nwritten: {args.output}")
+
+
 def parse_args(doc: str, default_output: Path, argv: list[str] | None = None):
     import argparse
 
@@ -727,6 +758,13 @@ def parse_args(doc: str, default_output: Path, argv: list[str] | None = None):
         "--ablations",
         action="store_true",
         help="also tuneforge with random batches instead of length-sorted ones (accuracy study)",
+    )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="train nothing: one quality study from the seeds of earlier results (--output)",
     )
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--arm", choices=[*ARM_OVERRIDES, "baseline"], help=argparse.SUPPRESS)

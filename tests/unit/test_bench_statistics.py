@@ -38,3 +38,35 @@ def test_equal_arms_differ_by_nothing_and_one_seed_gives_no_interval():
     assert d["difference"] == pytest.approx(0) and d["interval"][0] < 0 < d["interval"][1]
     one = {"tuneforge": _arm([0.9]), "baseline": _arm([0.88])}
     assert _measure.differences(one, ["accuracy"]) == {}
+
+
+def test_merged_studies_pool_their_seeds(tmp_path, capsys):
+    def study(first: int, tuned: list[float], base: list[float], extra_arm: bool) -> Path:
+        per_seed = {
+            "tuneforge": [{"wall_s": 1.0, "quality": {"accuracy": v}} for v in tuned],
+            "baseline": [{"wall_s": 1.0, "quality": {"accuracy": v}} for v in base],
+        }
+        if extra_arm:  # ran in one study only: not in the merged one
+            per_seed["tuneforge-fp32"] = per_seed["tuneforge"]
+        path = tmp_path / f"study-{first}.json"
+        path.write_text(
+            _measure.json.dumps(
+                {"benchmark": "classification", "seeds": len(tuned), "first_seed": first}
+                | {"per_seed": per_seed, "cpu": "x"}
+            )
+        )
+        return path
+
+    files = [study(0, [0.90, 0.92], [0.88, 0.86], True), study(2, [0.91], [0.87], False)]
+    out = tmp_path / "merged.json"
+    args = _measure.parse_args("doc", out, ["--merge", *map(str, files), "--output", str(out)])
+    _measure.merge(args, "classification", ["accuracy"])
+    merged = _measure.json.loads(out.read_text())
+    assert merged["seeds"] == [0, 1, 2]
+    assert set(merged["per_seed"]) == {"tuneforge", "baseline"}
+    assert merged["tuneforge"]["quality_seeds"]["accuracy"] == [0.90, 0.92, 0.91]
+    d = merged["differences_from_baseline"]["tuneforge"]["accuracy"]
+    assert d["difference"] == pytest.approx(0.91 - 0.87)
+    assert "0.900 0.920 0.910" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="not a sft benchmark"):
+        _measure.merge(args, "sft", ["accuracy"])
