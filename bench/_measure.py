@@ -740,7 +740,10 @@ def parse_args(doc: str, default_output: Path, argv: list[str] | None = None):
     )
     p.add_argument("--output", type=Path, default=default_output, help="result JSON")
     p.add_argument(
-        "--seeds", type=int, default=1, help="train each arm with seeds 0..N-1 (quality intervals)"
+        "--seeds",
+        type=int,
+        default=1,
+        help="train each arm with N seeds from --first-seed (quality intervals)",
     )
     p.add_argument(
         "--first-seed",
