@@ -196,7 +196,7 @@ class ClassificationTask(Task):
             return {
                 "accuracy": full["accuracy"],
                 "macro_f1": full["macro_f1"],
-                "loss": nll(logits, y),
+                "loss": float(nll(softmax(logits), y).mean()),
             }
 
         return compute
@@ -231,16 +231,15 @@ class ClassificationTask(Task):
         label_id = {lab: i for i, lab in enumerate(info["labels"])}
         y_true = np.array([label_id[label_of(r, info["label_field"])] for r in rows])
         metrics = classification_metrics(y_true, probs.argmax(-1), info["labels"])
-        picked = probs[np.arange(len(rows)), y_true]
-        nll = -np.log(np.clip(picked, 1e-12, 1.0))
-        metrics["loss"] = float(nll.mean())
+        losses = nll(probs, y_true)
+        metrics["loss"] = float(losses.mean())
         # per example, for the intervals (evaluation/intervals.py) and calibration; the run keeps
         # them in outcomes.json, not metrics.json
         metrics[EXAMPLES] = {
             "label": y_true.tolist(),
             "predicted": probs.argmax(-1).tolist(),
             "probabilities": np.round(probs, 6).tolist(),
-            "loss": nll.tolist(),
+            "loss": losses.tolist(),
         }
         metrics.update(calibration.figures(probs, y_true))  # ece, mce, reliability (15 bins)
         return metrics
@@ -379,9 +378,10 @@ class ClassificationTask(Task):
         )
 
 
-def nll(logits: np.ndarray, y: np.ndarray) -> float:
-    """Mean negative log-likelihood of labels `y` under the softmax of `logits` (rows x labels)."""
-    return float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y)))
+def nll(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Each row's negative log-likelihood of its label `y` under `probs` (rows x labels): the loss
+    of the final scoring and of the in-training evaluations alike."""
+    return -np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0))
 
 
 def padding_capped_batches(
