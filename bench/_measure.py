@@ -698,10 +698,20 @@ def drive(args, script: Path, benchmark: str, recipe: Path, quality: list[str], 
 def merge(args, benchmark: str, quality: list[str]) -> None:
     """`--merge A.json B.json ...`: one study from the seeds of several runs (arms kept where they
     ran in every file; timings are not compared across runs, only quality)."""
-    studies = [json.loads(Path(f).read_text()) for f in args.merge]
-    for path, study in zip(args.merge, studies, strict=True):
-        if study.get("benchmark") != benchmark or "per_seed" not in study:
-            sys.exit(f"--merge: {path} is not a {benchmark} benchmark result")
+    studies = []
+    for path in args.merge:
+        try:
+            study = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            study = {"error": e}
+        if (
+            not isinstance(study, dict)
+            or study.get("benchmark") != benchmark
+            or "per_seed" not in study
+        ):
+            print(f"--merge: {path} is not a {benchmark} benchmark result", file=sys.stderr)
+            raise SystemExit(2)
+        studies.append(study)
     arms = [a for a in studies[0]["per_seed"] if all(a in s["per_seed"] for s in studies)]
     per_seed = {arm: [r for s in studies for r in s["per_seed"][arm]] for arm in arms}
     seeds = [[*range(s.get("first_seed", 0), s.get("first_seed", 0) + s["seeds"])] for s in studies]

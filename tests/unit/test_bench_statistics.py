@@ -68,5 +68,8 @@ def test_merged_studies_pool_their_seeds(tmp_path, capsys):
     d = merged["differences_from_baseline"]["tuneforge"]["accuracy"]
     assert d["difference"] == pytest.approx(0.91 - 0.87)
     assert "0.900 0.920 0.910" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="not a sft benchmark"):
-        _measure.merge(args, "sft", ["accuracy"])
+    capsys.readouterr()
+    for wrong in (args, _measure.parse_args("doc", out, ["--merge", str(tmp_path / "none.json")])):
+        with pytest.raises(SystemExit) as e:
+            _measure.merge(wrong, "sft", ["accuracy"])
+        assert e.value.code == 2 and "is not a sft benchmark result" in capsys.readouterr().err
