@@ -208,3 +208,40 @@ training: {{batch_size: 7, processes: 2}}
     )
     with pytest.raises(TuneforgeError, match="batch_size 7 does not split across 2 processes"):
         load_recipe(recipe)
+
+
+def test_sft_evaluation_loss_counts_every_token_once(tmp_path, tiny_model):
+    """sft in 2 processes, 5 validation chats in batches of 2 per process: accelerate completes
+    the last batch with a repeated chat. The evaluations' loss is the token-weighted mean of the
+    final scoring (the Trainer's own was a mean of batch means, the repeat included)."""
+    from conftest import write_jsonl
+
+    def chat(i: int) -> dict:
+        answer = " ".join(["the lazy dog"] * (1 + i % 3))
+        return {
+            "messages": [
+                {"role": "user", "content": f"alert {i}: the quick brown fox"},
+                {"role": "assistant", "content": f"Category: benign\nReason: {answer}"},
+            ]
+        }
+
+    train = write_jsonl(tmp_path / "train.jsonl", [chat(i) for i in range(8)])
+    validation = write_jsonl(tmp_path / "validation.jsonl", [chat(i) for i in range(100, 105)])
+    recipe = write_recipe(
+        tmp_path / "recipe.yaml",
+        f"""
+name: ddp-sft
+base_model: {tiny_model}
+task: sft
+data: {{train: {train}, validation: {validation}}}
+lora: {{r: 4, alpha: 8, dropout: 0.0}}
+training: {{batch_size: 4, eval_batch_size: 2, epochs: 1, learning_rate: 1.0e-2, processes: 2}}
+sft: {{generation_examples: 0}}
+output_dir: {tmp_path / "runs"}
+""",
+    )
+    _run([sys.executable, "-m", "tuneforge.cli", "train", str(recipe)], cwd=tmp_path)
+    run = _only_run(tmp_path / "runs")
+    metrics = _metrics(run)
+    (best,) = [e for e in metrics["evaluations"] if e["step"] == metrics["best"]["step"]]
+    assert best["loss"] == pytest.approx(metrics["tuned"]["validation"]["loss"], rel=1e-5)

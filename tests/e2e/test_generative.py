@@ -44,7 +44,9 @@ def sft(tmp_path_factory, tiny_model):
         "train": write_jsonl(
             tmp / "train.jsonl", [chat_row(i, turns=1 + i % 2) for i in range(12)]
         ),
-        "validation": write_jsonl(tmp / "validation.jsonl", [chat_row(i) for i in range(100, 104)]),
+        "validation": write_jsonl(
+            tmp / "validation.jsonl", [chat_row(i, turns=1 + i % 2) for i in range(100, 104)]
+        ),
         "test": write_jsonl(tmp / "test.jsonl", [chat_row(i) for i in range(200, 203)]),
     }
     recipe = tmp / "sft.yaml"
@@ -55,7 +57,8 @@ base_model: {tiny_model}
 task: sft
 data: {{train: {files["train"]}, validation: {files["validation"]}, test: {files["test"]}}}
 lora: {{r: 4, alpha: 8, dropout: 0.0}}
-training: {{epochs: 2, batch_size: 4, learning_rate: 2.0e-2, logging_steps: 1, max_length: 128}}
+training: {{epochs: 2, batch_size: 4, eval_batch_size: 2, learning_rate: 2.0e-2, logging_steps: 1,
+  max_length: 128}}
 sft: {{generation_examples: 2, max_new_tokens: 8}}
 output_dir: {tmp / "runs"}
 """
@@ -98,6 +101,11 @@ def test_sft_run_directory_metrics_and_report(sft):
         assert tuned["perplexity"] == pytest.approx(2.718281828 ** tuned["loss"], rel=1e-6)
         assert len(tuned["samples"]) == 2 and len(base["samples"]) == 2
     assert metrics["tuned"]["validation"]["loss"] < metrics["base"]["validation"]["loss"]
+    # the evaluations' loss is token-weighted, as the final scoring's (2 batches of 2 answers of
+    # different lengths: a mean of the batch means would differ)
+    (best,) = [e for e in metrics["evaluations"] if e["step"] == metrics["best"]["step"]]
+    assert best["loss"] == pytest.approx(metrics["tuned"]["validation"]["loss"], rel=1e-5)
+    assert best["perplexity"] == pytest.approx(2.718281828 ** best["loss"], rel=1e-6)
     for e in metrics["evaluations"]:
         assert {"loss", "perplexity", "exact_match", "rouge_l"} <= set(e)
         samples = (run / "samples" / f"step-{e['step']}.jsonl").read_text().splitlines()

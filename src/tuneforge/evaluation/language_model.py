@@ -1,8 +1,11 @@
 """Loss and perplexity of causal LMs, and the Trainer callbacks that add them to every evaluation.
 
 The loss here is the mean over all trained tokens (token-weighted), so base and tuned models are
-compared on exactly the same tokens. The Trainer's own `eval_loss` averages per-batch means, which
-can differ slightly; it is what early stopping sees, this is what the report compares.
+compared on exactly the same tokens. The Trainer's own `eval_loss` averages per-batch means (and,
+under DDP, counts the rows accelerate repeats to even out the last batch); so during training the
+Trainer gathers each row's summed loss and token count instead (:func:`row_loss_predictions`) and
+:func:`token_weighted_loss` replaces its `eval_loss` with the same token-weighted mean the final
+scoring computes, which early stopping, the best checkpoint and the curves then read.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import DataCollatorForSeq2Seq, TrainerCallback
 
@@ -90,7 +94,7 @@ def lm_loss(
             batch = {k: v.to(device) for k, v in batch.items()}
             with answer_forward.model_inputs(model, batch) as inputs:
                 logits = model(**inputs).logits
-            row_sums, row_counts = _row_losses(logits, batch)
+            row_sums, row_counts = row_losses(logits, batch)
             for i, total, n in zip(idx, row_sums.tolist(), row_counts.tolist(), strict=True):
                 sums[i], counts[i] = total, n
     finally:
@@ -105,7 +109,7 @@ def lm_loss(
     }
 
 
-def _row_losses(logits: torch.Tensor, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+def row_losses(logits: torch.Tensor, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's summed next-token loss and labelled-token count, from the logits a batch made
     by `padding_collator` or `AnswerLogitsCollator` gave (the same terms the model's loss has)."""
     if "shift_labels" in batch:
@@ -118,12 +122,26 @@ def _row_losses(logits: torch.Tensor, batch: dict[str, Any]) -> tuple[torch.Tens
     labelled = targets != -100
     rows = batch.get(answer_forward.ROWS)
     if rows is None:  # one row of targets per row of the batch
-        return (nll * labelled).sum(-1).cpu(), labelled.sum(-1).cpu()
+        return (nll * labelled).sum(-1), labelled.sum(-1)
     # the labelled (row, position) pairs, flattened in row-major order into one row
     row_of = rows.nonzero()[:, 0]
     n_rows = rows.shape[0]
     sums = torch.zeros(n_rows, device=nll.device).index_add_(0, row_of, nll[0])
-    return sums.cpu(), torch.bincount(row_of, minlength=n_rows).cpu()
+    return sums, torch.bincount(row_of, minlength=n_rows)
+
+
+def row_loss_predictions(logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    """(rows x 2): each row's summed loss and token count, on the logits' device, as the
+    Trainer's evaluation gathers predictions across processes (repeated rows dropped)."""
+    sums, counts = row_losses(logits, batch)
+    return torch.stack([sums, counts.to(sums.dtype)], dim=-1)
+
+
+def token_weighted_loss(eval_pred) -> dict[str, float]:
+    """`compute_metrics` on :func:`row_loss_predictions`: the mean loss over every token."""
+    predictions = np.asarray(eval_pred.predictions, dtype=np.float64)
+    tokens = predictions[:, 1].sum()
+    return {"loss": float(predictions[:, 0].sum() / tokens)} if tokens else {}
 
 
 class PerplexityCallback(TrainerCallback):

@@ -22,7 +22,7 @@ from tuneforge.data.chat import (
     with_system_prompt,
 )
 from tuneforge.errors import TuneforgeError
-from tuneforge.evaluation.language_model import PerplexityCallback
+from tuneforge.evaluation.language_model import PerplexityCallback, token_weighted_loss
 from tuneforge.generation import Generation, Sampling, generate
 from tuneforge.models import ModelSource, load_causal_lm
 from tuneforge.progress import console
@@ -82,6 +82,7 @@ def flat_batches(model, recipe: Recipe) -> bool:
 
 class CausalLMTask(Task):
     peft_task_type = "CAUSAL_LM"
+    eval_row_losses = True
     default_metric = "loss"
 
     def build_model(self, source: ModelSource, prepared: Prepared, recipe: Recipe, tokenizer=None):
@@ -92,9 +93,9 @@ class CausalLMTask(Task):
         return model
 
     def trainer_metrics(self, prepared: Prepared, history: list[dict[str, Any]]):
-        # No compute_metrics: the Trainer then runs its eval loop with prediction_loss_only and
-        # never gathers (batch x length x vocabulary) logits.
-        return None
+        # The Trainer gathers (rows x 2) summed losses and token counts, never the (batch x
+        # length x vocabulary) logits; the loss is then the token-weighted mean of the scoring.
+        return token_weighted_loss
 
     def trainer_callbacks(
         self, prepared: Prepared, tokenizer, recipe: Recipe, run_path: Path

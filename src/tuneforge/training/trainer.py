@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
@@ -18,6 +19,7 @@ from tuneforge import devices
 from tuneforge.answer_forward import model_inputs
 from tuneforge.config import Recipe
 from tuneforge.errors import TuneforgeError
+from tuneforge.evaluation.language_model import row_loss_predictions
 from tuneforge.evaluation.metrics import LOWER_IS_BETTER
 from tuneforge.evaluation.overfit import detect_overfitting
 from tuneforge.files import write_json
@@ -35,8 +37,11 @@ class TrainingDiverged(TuneforgeError):
 
 class FineTuningTrainer(AtomicCheckpoints, Trainer):
     """The Trainer with length-sorted batches (:class:`SortedBatchesSampler` for training,
-    :func:`eval_order` for evaluation), checkpoints published atomically, and sft batches run
-    through `answer_forward.model_inputs`."""
+    :func:`eval_order` for evaluation), checkpoints published atomically, sft batches run
+    through `answer_forward.model_inputs`, and with `row_loss_eval` (causal LMs) evaluations that
+    gather each row's token loss and count, for the exact token-weighted loss."""
+
+    row_loss_eval = False
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
@@ -67,6 +72,17 @@ class FineTuningTrainer(AtomicCheckpoints, Trainer):
         # sft batches: shared prefix once, output layer on labelled rows (answer_forward.py)
         with model_inputs(model, inputs) as inputs:
             return super().compute_loss(model, inputs, *args, **kwargs)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        if not self.row_loss_eval:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        # Causal LMs: each row's summed token loss and token count in place of the logits (the
+        # Trainer gathers them across processes, repeats dropped; token_weighted_loss sums them).
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, outputs = self.compute_loss(model, dict(inputs), return_outputs=True)
+        rows = row_loss_predictions(outputs["logits"], inputs)
+        return loss.detach(), rows, rows[:, 1]
 
     def _get_eval_sampler(self, eval_dataset):
         sampler = super()._get_eval_sampler(eval_dataset)
@@ -241,6 +257,8 @@ def build_trainer(
         # normalised by the (wrongly counted: labels[..., 1:]) global item count and multiply it by
         # the number of processes (DDP) and not divide by gradient accumulation.
         trainer.model_accepts_loss_kwargs = False
+    if task.eval_row_losses and isinstance(trainer, FineTuningTrainer):
+        trainer.row_loss_eval = True
     trainer.record, trainer.guard = record, guard
     trainer.resume_hint = run_path
     tracking.place_logs(trainer, run_path)
