@@ -544,13 +544,15 @@ ARM_OVERRIDES = {
     "tuneforge": [],
     "tuneforge-fp32": ["training.precision=fp32"],
     "tuneforge-random-order": ["training.group_by_length=false"],  # random batches, as the baseline
+    "tuneforge-tight-sort": ["training.length_jitter=0.05"],  # the length sort before issue 20
 }
 
 
 def arms_for(args) -> tuple[list[str], str]:
     """The arms to run, and the CPU's bf16 capability in words: where `precision: auto` trains
     in bf16 here (a CPU with native bf16), tuneforge runs in auto and in fp32, side by side;
-    `--ablations` adds tuneforge with random batches instead of length-sorted ones."""
+    `--ablations` adds tuneforge with random batches, and with the near-exact length sort
+    (`length_jitter` 0.05, the default before issue 20's accuracy study)."""
     from tuneforge import cpu_bf16
 
     cpu = cpu_bf16.detect()
@@ -558,7 +560,7 @@ def arms_for(args) -> tuple[list[str], str]:
     if args.precision == "compare" and cpu.usable:
         arms.insert(1, "tuneforge-fp32")
     if args.ablations:
-        arms.insert(-1, "tuneforge-random-order")
+        arms[-1:-1] = ["tuneforge-random-order", "tuneforge-tight-sort"]
     return arms, cpu.describe()
 
 
@@ -770,7 +772,8 @@ def parse_args(doc: str, default_output: Path, argv: list[str] | None = None):
     p.add_argument(
         "--ablations",
         action="store_true",
-        help="also tuneforge with random batches instead of length-sorted ones (accuracy study)",
+        help="also tuneforge with random batches, and with the near-exact length sort "
+        "(training.length_jitter=0.05): the accuracy study",
     )
     p.add_argument(
         "--merge",

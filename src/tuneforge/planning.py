@@ -750,7 +750,7 @@ def epoch_batches(lengths: list[int], per_process: int, tc, processes: int = 1) 
     by the processes), else a seeded random order. Process r computes batches r, r+n, r+2n..."""
     if tc.group_by_length:
         group = per_process * tc.gradient_accumulation_steps * processes
-        order = list(SortedBatchesSampler(lengths, group, tc.seed))
+        order = list(SortedBatchesSampler(lengths, group, tc.seed, tc.length_jitter))
     else:
         generator = torch.Generator().manual_seed(tc.seed)
         order = torch.randperm(len(lengths), generator=generator).tolist()

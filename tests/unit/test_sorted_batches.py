@@ -26,17 +26,40 @@ def test_each_epoch_is_a_permutation_fixed_by_seed_and_epoch():
     assert list(other) != orders[0]
 
 
+def _pairs(order: list[int], batch_size: int) -> set[tuple[int, int]]:
+    """The pairs of examples that share a batch."""
+    batches = [sorted(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+    return {(a, b) for batch in batches for a in batch for b in batch if a < b}
+
+
 def test_longest_batch_first_and_little_padding():
     rng = random.Random(0)
     lengths = [rng.choice([rng.randint(5, 30), rng.randint(30, 120)]) for _ in range(400)]
-    sampler = SortedBatchesSampler(lengths, 16, seed=0)
-    order = list(sampler)
-    assert max(lengths) in [lengths[i] for i in order[:16]]
-    # within 20% of the least padding possible (all sorted), far below random batches
     best = _padded(sorted(range(400), key=lengths.__getitem__), lengths, 16)
     shuffled = list(range(400))
     rng.shuffle(shuffled)
-    assert _padded(order, lengths, 16) < 1.2 * best < _padded(shuffled, lengths, 16)
+    padded = {}
+    for jitter in (0.05, 1.0):
+        order = list(SortedBatchesSampler(lengths, 16, seed=0, jitter=jitter))
+        assert max(lengths) in [lengths[i] for i in order[:16]]
+        padded[jitter] = _padded(order, lengths, 16)
+    # near-exact sort: within 20% of the least padding possible (all sorted); the default
+    # factor of up to 2: more, and still well below random batches
+    assert padded[0.05] < 1.2 * best < padded[1.0] < 0.8 * _padded(shuffled, lengths, 16)
+
+
+def test_jitter_regroups_the_examples_each_epoch():
+    """With a factor of up to 2 the examples meet other examples in the next epoch's batches;
+    with a near-exact sort most of the same pairs share a batch again."""
+    rng = random.Random(2)
+    lengths = [rng.randint(5, 120) for _ in range(400)]
+    kept = {}
+    for jitter in (0.05, 1.0):
+        sampler = SortedBatchesSampler(lengths, 16, seed=0, jitter=jitter)
+        first = _pairs(list(sampler), 16)
+        sampler.set_epoch(1)
+        kept[jitter] = len(first & _pairs(list(sampler), 16)) / len(first)
+    assert kept[1.0] < 0.5 * kept[0.05]
 
 
 def test_evaluation_order_sorted_with_the_shortest_rows_in_the_short_batch():

@@ -42,6 +42,7 @@ class FineTuningTrainer(AtomicCheckpoints, Trainer):
     gather each row's token loss and count, for the exact token-weighted loss."""
 
     row_loss_eval = False
+    length_jitter = 1.0  # training.length_jitter, set by build_trainer
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
@@ -53,7 +54,7 @@ class FineTuningTrainer(AtomicCheckpoints, Trainer):
             # (per-process groups in a random order: one rank's short batch idled while the
             # other's long one ran).
             group = sampler.batch_size * self.args.world_size
-            self._sorted = SortedBatchesSampler(sampler.lengths, group, seed)
+            self._sorted = SortedBatchesSampler(sampler.lengths, group, seed, self.length_jitter)
             return self._sorted
         return sampler
 
@@ -257,8 +258,9 @@ def build_trainer(
         # normalised by the (wrongly counted: labels[..., 1:]) global item count and multiply it by
         # the number of processes (DDP) and not divide by gradient accumulation.
         trainer.model_accepts_loss_kwargs = False
-    if task.eval_row_losses and isinstance(trainer, FineTuningTrainer):
-        trainer.row_loss_eval = True
+    if isinstance(trainer, FineTuningTrainer):
+        trainer.row_loss_eval = task.eval_row_losses
+        trainer.length_jitter = recipe.training.length_jitter
     trainer.record, trainer.guard = record, guard
     trainer.resume_hint = run_path
     tracking.place_logs(trainer, run_path)
