@@ -120,13 +120,15 @@ def test_greedy_answers_in_a_batch_equal_those_sent_one_at_a_time(server, run, v
 
 
 def _long(url: str, visible: dict, max_tokens: int) -> tuple[dict, str, str]:
-    """A greedy chat and a stop string its answer meets: (body, answer, stop). The character
-    first seen furthest into the answer; the barely trained model may repeat one character,
-    then its first three (the answer is cut to nothing, ended early all the same)."""
+    """A greedy chat and a stop string its answer meets: (body, answer, stop). The visible
+    character first seen furthest into the answer; the barely trained model may repeat one
+    character, then its first three (the answer is cut to nothing, ended early all the same).
+    Not a space: the answer is stripped, and the raw text may begin with one, which a stop string
+    of one space would cut at (the raw text " of of ..." ends at once on " ")."""
     body = _chat(2, logit_bias=visible, max_tokens=max_tokens)
     [(answer, _, _)] = [_answer(r) for r in _send(url, [body], together=False)]
     assert len(answer) >= 4, answer
-    later = max(answer, key=answer.find)
+    later = max((c for c in answer if not c.isspace()), key=answer.find)
     return body, answer, later if answer.find(later) >= 2 else answer[:3]
 
 
