@@ -72,9 +72,6 @@ class Task:
     infers_in_bf16: bool = False
     # The transformers model class the task builds on (tuneforge.architectures.HEADS).
     head: str = "causal_lm"
-    # The Trainer's evaluations gather each row's summed token loss and token count, not logits
-    # (trainer_metrics then takes those: evaluation.language_model.token_weighted_loss).
-    eval_row_losses: bool = False
 
     def check_base_model(self, source: ModelSource, recipe: Recipe) -> None:
         """Refuse, before any data is read, a base model whose family lacks this task's head."""

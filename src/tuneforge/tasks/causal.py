@@ -82,7 +82,6 @@ def flat_batches(model, recipe: Recipe) -> bool:
 
 class CausalLMTask(Task):
     peft_task_type = "CAUSAL_LM"
-    eval_row_losses = True
     default_metric = "loss"
 
     def build_model(self, source: ModelSource, prepared: Prepared, recipe: Recipe, tokenizer=None):

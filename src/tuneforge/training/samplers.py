@@ -30,8 +30,8 @@ class SortedBatchesSampler:
     16: 1.06 at 0.05 (the lengths in a batch all but equal, and the same reviews meet in the
     same batches every epoch), 1.32 at 1 (the recipe default: lengths within a factor of about
     two, regrouped each epoch; transformers' LengthGroupedSampler, which sorts within
-    mega-batches, 1.34), 1.87 for random batches. Over ten seeds 0.05 was about 1.3 points less accurate than random batches;
-    1 was as accurate as they were (bench/RESULTS.md).
+    mega-batches, 1.34), 1.87 for random batches. Over ten seeds 0.05 was about 1.3 points less
+    accurate than random batches; 1 was as accurate as they were (bench/RESULTS.md).
     Exact resume: the order is a function of (seed + epoch) alone, set through `set_epoch`,
     which the Trainer calls every epoch; never of the global RNG, which dropout advances.
     """

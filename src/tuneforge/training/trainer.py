@@ -19,7 +19,7 @@ from tuneforge import devices
 from tuneforge.answer_forward import model_inputs
 from tuneforge.config import Recipe
 from tuneforge.errors import TuneforgeError
-from tuneforge.evaluation.language_model import row_loss_predictions
+from tuneforge.evaluation.language_model import row_loss_predictions, token_weighted_loss
 from tuneforge.evaluation.metrics import LOWER_IS_BETTER
 from tuneforge.evaluation.overfit import detect_overfitting
 from tuneforge.files import write_json
@@ -38,8 +38,8 @@ class TrainingDiverged(TuneforgeError):
 class FineTuningTrainer(AtomicCheckpoints, Trainer):
     """The Trainer with length-sorted batches (:class:`SortedBatchesSampler` for training,
     :func:`eval_order` for evaluation), checkpoints published atomically, sft batches run
-    through `answer_forward.model_inputs`, and with `row_loss_eval` (causal LMs) evaluations that
-    gather each row's token loss and count, for the exact token-weighted loss."""
+    through `answer_forward.model_inputs`, and with `row_loss_eval` (set where compute_metrics is
+    `token_weighted_loss`) evaluations that gather each row's token loss and count."""
 
     row_loss_eval = False
     length_jitter = 1.0  # training.length_jitter, set by build_trainer
@@ -259,7 +259,8 @@ def build_trainer(
         # the number of processes (DDP) and not divide by gradient accumulation.
         trainer.model_accepts_loss_kwargs = False
     if isinstance(trainer, FineTuningTrainer):
-        trainer.row_loss_eval = task.eval_row_losses
+        # the predictions token_weighted_loss reads (the causal tasks' trainer_metrics)
+        trainer.row_loss_eval = trainer.compute_metrics is token_weighted_loss
         trainer.length_jitter = recipe.training.length_jitter
     trainer.record, trainer.guard = record, guard
     trainer.resume_hint = run_path
