@@ -545,14 +545,16 @@ ARM_OVERRIDES = {
     "tuneforge-fp32": ["training.precision=fp32"],
     "tuneforge-random-order": ["training.group_by_length=false"],  # random batches, as the baseline
     "tuneforge-tight-sort": ["training.length_jitter=0.05"],  # the length sort before issue 20
+    "tuneforge-jitter-1": ["training.length_jitter=1"],  # the default of 2026-12-07's first change
 }
 
 
 def arms_for(args) -> tuple[list[str], str]:
     """The arms to run, and the CPU's bf16 capability in words: where `precision: auto` trains
     in bf16 here (a CPU with native bf16), tuneforge runs in auto and in fp32, side by side;
-    `--ablations` adds tuneforge with random batches, and with the near-exact length sort
-    (`length_jitter` 0.05, the default before issue 20's accuracy study)."""
+    `--ablations` adds tuneforge with random batches, with the near-exact length sort
+    (`length_jitter` 0.05, the default before issue 20's accuracy study) and with the loosest
+    one studied (`length_jitter` 1)."""
     from tuneforge import cpu_bf16
 
     cpu = cpu_bf16.detect()
@@ -560,7 +562,7 @@ def arms_for(args) -> tuple[list[str], str]:
     if args.precision == "compare" and cpu.usable:
         arms.insert(1, "tuneforge-fp32")
     if args.ablations:
-        arms[-1:-1] = ["tuneforge-random-order", "tuneforge-tight-sort"]
+        arms[-1:-1] = ["tuneforge-random-order", "tuneforge-tight-sort", "tuneforge-jitter-1"]
     return arms, cpu.describe()
 
 

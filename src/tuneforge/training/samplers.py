@@ -27,16 +27,16 @@ class SortedBatchesSampler:
     [1, 1 + jitter), cut into batches, and the batches are shuffled, the one with the longest
     example first so a batch too large for memory fails at once. `jitter` sets how similar the
     lengths are. On the sentiment recipe's reviews, padded tokens per real token in batches of
-    16: 1.06 at 0.05 (the lengths in a batch all but equal, and the same reviews meet in the
-    same batches every epoch), 1.32 at 1 (the recipe default: lengths within a factor of about
-    two, regrouped each epoch; transformers' LengthGroupedSampler, which sorts within
-    mega-batches, 1.34), 1.87 for random batches. Over ten seeds 0.05 was about 1.3 points less
-    accurate than random batches; 1 was as accurate as they were (bench/RESULTS.md).
+    16 (pairs of reviews that share a batch again in the next epoch): 1.09 at 0.05 (48%: the
+    lengths in a batch all but equal, much the same batches every epoch), 1.15 at 0.25 (20%,
+    the recipe default), 1.33 at 1 (9%; transformers' LengthGroupedSampler, which sorts within
+    mega-batches, 1.34), 1.88 for random batches. Over ten seeds 0.05 was 1.1-1.3 points less
+    accurate than random batches; 0.25 and 1 were as accurate as they were (bench/RESULTS.md).
     Exact resume: the order is a function of (seed + epoch) alone, set through `set_epoch`,
     which the Trainer calls every epoch; never of the global RNG, which dropout advances.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, jitter: float = 1.0):
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, jitter: float):
         self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
         self.jitter = jitter
         self.epoch = 0

@@ -17,7 +17,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from tuneforge import devices
 from tuneforge.answer_forward import model_inputs
-from tuneforge.config import Recipe
+from tuneforge.config import Recipe, TrainingConfig
 from tuneforge.errors import TuneforgeError
 from tuneforge.evaluation.language_model import row_loss_predictions, token_weighted_loss
 from tuneforge.evaluation.metrics import LOWER_IS_BETTER
@@ -42,7 +42,7 @@ class FineTuningTrainer(AtomicCheckpoints, Trainer):
     `token_weighted_loss`) evaluations that gather each row's token loss and count."""
 
     row_loss_eval = False
-    length_jitter = 1.0  # training.length_jitter, set by build_trainer
+    length_jitter = TrainingConfig.model_fields["length_jitter"].default  # set by build_trainer
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
