@@ -1,0 +1,118 @@
+"""The sentiment recipe's arms over seeds 0-9, from the committed result files: each arm's mean,
+the differences paired by seed (same seeds, so the same head initialisation), and Welch's
+interval against the plain Trainer + PEFT script (its seeds are not paired with ours).
+
+    .venv/bin/python bench/seed_study.py            # the table of bench/RESULTS.md
+
+Sources (bench/results/): `classification-seeds-0-9.json` (tuneforge's defaults until
+2026-12-07, `length_jitter` 0.05, and the script), `classification-seeds.json` and
+`classification-ablations-5-9.txt` (random batches), `classification-ablations-jitter.txt`
+(factor up to 2), `classification-ablations-jitter-025.txt` (factor up to 1.25).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+RESULTS = Path(__file__).parent / "results"
+QUALITY = ("accuracy", "loss", "test_accuracy", "test_loss")
+LABELS = {
+    "accuracy": "validation accuracy",
+    "loss": "validation loss",
+    "test_accuracy": "test accuracy",
+    "test_loss": "test loss",
+}
+
+Arm = dict[int, dict[str, float]]
+
+
+def from_bench(file: str, arm: str) -> Arm:
+    """An arm of a `bench/classification.py` JSON: quality per seed."""
+    data = json.loads((RESULTS / file).read_text())
+    seeds = data["seeds"]  # a merged study lists them; one run gives a count from first_seed
+    if isinstance(seeds, int):
+        first = data.get("first_seed") or 0
+        seeds = range(first, first + seeds)
+    return {
+        s: {k: r["quality"][k] for k in QUALITY}
+        for s, r in zip(seeds, data["per_seed"][arm], strict=True)
+    }
+
+
+def from_lines(file: str, name: str) -> Arm:
+    """Lines `name seed val ACC LOSS test ACC LOSS ...` of an ablation text file."""
+    out: Arm = {}
+    for line in (RESULTS / file).read_text().splitlines():
+        f = line.split()
+        if f and f[0] == name:
+            out[int(f[1])] = {
+                "accuracy": float(f[3]),
+                "loss": float(f[4]),
+                "test_accuracy": float(f[6]),
+                "test_loss": float(f[7]),
+            }
+    return out
+
+
+def arms() -> dict[str, Arm]:
+    random = from_bench("classification-seeds.json", "tuneforge-random-order")
+    random.update(from_lines("classification-ablations-5-9.txt", "random"))
+    return {
+        "factor up to 1.05 (old default)": from_bench("classification-seeds-0-9.json", "tuneforge"),
+        "random batches": random,
+        "factor up to 2": from_lines("classification-ablations-jitter.txt", "jitter1"),
+        "factor up to 1.25 (default)": from_lines(
+            "classification-ablations-jitter-025.txt", "j025"
+        ),
+        "plain Trainer + PEFT script": from_bench("classification-seeds-0-9.json", "baseline"),
+    }
+
+
+def paired(a: Arm, b: Arm, key: str) -> str:
+    seeds = sorted(set(a) & set(b))
+    x = np.array([a[s][key] - b[s][key] for s in seeds])
+    half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    return f"{x.mean():+.3f} [{x.mean() - half:+.3f}, {x.mean() + half:+.3f}]"
+
+
+def welch(a: Arm, b: Arm, key: str) -> str:
+    x, y = [v[key] for v in a.values()], [v[key] for v in b.values()]
+    result = stats.ttest_ind(x, y, equal_var=False)
+    ci = result.confidence_interval()
+    return f"{np.mean(x) - np.mean(y):+.3f} [{ci.low:+.3f}, {ci.high:+.3f}]"
+
+
+def main() -> None:
+    found = arms()
+    script = found["plain Trainer + PEFT script"]
+    old = found["factor up to 1.05 (old default)"]
+    print("| arm (seeds) | " + " | ".join(LABELS[k] for k in QUALITY) + " |")
+    print("|---" * (len(QUALITY) + 1) + "|")
+    for name, arm in found.items():
+        means = " | ".join(f"{np.mean([v[k] for v in arm.values()]):.3f}" for k in QUALITY)
+        print(f"| {name} ({min(arm)}-{max(arm)}) | {means} |")
+    print("\nPaired by seed (mean difference, 95% t-interval):")
+    print("| difference | " + " | ".join(LABELS[k] for k in QUALITY) + " |")
+    print("|---" * (len(QUALITY) + 1) + "|")
+    default = found["factor up to 1.25 (default)"]
+    for name in ("factor up to 1.05 (old default)", "random batches", "factor up to 2"):
+        cells = " | ".join(paired(default, found[name], k) for k in QUALITY)
+        print(f"| factor up to 1.25 minus {name} | {cells} |")
+    for name in ("random batches", "factor up to 2"):
+        cells = " | ".join(paired(found[name], old, k) for k in QUALITY)
+        print(f"| {name} minus factor up to 1.05 | {cells} |")
+    print("\nAgainst the plain script (Welch, unpaired):")
+    print("| difference | " + " | ".join(LABELS[k] for k in QUALITY) + " |")
+    print("|---" * (len(QUALITY) + 1) + "|")
+    for name, arm in found.items():
+        if arm is not script:
+            cells = " | ".join(welch(arm, script, k) for k in QUALITY)
+            print(f"| {name} minus the script | {cells} |")
+
+
+if __name__ == "__main__":
+    main()
