@@ -171,7 +171,7 @@ class TrainingConfig(_Strict):
         "factor in [1, 1 + length_jitter), so a batch's lengths lie within that factor and "
         "batches regroup every epoch. 0: exactly sorted, the least padding, the fastest; 0.25 "
         "and 1: as accurate as random batches over ten seeds of the sentiment recipe, where "
-        "0.05 lost 1.1-1.3 points (padded tokens per real token there: 1.15 at 0.25, 1.33 at "
+        "0.05 lost 1-2 points (padded tokens per real token there: 1.15 at 0.25, 1.33 at "
         "1, 1.09 at 0.05, 1.88 random; bench/RESULTS.md).",
     )
     padding_free: bool | Literal["auto"] = Field(

@@ -30,7 +30,7 @@ class SortedBatchesSampler:
     16 (pairs of reviews that share a batch again in the next epoch): 1.09 at 0.05 (48%: the
     lengths in a batch all but equal, much the same batches every epoch), 1.15 at 0.25 (20%,
     the recipe default), 1.33 at 1 (9%; transformers' LengthGroupedSampler, which sorts within
-    mega-batches, 1.34), 1.88 for random batches. Over ten seeds 0.05 was 1.1-1.3 points less
+    mega-batches, 1.34), 1.88 for random batches. Over ten seeds 0.05 was 1-2 points less
     accurate than random batches; 0.25 and 1 were as accurate as they were (bench/RESULTS.md).
     Exact resume: the order is a function of (seed + epoch) alone, set through `set_epoch`,
     which the Trainer calls every epoch; never of the global RNG, which dropout advances.
