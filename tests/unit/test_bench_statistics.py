@@ -73,3 +73,18 @@ def test_merged_studies_pool_their_seeds(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             _measure.merge(wrong, "sft", ["accuracy"])
         assert e.value.code == 2 and "is not a sft benchmark result" in capsys.readouterr().err
+
+
+def test_seed_study_reads_every_arm_over_ten_seeds_and_pairs_them_by_seed():
+    """bench/seed_study.py: the committed result files give each arm seeds 0-9, and a paired
+    difference is taken seed by seed (an arm against itself shifted by a constant)."""
+    import seed_study
+
+    found = seed_study.arms()
+    assert all(sorted(arm) == list(range(10)) for arm in found.values()), {
+        name: sorted(arm) for name, arm in found.items()
+    }
+    default = found["factor up to 1.25 (default)"]
+    assert default[0]["accuracy"] == 0.9 and default[0]["test_accuracy"] == 0.88  # seed 0's run
+    shifted = {s: {k: v + 0.01 for k, v in row.items()} for s, row in default.items()}
+    assert seed_study.paired(shifted, default, "accuracy") == "+0.010 [+0.010, +0.010]"
