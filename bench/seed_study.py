@@ -13,10 +13,15 @@ Sources (bench/results/): `classification-seeds-0-9.json` (tuneforge's defaults 
 from __future__ import annotations
 
 import json
+import math
+import sys
 from pathlib import Path
 
 import numpy as np
 from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import differences  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 QUALITY = ("accuracy", "loss", "test_accuracy", "test_loss")
@@ -73,17 +78,24 @@ def arms() -> dict[str, Arm]:
 
 
 def paired(a: Arm, b: Arm, key: str) -> str:
+    """Mean of the per-seed differences a - b and its 95% t-interval (scipy's one-sample test)."""
     seeds = sorted(set(a) & set(b))
-    x = np.array([a[s][key] - b[s][key] for s in seeds])
-    half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
-    return f"{x.mean():+.3f} [{x.mean() - half:+.3f}, {x.mean() + half:+.3f}]"
+    x = [a[s][key] - b[s][key] for s in seeds]
+    test = stats.ttest_1samp(x, 0.0)
+    mean = float(np.mean(x))
+    low, high = (mean, mean) if math.isnan(test.pvalue) else test.confidence_interval(0.95)
+    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
 def welch(a: Arm, b: Arm, key: str) -> str:
-    x, y = [v[key] for v in a.values()], [v[key] for v in b.values()]
-    result = stats.ttest_ind(x, y, equal_var=False)
-    ci = result.confidence_interval()
-    return f"{np.mean(x) - np.mean(y):+.3f} [{ci.low:+.3f}, {ci.high:+.3f}]"
+    """a's mean minus b's with Welch's 95% interval: the benchmark's own `differences`."""
+    seeds = {
+        name: {"quality_seeds": {key: [v[key] for v in arm.values()]}}
+        for name, arm in (("a", a), ("baseline", b))
+    }
+    d = differences(seeds, [key])["a"][key]
+    low, high = d["interval"]
+    return f"{d['difference']:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
 def main() -> None:
