@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,9 @@ os.environ["TUNEFORGE_QUIET"] = "1"
 # bf16 natively), as a measured bf16 speed-up of 0 says; the bf16 paths are tested on purpose
 # (tests/unit/test_cpu_bf16.py, tests/e2e/test_cpu_bf16_runs.py) with precision: bf16 or mocks.
 os.environ["TUNEFORGE_CPU_BF16_SPEEDUP"] = "0"
+# The base model's kept scores (runs/base_scores.py): a fresh folder per session, and per test
+# (`_own_base_scores`), so a test scores the base model itself unless it tests the reuse.
+os.environ["TUNEFORGE_BASE_SCORES"] = tempfile.mkdtemp(prefix="tuneforge-base-scores-")
 
 POSITIVE = [
     "great film, loved it",
@@ -34,6 +38,11 @@ NEGATIVE = [
     "I hated every minute of it",
     "dreadful, slow and ugly",
 ]
+
+
+@pytest.fixture(autouse=True)
+def _own_base_scores(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("TUNEFORGE_BASE_SCORES", str(tmp_path_factory.mktemp("base-scores")))
 
 
 @pytest.fixture(scope="session")

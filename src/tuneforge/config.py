@@ -299,6 +299,12 @@ class BaselineConfig(_Strict):
     """How the untouched base model is scored zero-shot before training."""
 
     enabled: bool = Field(True, description="Score the base model before training.")
+    reuse: bool = Field(
+        True,
+        description="Reuse the base model's scores of an earlier run that scored the same base "
+        "model on the same evaluation rows with the same settings and tuneforge code (kept in "
+        "<TUNEFORGE_HOME>/cache/base-scores); false scores it again (and keeps the new scores).",
+    )
     instruction: str | None = Field(
         None,
         description="Zero-shot instruction; `{labels}` is replaced by the label words. "

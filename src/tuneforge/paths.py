@@ -1,5 +1,5 @@
-"""Where tuneforge keeps its own files: the home folder (TUNEFORGE_HOME), the model cache and
-the default registry."""
+"""Where tuneforge keeps its own files: the home folder (TUNEFORGE_HOME), the model cache, the
+base model's kept scores and the default registry."""
 
 from __future__ import annotations
 
@@ -13,6 +13,13 @@ def tuneforge_home() -> Path:
 
 def models_cache() -> Path:
     return tuneforge_home() / "models"
+
+
+def base_scores_cache() -> Path:
+    """$TUNEFORGE_BASE_SCORES, else <tuneforge home>/cache/base-scores (runs/base_scores.py)."""
+    if os.environ.get("TUNEFORGE_BASE_SCORES"):
+        return Path(os.environ["TUNEFORGE_BASE_SCORES"])
+    return tuneforge_home() / "cache" / "base-scores"
 
 
 def default_registry() -> Path:

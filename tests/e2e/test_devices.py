@@ -109,7 +109,7 @@ def test_base_model_zero_shot_feeds_the_models_device(runs, on_meta):
     rows = sentiment_rows(4, offset=300)
     _reaches_model(
         lambda: run.task.evaluate_base(
-            run.source, run.tokenizer, rows, run.meta["info"], run.recipe, "data"
+            run.source, run.tokenizer, {"data": rows}, run.meta["info"], run.recipe
         )
     )
 
@@ -123,7 +123,7 @@ def test_generation_and_loss_feed_the_models_device(runs, on_meta):
     rows = [{"prompt": "Summarise report 3", "completion": "Report 3 is fine."}]
     _reaches_model(
         lambda: run.task.evaluate_base(
-            run.source, run.tokenizer, rows, run.meta["info"], run.recipe, "data"
+            run.source, run.tokenizer, {"data": rows}, run.meta["info"], run.recipe
         )
     )
 

@@ -615,12 +615,23 @@ def _recipe_section(run_path: Path) -> list[str]:
 
 
 def _timings_section(meta: dict[str, Any]) -> list[str]:
+    reused = meta.get("base_scores_reused")
     return [
         "",
         "## Timings (seconds)",
         "",
         _table(["phase", "seconds"], [[k, v] for k, v in meta.get("timings", {}).items()]),
         "",
+        *(
+            [
+                f"The base model's scores were reused from run {reused['run']} "
+                f"(scored {reused['created']}): the same base model, evaluation rows, settings "
+                "and tuneforge code (`baseline.reuse`).",
+                "",
+            ]
+            if reused
+            else []
+        ),
     ]
 
 

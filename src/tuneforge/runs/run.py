@@ -248,11 +248,10 @@ class Run:
             scored["base"] = self.task.evaluate_base(
                 self.source,
                 self.tokenizer,
-                rows,
+                {"data": rows},
                 info,
                 recipe.model_copy(update={"training": training}),
-                "data",
-            )
+            )["data"]
         result: dict[str, Any] = {"outcomes": {}, "confidence": settings.confidence}
         for who, metrics in scored.items():
             result[who], found = outcomes.split_off(metrics)

@@ -108,12 +108,12 @@ class Task:
         self,
         source: ModelSource,
         tokenizer,
-        rows: list[dict],
+        splits: dict[str, list[dict]],
         info: dict,
         recipe: Recipe,
-        split: str,
-    ) -> dict[str, Any]:
-        """Score the untouched base model the same way the tuned one is scored."""
+    ) -> dict[str, dict[str, Any]]:
+        """Score the untouched base model the same way the tuned one is scored, on each split
+        ({split name: rows} -> {split name: metrics}); the model is loaded once for them all."""
         raise NotImplementedError
 
     def evaluate(

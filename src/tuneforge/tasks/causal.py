@@ -102,11 +102,14 @@ class CausalLMTask(Task):
         return [PerplexityCallback()]
 
     def evaluate_base(
-        self, source, tokenizer, rows, info, recipe: Recipe, split: str
-    ) -> dict[str, Any]:
+        self, source, tokenizer, splits, info, recipe: Recipe
+    ) -> dict[str, dict[str, Any]]:
         model = base_language_model(source, recipe)
         try:
-            return self.evaluate(model, tokenizer, rows, info, recipe, split)
+            return {
+                split: self.evaluate(model, tokenizer, rows, info, recipe, split)
+                for split, rows in splits.items()
+            }
         finally:
             del model  # scored: its GPU memory goes back before training needs it
             devices.empty_cache()

@@ -204,22 +204,25 @@ class ClassificationTask(Task):
     # ---------------------------------------------------------------- evaluation
 
     def evaluate_base(
-        self, source, tokenizer, rows, info, recipe: Recipe, split: str
-    ) -> dict[str, Any]:
+        self, source, tokenizer, splits, info, recipe: Recipe
+    ) -> dict[str, dict[str, Any]]:
         model = base_language_model(source, recipe, devices.recipe_inference_precision(recipe))
         words = [(recipe.baseline.label_words or {}).get(lab, lab) for lab in info["labels"]]
-        scores = zero_shot_scores(
-            model,
-            tokenizer,
-            [r[info["text_field"]] for r in rows],
-            words,
-            recipe.baseline.instruction or DEFAULT_INSTRUCTION,
-            max_length=recipe.training.max_length + 64,
-            description=f"Base model zero-shot on {split}",
-        )
+        scored = {}
+        for split, rows in splits.items():
+            scores = zero_shot_scores(
+                model,
+                tokenizer,
+                [r[info["text_field"]] for r in rows],
+                words,
+                recipe.baseline.instruction or DEFAULT_INSTRUCTION,
+                max_length=recipe.training.max_length + 64,
+                description=f"Base model zero-shot on {split}",
+            )
+            scored[split] = self._score(softmax(scores), rows, info)
         del model  # scored: its GPU memory goes back before training needs it
         devices.empty_cache()
-        return self._score(softmax(scores), rows, info)
+        return scored
 
     def evaluate(self, model, tokenizer, rows, info, recipe: Recipe, split: str) -> dict[str, Any]:
         probs = self._probabilities(

@@ -397,12 +397,14 @@ class PreferenceTask(CausalLMTask):
             return pairwise_metrics(scores[0::2], scores[1::2])
         return unpaired_metrics(scores, [e.desirable for e in examples])
 
-    def evaluate_base(self, source, tokenizer, rows, info, recipe: Recipe, split: str):
+    def evaluate_base(self, source, tokenizer, splits, info, recipe: Recipe):
         model = base_language_model(source, recipe)
         try:
-            result = self._scores(model, tokenizer, rows, info, recipe, split)
-            result["samples"] = self._samples(model, tokenizer, rows, info, recipe)
-            return result
+            scored = {}
+            for split, rows in splits.items():
+                scored[split] = self._scores(model, tokenizer, rows, info, recipe, split)
+                scored[split]["samples"] = self._samples(model, tokenizer, rows, info, recipe)
+            return scored
         finally:
             del model
             devices.empty_cache()

@@ -38,7 +38,7 @@ from tuneforge.methods.qlora import load_quantized_base
 from tuneforge.models import load_tokenizer
 from tuneforge.progress import console, say, status
 from tuneforge.report import write_report
-from tuneforge.runs import registry
+from tuneforge.runs import base_scores, registry
 from tuneforge.runs.directory import RunDir
 from tuneforge.runs.parents import base_source, is_reference, resolve
 from tuneforge.runs.parents import pin as pin_parent
@@ -143,7 +143,7 @@ def _main_rank(setup: _Setup, run: RunDir, job: Job, t0: float, load_seconds: fl
     eval_splits = {"validation": prepared.splits.validation}
     if prepared.splits.test is not None:
         eval_splits["test"] = prepared.splits.test
-    base, seconds = _score_base(setup, run.path, eval_splits)
+    base, seconds = _score_base(setup, run, eval_splits)
     if seconds is not None:
         timings["base_eval"] = seconds
 
@@ -235,26 +235,46 @@ def _for_final_scoring(setup: _Setup, run_path: Path, model):
 
 
 def _score_base(
-    setup: _Setup, run_path: Path, eval_splits: dict[str, list]
+    setup: _Setup, run: RunDir, eval_splits: dict[str, list]
 ) -> tuple[dict[str, Any], float | None]:
-    """The untouched base model's metrics on the evaluation splits, and the seconds scoring took
-    (None when nothing was scored now: resumed runs keep theirs, or the baseline is off)."""
-    recipe = setup.recipe
-    saved = run_path / "base_metrics.json"
+    """The untouched base model's metrics on the evaluation splits, and the seconds scoring (or
+    reading an earlier run's identical scoring, `baseline.reuse`) took; None when nothing was
+    scored now: resumed runs keep theirs, or the baseline is off."""
+    recipe, info = setup.recipe, setup.prepared.info
+    saved = run.path / "base_metrics.json"
     if saved.is_file():  # resumed: the base model was scored already
         return json.loads(saved.read_text()), None
     if not recipe.baseline.enabled:
         return {}, None
     t = time.perf_counter()
     with launch.all_cores():
-        base = {
-            split: setup.task.evaluate_base(
-                setup.source, setup.tokenizer, rows, setup.prepared.info, recipe, split
+        key = base_scores.key(
+            recipe,
+            setup.source.path,
+            eval_splits,
+            info,
+            device=str(devices.resolve(recipe.device)),
+            precision=devices.recipe_inference_precision(recipe),
+        )
+        kept = base_scores.load(key) if recipe.baseline.reuse else None
+        if kept is not None:
+            base = kept["scores"]
+            say(
+                f"Base model scores reused from run {escape(str(kept['run']))} "
+                f"({kept['created']}, {kept['seconds']} s to score): the same base model, "
+                "evaluation rows, settings and tuneforge code (baseline.reuse: false scores again)"
             )
-            for split, rows in eval_splits.items()
-        }
+        else:
+            base = setup.task.evaluate_base(
+                setup.source, setup.tokenizer, eval_splits, info, recipe
+            )
+    seconds = time.perf_counter() - t
+    if kept is None:
+        base_scores.save(key, base, run=run.final.name, seconds=seconds)
     write_json(saved, base)
-    return base, time.perf_counter() - t
+    if kept is not None:  # run.json says where the figures came from
+        setup.base_reused = {"run": kept["run"], "created": kept["created"], "key": key}
+    return base, seconds
 
 
 def _fit(setup: _Setup, run_path: Path, resumed: bool):
@@ -340,6 +360,7 @@ def _run_record(setup: _Setup, trainer, timings: dict[str, float]) -> dict[str, 
         "precision": devices.recipe_training_precision(recipe),
         **({"cpu": cpu_bf16.detect().describe()} if _on_cpu(recipe) else {}),
         "timings": {k: round(v, 1) for k, v in timings.items()},
+        **({"base_scores_reused": setup.base_reused} if setup.base_reused else {}),
         "environment": setup.inputs["versions"],
     }
 
@@ -360,6 +381,7 @@ class _Setup:
     continued: Any
     inputs: dict[str, Any]  # provenance: base weights and data hashes, versions (rank 0)
     planted: Any = None  # data.canaries.Planted: memorization.canaries in the training rows
+    base_reused: dict[str, Any] | None = None  # the earlier run whose base scores this one reused
 
 
 def _set_up(job: Job) -> _Setup:

@@ -1,0 +1,52 @@
+"""A sweep scores the base model once: the second run of the same data and base model, trained
+differently, reads the first one's base figures (`baseline.reuse`), says so, and shows the same
+comparison; `baseline.reuse: false` scores again."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from conftest import run_cli
+
+
+def _train(recipe: Path, *overrides: str) -> tuple[Path, str]:
+    output = recipe.parent / "runs"
+    before = set(output.iterdir()) if output.is_dir() else set()
+    args = [a for o in overrides for a in ("--set", o)]
+    proc = run_cli("train", recipe, *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = set(output.iterdir()) - before
+    return run, " ".join(proc.stderr.split())
+
+
+def _base(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())["base"]
+
+
+def test_a_second_run_reuses_the_base_models_scores(sentiment_recipe):
+    kept = Path(os.environ["TUNEFORGE_BASE_SCORES"])
+    first, said = _train(sentiment_recipe, "training.epochs=1")
+    assert "reused" not in said
+    assert "base_scores_reused" not in json.loads((first / "run.json").read_text())
+    assert len(list(kept.glob("*.json"))) == 1
+
+    # another learning rate, seed and length: a sweep
+    second, said = _train(
+        sentiment_recipe, "training.epochs=1", "training.learning_rate=0.005", "training.seed=3"
+    )
+    assert f"Base model scores reused from run {first.name}" in said
+    meta = json.loads((second / "run.json").read_text())
+    assert meta["base_scores_reused"]["run"] == first.name
+    assert meta["timings"]["base_eval"] < 5
+    assert _base(second) == _base(first)
+    comparison = json.loads((second / "metrics.json").read_text())["comparison"]
+    assert set(comparison) == {"validation", "test"}  # tuned against the reused base, per split
+    assert f"reused from run {first.name}" in (second / "report.md").read_text()
+
+    third, said = _train(sentiment_recipe, "training.epochs=1", "baseline.reuse=false")
+    assert "reused" not in said
+    assert "base_scores_reused" not in json.loads((third / "run.json").read_text())
+    assert _base(third)["validation"]["accuracy"] == _base(first)["validation"]["accuracy"]
+    assert len(list(kept.glob("*.json"))) == 1  # the same key, scored again and kept again
