@@ -473,6 +473,10 @@ def summarise(results: dict[str, dict], peak: dict[str, Any], quality_keys: list
     if "tuneforge-fp32" in results:  # auto (bf16 here) against fp32, both tuneforge
         f = results["tuneforge-fp32"]
         ratios["auto_over_fp32"] = {k: t[k] / f[k] if f[k] else None for k in keys}
+    # each arm's whole job against the baseline's: how much faster (ablations, the rerun)
+    ratios["job_speedup_by_arm"] = {
+        name: b["job_wall_s"] / r["job_wall_s"] for name, r in results.items() if name != "baseline"
+    }
     return ratios
 
 
@@ -518,8 +522,10 @@ def print_table(results: dict[str, dict], ratios: dict, peak: dict, quality_keys
         print(line + f" {_num(b):>12} {_ratio(ratios.get(key)):>8}")
     for name, arm in results.items():
         if name not in ("tuneforge", "tuneforge-fp32", "baseline"):
+            speedup = ratios["job_speedup_by_arm"][name]
             print(
-                f"  {name}: "
+                f"  {name}: whole job {arm['job_wall_s']:.1f} s ({speedup:.2f}x faster than the "
+                "baseline's), "
                 + ", ".join(f"{k} {_num(arm['quality'].get(k))}" for k in quality_keys)
             )
 
@@ -546,7 +552,12 @@ ARM_OVERRIDES = {
     "tuneforge-random-order": ["training.group_by_length=false"],  # random batches, as the baseline
     "tuneforge-tight-sort": ["training.length_jitter=0.05"],  # the length sort before issue 20
     "tuneforge-jitter-1": ["training.length_jitter=1"],  # the default of 2026-12-07's first change
+    # the same job again: the base model's scores read from the first run's (baseline.reuse)
+    "tuneforge-rerun": [],
 }
+# Every other tuneforge arm scores the base model itself, as a first run does, whatever the
+# user's cache of base scores holds (runs/base_scores.py); it keeps its scores for the rerun.
+FIRST_RUN = ["baseline.reuse=false"]
 
 
 def arms_for(args) -> tuple[list[str], str]:
@@ -554,7 +565,8 @@ def arms_for(args) -> tuple[list[str], str]:
     in bf16 here (a CPU with native bf16), tuneforge runs in auto and in fp32, side by side;
     `--ablations` adds tuneforge with random batches, with the near-exact length sort
     (`length_jitter` 0.05, the default before issue 20's accuracy study) and with the loosest
-    one studied (`length_jitter` 1)."""
+    one studied (`length_jitter` 1); `--rerun` runs tuneforge's arm a second time, right after
+    the first, with the base model's scores kept by it (what a later run of a sweep costs)."""
     from tuneforge import cpu_bf16
 
     cpu = cpu_bf16.detect()
@@ -563,6 +575,8 @@ def arms_for(args) -> tuple[list[str], str]:
         arms.insert(1, "tuneforge-fp32")
     if args.ablations:
         arms[-1:-1] = ["tuneforge-random-order", "tuneforge-tight-sort", "tuneforge-jitter-1"]
+    if args.rerun:
+        arms.insert(1, "tuneforge-rerun")
     return arms, cpu.describe()
 
 
@@ -778,6 +792,12 @@ def parse_args(doc: str, default_output: Path, argv: list[str] | None = None):
         "(training.length_jitter=0.05): the accuracy study",
     )
     p.add_argument(
+        "--rerun",
+        action="store_true",
+        help="also tuneforge's job a second time right after the first: the base model's scores "
+        "reused from it (baseline.reuse), as in a sweep's later runs",
+    )
+    p.add_argument(
         "--merge",
         nargs="+",
         type=Path,
@@ -799,6 +819,7 @@ def common_overrides(args, workdir: Path) -> list[str]:
         f"training.seed={args.seed}",
     ]
     out += ARM_OVERRIDES.get(args.arm, [])
+    out += FIRST_RUN if args.arm != "tuneforge-rerun" else []
     if args.epochs is not None:
         out.append(f"training.epochs={args.epochs}")
     if args.max_steps is not None:

@@ -5,6 +5,7 @@
     .venv/bin/python bench/classification.py --epochs 1 --max-steps 5
     .venv/bin/python bench/classification.py --train-rows 1600 --epochs 1 --max-length 128
                                                         # issue 20's whole job: 1,600 rows, 1 epoch
+    .venv/bin/python bench/classification.py --rerun    # + the job again, base scores reused
 
 Both arms get the same weights (the safetensors folder tuneforge resolves for the recipe's
 base_model), the same files, LoRA settings, epochs, batch size, learning rate, warm-up, weight
@@ -135,6 +136,7 @@ def run_arm(args) -> dict:
         quality = {k: tuned["validation"][k] for k in METRICS}
         quality |= {f"test_{k}": tuned["test"][k] for k in METRICS}
         extra["tuneforge_timings"] = run.meta["timings"]
+        extra["base_scores_reused"] = "base_scores_reused" in run.meta
         extra["precision"] = run.meta.get("precision", "fp32")
     else:
         extra["precision"] = "fp32"

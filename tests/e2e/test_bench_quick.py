@@ -65,9 +65,9 @@ def test_serve_bench_quick(tmp_path):
         assert level["generated_tokens"] == plain["generated_tokens"]
 
 
-def _training_bench(tmp_path, script: str) -> dict:
+def _training_bench(tmp_path, script: str, *args: str) -> dict:
     out = tmp_path / "result.json"
-    proc = _run_quick(script, "--output", str(out))
+    proc = _run_quick(script, "--output", str(out), *args)
     assert "real tokens / s" in proc.stdout and "MFU" in proc.stdout
     data = json.loads(out.read_text())
     assert data["quick"] is True
@@ -101,8 +101,13 @@ def _training_bench(tmp_path, script: str) -> dict:
 
 def test_classification_bench_quick(tmp_path):
     """bench/classification.py --quick: both arms train the tiny model on the same examples and
-    report throughput, MFU, memory, accuracy and macro-F1."""
-    data = _training_bench(tmp_path, "bench/classification.py")
+    report throughput, MFU, memory, accuracy and macro-F1; with --rerun, tuneforge's job runs a
+    second time and reads the base model's scores the first one kept."""
+    data = _training_bench(tmp_path, "bench/classification.py", "--rerun")
+    first, rerun = data["per_seed"]["tuneforge"][0], data["per_seed"]["tuneforge-rerun"][0]
+    assert (first["base_scores_reused"], rerun["base_scores_reused"]) == (False, True)
+    assert rerun["quality"] == first["quality"]  # the same job, the same seed: the same figures
+    assert data["ratios"]["job_speedup_by_arm"]["tuneforge-rerun"] > 0
     for arm in ("tuneforge", "baseline"):
         q = data[arm]["quality"]
         assert 0 <= q["accuracy"] <= 1 and 0 <= q["macro_f1"] <= 1
