@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,9 +22,11 @@ os.environ["TUNEFORGE_QUIET"] = "1"
 # bf16 natively), as a measured bf16 speed-up of 0 says; the bf16 paths are tested on purpose
 # (tests/unit/test_cpu_bf16.py, tests/e2e/test_cpu_bf16_runs.py) with precision: bf16 or mocks.
 os.environ["TUNEFORGE_CPU_BF16_SPEEDUP"] = "0"
-# The base model's kept scores (runs/base_scores.py): a fresh folder per session, and per test
-# (`_own_base_scores`), so a test scores the base model itself unless it tests the reuse.
+# The base model's kept scores (runs/base_scores.py): a fresh folder per session, per module (its
+# shared trained runs) and per test, so a run scores the base model itself unless a test is
+# about the reuse; never the user's own cache.
 os.environ["TUNEFORGE_BASE_SCORES"] = tempfile.mkdtemp(prefix="tuneforge-base-scores-")
+atexit.register(shutil.rmtree, os.environ["TUNEFORGE_BASE_SCORES"], ignore_errors=True)
 
 POSITIVE = [
     "great film, loved it",
@@ -38,6 +42,14 @@ NEGATIVE = [
     "I hated every minute of it",
     "dreadful, slow and ugly",
 ]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_base_scores(tmp_path_factory):
+    before = os.environ["TUNEFORGE_BASE_SCORES"]
+    os.environ["TUNEFORGE_BASE_SCORES"] = str(tmp_path_factory.mktemp("base-scores"))
+    yield
+    os.environ["TUNEFORGE_BASE_SCORES"] = before
 
 
 @pytest.fixture(autouse=True)

@@ -47,6 +47,8 @@ def train(recipe: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
         HF_HUB_OFFLINE="1",
         OMP_NUM_THREADS="1",
         TUNEFORGE_REGISTRY=str(recipe.parent / "registry.sqlite"),
+        # the test's own kept base scores (conftest): every run here scores the base model
+        TUNEFORGE_BASE_SCORES=os.environ["TUNEFORGE_BASE_SCORES"],
         **env,
     )
     proc = subprocess.run(

@@ -85,24 +85,83 @@ def test_what_the_scoring_reads_changes_the_key(model_dir):
     assert len(set(keys)) == len(keys), changed
 
 
+def test_hidden_folders_of_the_model_do_not_enter_the_key(model_dir):
+    first = _key(model_dir=model_dir)
+    (model_dir / ".cache" / "huggingface").mkdir(parents=True)
+    (model_dir / ".cache" / "huggingface" / "download.lock").write_text("x")
+    assert _key(model_dir=model_dir) == first
+
+
+def test_unreadable_model_files_mean_no_key(model_dir, monkeypatch):
+    def unreadable(path):
+        raise PermissionError(path)
+
+    monkeypatch.setattr(base_scores, "sha256_path", unreadable)
+    assert _key(model_dir=model_dir) is None
+
+
+def test_excluded_fields_leave_the_base_figures_unchanged(tiny_model, tiny_tokenizer):
+    """What the key rests on: a recipe that differs only in `NOT_SCORING` fields scores the base
+    model to the same figures (classification's zero-shot scoring, fp32)."""
+    from tuneforge.models import ModelSource
+    from tuneforge.tasks import get_task
+
+    task = get_task("classification")
+    source = ModelSource(str(tiny_model), tiny_model, "local")
+
+    def figures(recipe):
+        return task.evaluate_base(source, tiny_tokenizer, SPLITS, INFO, recipe)
+
+    first = figures(_recipe())
+    variants = [
+        _recipe(method="full", name="x", lora={"r": 2}, evaluation={"resamples": 200}),
+        _recipe(
+            training={
+                "seed": 5,
+                "learning_rate": 0.1,
+                "epochs": 1,
+                "processes": 1,
+                "gradient_checkpointing": True,
+                "label_smoothing": 0.1,
+                "length_jitter": 1,
+            }
+        ),
+    ]
+    for recipe in variants:
+        assert figures(recipe) == first
+
+
 def test_kept_scores_read_back(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNEFORGE_BASE_SCORES", str(tmp_path / "kept"))
     scores = {"validation": {"accuracy": 0.5, "examples": {"label": [1, 0]}}}
-    assert base_scores.load("abc") is None
+    assert base_scores.load("abc", ["validation"]) is None
     base_scores.save("abc", scores, run="run-1", seconds=12.34)
-    entry = base_scores.load("abc")
+    entry = base_scores.load("abc", ["validation"])
     assert entry["scores"] == scores
     assert (entry["run"], entry["seconds"]) == ("run-1", 12.3)
     assert [p.name for p in (tmp_path / "kept").iterdir()] == ["abc.json"]  # no temporary left
+    assert base_scores.load("abc", ["validation", "test"]) is None  # not the splits asked for
+
+
+WHOLE = {"key": "abc", "run": "r", "created": "now", "seconds": 1.0, "scores": {"test": {}}}
 
 
 @pytest.mark.parametrize(
-    "content", ["{not json", json.dumps({"key": "other", "scores": {}}), json.dumps([1])]
+    "content",
+    [
+        "{not json",
+        json.dumps([1]),
+        json.dumps({**WHOLE, "key": "other"}),
+        json.dumps({k: v for k, v in WHOLE.items() if k != "run"}),
+        json.dumps({**WHOLE, "scores": [1]}),
+    ],
 )
 def test_an_unreadable_entry_is_a_miss(tmp_path, monkeypatch, content):
     monkeypatch.setenv("TUNEFORGE_BASE_SCORES", str(tmp_path))
+    (tmp_path / "abc.json").write_text(json.dumps(WHOLE))
+    assert base_scores.load("abc", ["test"]) is not None  # the whole entry reads
     (tmp_path / "abc.json").write_text(content)
-    assert base_scores.load("abc") is None
+    assert base_scores.load("abc", ["test"]) is None
 
 
 def test_an_unwritable_cache_does_not_fail_the_run(tmp_path, monkeypatch):
@@ -110,14 +169,15 @@ def test_an_unwritable_cache_does_not_fail_the_run(tmp_path, monkeypatch):
     blocker.write_text("")
     monkeypatch.setenv("TUNEFORGE_BASE_SCORES", str(blocker / "kept"))  # a file is in the way
     base_scores.save("abc", {}, run="r", seconds=1.0)
-    assert base_scores.load("abc") is None
+    assert base_scores.load("abc", []) is None
 
 
-def test_only_the_newest_entries_are_kept(tmp_path, monkeypatch):
+def test_the_most_recently_used_entries_are_kept(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNEFORGE_BASE_SCORES", str(tmp_path))
     monkeypatch.setattr(base_scores, "KEEP", 3)
-    for i in range(5):
+    for i in range(3):
         base_scores.save(f"k{i}", {}, run="r", seconds=1.0)
         os.utime(tmp_path / f"k{i}.json", (1000 + i, 1000 + i))
-    base_scores.save("k5", {}, run="r", seconds=1.0)
-    assert sorted(p.stem for p in tmp_path.glob("*.json")) == ["k3", "k4", "k5"]
+    assert base_scores.load("k0", []) is not None  # a use: k0 is the newest now
+    base_scores.save("k3", {}, run="r", seconds=1.0)
+    assert sorted(p.stem for p in tmp_path.glob("*.json")) == ["k0", "k2", "k3"]

@@ -28,6 +28,8 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Iterable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +67,21 @@ NOT_SCORING: dict[str, Any] = {
         "processes": True,
     },
 }
-KEEP = 64  # newest cache entries kept; older ones are removed when one is added
+KEEP = 64  # most recently used entries kept; older ones are removed when one is added
+# Packages whose versions enter the key besides torch, transformers and PEFT: tokenisation, chat
+# templates, the bf16 wrapper, the metrics.
+PACKAGES = (
+    "tokenizers",
+    "accelerate",
+    "jinja2",
+    "numpy",
+    "scikit-learn",
+    "scipy",
+    "sacrebleu",
+    "rouge-score",
+)
+# Environment variables that change which kernels run.
+ENVIRONMENT = ("USE_HUB_KERNELS", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 # Files of a model folder bigger than this enter the key by name, size and time, not content.
 LARGE_FILE = 16 << 20
 
@@ -78,21 +94,31 @@ def key(
     *,
     device: str,
     precision: str,
-) -> str:
+    weights_sha256: str | None = None,
+) -> str | None:
     """The sha256 that names one scoring (see the module's docstring); call it where the scoring
-    runs (the thread count is part of it)."""
+    runs (the thread count is part of it). `weights_sha256`: the weights' hash where the caller
+    has it (the run's provenance), else computed (cached beside the weights when writable).
+    None when the model's files could not all be read: nothing is reused or kept then."""
     import peft  # deferred: the versions, where the job has imported them already
     import torch  # deferred: as above
     import transformers  # deferred: as above
 
+    try:
+        files = _model_files(model_dir)
+        weights = weights_sha256 or weights_hash(model_dir)
+    except OSError:
+        return None
     parts = {
         "recipe": recipe.model_dump(mode="json", exclude=NOT_SCORING),
-        "weights": weights_hash(model_dir),
-        "model_files": _model_files(model_dir),
+        "weights": weights,
+        "model_files": files,
         "splits": splits,
         "info": info,
         "code": _code_hash(),
         "versions": [torch.__version__, transformers.__version__, peft.__version__],
+        "packages": {name: _version(name) for name in PACKAGES},
+        "environment": {name: os.environ.get(name) for name in ENVIRONMENT},
         "machine": [platform.machine(), platform.processor(), _cpu_model()],
         "device": [device, torch.cuda.get_device_name(device) if device.startswith("cuda") else ""],
         "precision": precision,
@@ -102,16 +128,25 @@ def key(
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def load(digest: str) -> dict[str, Any] | None:
-    """The kept entry of a key ({"scores", "run", "created", "seconds"}), None when there is none
-    or it cannot be read."""
+def load(digest: str, splits: Iterable[str]) -> dict[str, Any] | None:
+    """The kept entry of a key ({"scores", "run", "created", "seconds"}) with scores for exactly
+    `splits`; None when there is none or it cannot be read whole. A hit counts as a use (the
+    entry is kept the longest)."""
     path = base_scores_cache() / f"{digest}.json"
     try:
         entry = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(entry, dict) or entry.get("key") != digest or "scores" not in entry:
+    if (
+        not isinstance(entry, dict)
+        or entry.get("key") != digest
+        or not all(field in entry for field in ("run", "created", "seconds"))
+        or not isinstance(entry.get("scores"), dict)
+        or set(entry["scores"]) != set(splits)
+    ):
         return None
+    with contextlib.suppress(OSError):
+        os.utime(path)
     return entry
 
 
@@ -150,17 +185,24 @@ def _model_files(model_dir: Path) -> list[tuple[str, Any]]:
     """Every file of the model folder but the weights (hashed apart) and hidden files."""
     out: list[tuple[str, Any]] = []
     for f in sorted(p for p in model_dir.rglob("*") if p.is_file()):
-        name = str(f.relative_to(model_dir))
-        if f.suffix == ".safetensors" or any(part.startswith(".") for part in f.parts[-1:]):
+        relative = f.relative_to(model_dir)
+        if f.suffix == ".safetensors" or any(part.startswith(".") for part in relative.parts):
             continue
         stat = f.stat()
-        out.append(
-            (
-                name,
-                sha256_path(f) if stat.st_size <= LARGE_FILE else [stat.st_size, stat.st_mtime_ns],
+        if stat.st_size <= LARGE_FILE:
+            out.append((str(relative), sha256_path(f)))
+        else:  # the change time and inode too: a copy that keeps the modification time differs
+            out.append(
+                (str(relative), [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino])
             )
-        )
     return out
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _code_hash() -> str:

@@ -27,9 +27,13 @@ def sha256_path(path: Path) -> str:
 
 
 def weights_hash(model_dir: Path) -> str:
-    """sha256 over the model's safetensors files, cached beside them by size and mtime."""
+    """sha256 over the model's safetensors files, cached beside them by size, modification and
+    change time and inode (a copy that keeps the modification time is hashed again)."""
     files = sorted(model_dir.glob("*.safetensors"))
-    key = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    key = [
+        (f.name, s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino)
+        for f, s in ((f, f.stat()) for f in files)
+    ]
     cache = model_dir / ".tuneforge_weights_sha256.json"
     with contextlib.suppress(Exception):
         cached = json.loads(cache.read_text())

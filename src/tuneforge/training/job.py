@@ -241,8 +241,10 @@ def _score_base(
     reading an earlier run's identical scoring, `baseline.reuse`) took; None when nothing was
     scored now: resumed runs keep theirs, or the baseline is off."""
     recipe, info = setup.recipe, setup.prepared.info
-    saved = run.path / "base_metrics.json"
-    if saved.is_file():  # resumed: the base model was scored already
+    saved, origin = run.path / "base_metrics.json", run.path / "base_origin.json"
+    if saved.is_file():  # resumed: the base model was scored already (or its scores reused)
+        if origin.is_file():
+            setup.base_reused = json.loads(origin.read_text())
         return json.loads(saved.read_text()), None
     if not recipe.baseline.enabled:
         return {}, None
@@ -255,8 +257,9 @@ def _score_base(
             info,
             device=str(devices.resolve(recipe.device)),
             precision=devices.recipe_inference_precision(recipe),
+            weights_sha256=setup.inputs.get("base_weights_sha256"),  # hashed once per run
         )
-        kept = base_scores.load(key) if recipe.baseline.reuse else None
+        kept = base_scores.load(key, eval_splits) if key and recipe.baseline.reuse else None
         if kept is not None:
             base = kept["scores"]
             say(
@@ -269,11 +272,12 @@ def _score_base(
                 setup.source, setup.tokenizer, eval_splits, info, recipe
             )
     seconds = time.perf_counter() - t
-    if kept is None:
+    if kept is None and key is not None:
         base_scores.save(key, base, run=run.final.name, seconds=seconds)
-    write_json(saved, base)
-    if kept is not None:  # run.json says where the figures came from
+    if kept is not None:  # run.json and the report say where the figures came from
         setup.base_reused = {"run": kept["run"], "created": kept["created"], "key": key}
+        write_json(origin, setup.base_reused)
+    write_json(saved, base)  # last: a resumed run reads the origin beside it
     return base, seconds
 
 
