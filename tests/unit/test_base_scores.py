@@ -181,3 +181,18 @@ def test_the_most_recently_used_entries_are_kept(tmp_path, monkeypatch):
     assert base_scores.load("k0", []) is not None  # a use: k0 is the newest now
     base_scores.save("k3", {}, run="r", seconds=1.0)
     assert sorted(p.stem for p in tmp_path.glob("*.json")) == ["k0", "k2", "k3"]
+
+
+def test_a_resumed_run_keeps_where_its_base_figures_came_from(tmp_path):
+    """An interrupted run that had reused an earlier run's figures still says so once resumed."""
+    from types import SimpleNamespace
+
+    from tuneforge.training.job import _score_base
+
+    origin = {"run": "sweep-1", "created": "2026-12-07 06:00:00", "key": "abc"}
+    (tmp_path / "base_metrics.json").write_text(json.dumps({"validation": {"accuracy": 0.5}}))
+    (tmp_path / "base_origin.json").write_text(json.dumps(origin))
+    setup = SimpleNamespace(recipe=_recipe(), prepared=SimpleNamespace(info=INFO), base_reused=None)
+    base, seconds = _score_base(setup, SimpleNamespace(path=tmp_path), {"validation": []})
+    assert (base, seconds) == ({"validation": {"accuracy": 0.5}}, None)  # nothing scored again
+    assert setup.base_reused == origin
