@@ -73,3 +73,35 @@ def test_a_second_run_reuses_the_base_models_scores(sentiment_recipe):
     fourth, said = _train(sentiment_recipe, "training.epochs=1", "baseline.instruction=Label it.")
     assert "reused" not in said
     assert len(list(kept.glob("*.json"))) == 2
+
+
+def _eval(run: Path, data: str, *flags: str) -> tuple[dict, str]:
+    proc = run_cli("eval", run, "--data", data, "--base", "--json", *flags)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout), " ".join(proc.stderr.split())
+
+
+def test_eval_of_a_sweeps_runs_on_one_file_scores_the_base_model_once(
+    sentiment_recipe, sentiment_files
+):
+    kept = Path(os.environ["TUNEFORGE_BASE_SCORES"])
+    first, _ = _train(sentiment_recipe, "training.epochs=1")
+    second, _ = _train(sentiment_recipe, "training.epochs=1", "training.learning_rate=0.005")
+    entries = set(kept.glob("*.json"))
+    data = sentiment_files["test"]
+
+    scored, said = _eval(first, data)
+    assert "reused" not in said and "base_reused" not in scored
+    assert len(set(kept.glob("*.json")) - entries) == 1  # the eval's scoring, a key of its own
+
+    read, said = _eval(second, data)
+    assert f"Base model scores reused from run {first.name} (tuneforge eval --base" in said
+    assert read["base_reused"]["run"].startswith(first.name)
+    assert read["base"] == scored["base"]
+    assert read["accuracy"] != scored["accuracy"] or read["loss"] != scored["loss"]  # other run
+    assert set(read["comparison"]) == set(scored["comparison"])
+
+    again, said = _eval(second, data, "--rescore-base")
+    assert "reused" not in said and "base_reused" not in again
+    _close(again["base"], scored["base"])
+    _close(again["comparison"], read["comparison"], "comparison")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from tuneforge.cli import memorization as mem
@@ -20,6 +21,7 @@ from tuneforge.cli.common import (
 from tuneforge.cli.output import JsonOption, emit_json
 from tuneforge.errors import TuneforgeError
 from tuneforge.progress import console, out
+from tuneforge.runs import base_scores
 
 
 def eval_(
@@ -29,6 +31,14 @@ def eval_(
     ] = None,
     base: Annotated[
         bool, typer.Option("--base", help="Also measure the untouched base model.")
+    ] = False,
+    rescore_base: Annotated[
+        bool,
+        typer.Option(
+            "--rescore-base",
+            help="With --base: score the base model again, not reading an identical earlier "
+            "scoring (kept under the tuneforge home's cache/base-scores).",
+        ),
     ] = False,
     as_json: JsonOption = False,
     bias: Annotated[
@@ -81,7 +91,16 @@ def eval_(
         )
         if not as_json:
             mem.print_memorization(audit)
-    result = loaded.evaluate(data, base=base, generate=generate) if data is not None else None
+    result = (
+        loaded.evaluate(data, base=base, generate=generate, rescore_base=rescore_base)
+        if data is not None
+        else None
+    )
+    if result is not None and "base_reused" in result:
+        console.print(
+            escape(base_scores.reuse_message(result["base_reused"], "--rescore-base")),
+            highlight=False,
+        )
     if as_json:
         emit_json(mem.with_audit(eval_document(result, probe), audit, data is None and not bias))
     elif result is not None:
@@ -115,7 +134,7 @@ def print_intervals(result: dict) -> None:
 def eval_document(result: dict | None, probe: dict | None) -> dict:
     """--json: the tuned metrics at the top level, with `intervals` (each metric's own interval);
     with --base, `base` (the base model's) and `comparison` (each difference with its interval,
-    significance and test); with --bias as well, the probe under `bias`; with --bias alone, the
+    significance and test), and `base_reused` where the base scores were read, not run; with --bias as well, the probe under `bias`; with --bias alone, the
     probe itself."""
     if result is None:
         return probe or {}
@@ -124,6 +143,8 @@ def eval_document(result: dict | None, probe: dict | None) -> dict:
     if "base" in result:
         payload["base"] = result["base"]
         payload["comparison"] = result.get("comparison", {})
+    if "base_reused" in result:
+        payload["base_reused"] = result["base_reused"]
     if probe is not None:
         payload["bias"] = probe
     return payload

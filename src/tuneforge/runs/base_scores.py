@@ -28,7 +28,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -126,6 +126,40 @@ def key(
     }
     text = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def reused_or_scored(
+    digest: str | None,
+    splits: Iterable[str],
+    score: Callable[[], dict[str, Any]],
+    *,
+    reuse: bool,
+    run: str,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The scores kept under `digest` for exactly `splits` when `reuse` allows and there are
+    some, else `score()`'s, kept under `digest` (as scored for `run`). Returns (scores, origin):
+    origin is {"run", "created", "seconds", "key"} of the kept scoring read, None when scored now.
+    `run` names who scored: a run's folder name, or what `tuneforge eval` measured.
+    A None digest (the model's files could not be read) scores and keeps nothing."""
+    splits = list(splits)
+    kept = load(digest, splits) if digest and reuse else None
+    if kept is not None:
+        origin = {field: kept[field] for field in ("run", "created", "seconds")}
+        return kept["scores"], {**origin, "key": digest}
+    t = time.perf_counter()
+    scores = score()
+    if digest is not None:
+        save(digest, scores, run=run, seconds=time.perf_counter() - t)
+    return scores, None
+
+
+def reuse_message(origin: dict[str, Any], again: str) -> str:
+    """The line that says a scoring was read, not run; `again` says how to score anew."""
+    return (
+        f"Base model scores reused from run {origin['run']} ({origin['created']}, "
+        f"{origin['seconds']} s to score): the same base model, evaluation rows, settings and "
+        f"tuneforge code ({again} scores again)"
+    )
 
 
 def load(digest: str, splits: Iterable[str]) -> dict[str, Any] | None:

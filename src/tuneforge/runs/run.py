@@ -20,6 +20,7 @@ from tuneforge.generation import Sampling
 from tuneforge.models import ModelSource, load_tokenizer
 from tuneforge.precision import ready_for_inference
 from tuneforge.report import write_report
+from tuneforge.runs import base_scores
 from tuneforge.runs.directory import INCOMPLETE
 from tuneforge.runs.parents import base_source
 from tuneforge.tasks import get_task
@@ -226,12 +227,16 @@ class Run:
         base: bool = False,
         generate: int | None = None,
         settings: Settings | None = None,
+        rescore_base: bool = False,
     ) -> dict[str, Any]:
         """Metrics of the tuned model on a labelled file; with `base`, of the untouched base too,
         and the comparison: each difference with its paired bootstrap interval (`settings`:
         the recipe's `evaluation` section by default). Generation metrics (sft) come from greedy
         answers to every row, or to the first `generate`. Returns {"tuned", "base", "comparison",
-        "intervals" (each tuned metric's own interval), "outcomes" (per example, by model)}."""
+        "intervals" (each tuned metric's own interval), "outcomes" (per example, by model)}, and
+        "base_reused" where the base model's scores were an earlier identical scoring's
+        (`runs/base_scores.py`: the runs of a sweep evaluated on one file score the base once;
+        `rescore_base` or the recipe's `baseline.reuse: false` scores it again)."""
         rows = self.task.read_eval_rows(Path(data), self.meta["info"])
         if generate is not None and generate < 0:
             raise TuneforgeError(f"--generate must be 0 or more, not {generate}")
@@ -243,16 +248,12 @@ class Run:
         }
         if info.get("temperature"):  # temperature scaling: ECE and loss after it, beside
             calibration.add_scaled(scored["tuned"], info["temperature"])
+        reused = None
         if base:  # the base model in the precision the tuned one runs in here
-            training = recipe.training.model_copy(update={"precision": self.precision})
-            scored["base"] = self.task.evaluate_base(
-                self.source,
-                self.tokenizer,
-                {"data": rows},
-                info,
-                recipe.model_copy(update={"training": training}),
-            )["data"]
+            scored["base"], reused = self._score_base(Path(data), rows, recipe, rescore_base)
         result: dict[str, Any] = {"outcomes": {}, "confidence": settings.confidence}
+        if reused is not None:
+            result["base_reused"] = reused
         for who, metrics in scored.items():
             result[who], found = outcomes.split_off(metrics)
             if found is not None:
@@ -265,6 +266,33 @@ class Run:
         if base and tuned and "base" in result["outcomes"]:
             result["comparison"] = compare(result["outcomes"]["base"], tuned, settings)
         return result
+
+    def _score_base(
+        self, data: Path, rows: list[dict], recipe: Recipe, rescore: bool
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The base model's metrics on `rows` in the precision the tuned model runs in here, read
+        from an identical earlier scoring where there is one; and where they came from."""
+        training = recipe.training.model_copy(update={"precision": self.precision})
+        recipe = recipe.model_copy(update={"training": training})
+        info = self.meta["info"]
+        key = base_scores.key(
+            recipe,
+            self.source.path,
+            {"data": rows},
+            info,
+            device=str(self.device),
+            precision=self.precision,
+        )
+        scores, origin = base_scores.reused_or_scored(
+            key,
+            ["data"],
+            lambda: self.task.evaluate_base(
+                self.source, self.tokenizer, {"data": rows}, info, recipe
+            ),
+            reuse=recipe.baseline.reuse and not rescore,
+            run=f"{self.path.name} (tuneforge eval --base on {data.name})",
+        )
+        return scores["data"], origin
 
     def __repr__(self) -> str:
         return (

@@ -259,23 +259,19 @@ def _score_base(
             precision=devices.recipe_inference_precision(recipe),
             weights_sha256=setup.inputs.get("base_weights_sha256"),  # hashed once per run
         )
-        kept = base_scores.load(key, eval_splits) if key and recipe.baseline.reuse else None
-        if kept is not None:
-            base = kept["scores"]
-            say(
-                f"Base model scores reused from run {escape(str(kept['run']))} "
-                f"({kept['created']}, {kept['seconds']} s to score): the same base model, "
-                "evaluation rows, settings and tuneforge code (baseline.reuse: false scores again)"
-            )
-        else:
-            base = setup.task.evaluate_base(
+        base, kept = base_scores.reused_or_scored(
+            key,
+            eval_splits,
+            lambda: setup.task.evaluate_base(
                 setup.source, setup.tokenizer, eval_splits, info, recipe
-            )
+            ),
+            reuse=recipe.baseline.reuse,
+            run=run.final.name,
+        )
     seconds = time.perf_counter() - t
-    if kept is None and key is not None:
-        base_scores.save(key, base, run=run.final.name, seconds=seconds)
-    if kept is not None:  # run.json and the report say where the figures came from
-        setup.base_reused = {"run": kept["run"], "created": kept["created"], "key": key}
+    if kept is not None:  # the console, run.json and the report say where the figures came from
+        say(escape(base_scores.reuse_message(kept, "baseline.reuse: false")))
+        setup.base_reused = {field: kept[field] for field in ("run", "created", "key")}
         write_json(origin, setup.base_reused)
     write_json(saved, base)  # last: a resumed run reads the origin beside it
     return base, seconds
