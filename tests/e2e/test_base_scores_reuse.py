@@ -105,3 +105,10 @@ def test_eval_of_a_sweeps_runs_on_one_file_scores_the_base_model_once(
     assert "reused" not in said and "base_reused" not in again
     _close(again["base"], scored["base"])
     _close(again["comparison"], read["comparison"], "comparison")
+
+
+def test_rescore_base_without_base_is_refused(tmp_path):
+    proc = run_cli("eval", tmp_path, "--data", tmp_path / "x.csv", "--rescore-base")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "--rescore-base goes with --data FILE --base" in " ".join(proc.stderr.split())
+    assert "Traceback" not in proc.stderr

@@ -71,6 +71,8 @@ def eval_(
     opt_in_to_pickle(run, allow_pickle)
     if data is None and not bias and not memorization:
         raise TuneforgeError("eval: give --data FILE (and/or --bias, --memorization)")
+    if rescore_base and not (base and data is not None):
+        raise TuneforgeError("eval: --rescore-base goes with --data FILE --base")
     loaded = load_run(run, device)
     probe = loaded.bias_probe(bias_terms) if bias else None
     if probe is not None:
@@ -134,8 +136,8 @@ def print_intervals(result: dict) -> None:
 def eval_document(result: dict | None, probe: dict | None) -> dict:
     """--json: the tuned metrics at the top level, with `intervals` (each metric's own interval);
     with --base, `base` (the base model's) and `comparison` (each difference with its interval,
-    significance and test), and `base_reused` where the base scores were read, not run; with --bias as well, the probe under `bias`; with --bias alone, the
-    probe itself."""
+    significance and test), and `base_reused` where the base scores were read, not run; with
+    --bias as well, the probe under `bias`; with --bias alone, the probe itself."""
     if result is None:
         return probe or {}
     payload = dict(result["tuned"])
